@@ -1,0 +1,251 @@
+"""Write a precision plan into an ONNX graph: Q/DQ pairs make a unit INT8, tensor dtypes make the rest FP16/FP32.
+
+Two flavours from one plan:
+
+* ``tensorrt`` — what a TensorRT strongly typed network needs: symmetric int8 (zero point 0), per-tensor
+  activations, per-output-channel weights (Q→DQ on the float weight), a float16 graph with Casts only at the fp32
+  graph inputs/outputs (and around units planned as fp32), opset ≥ 19 so Q/DQ scales can be float16.  At a residual
+  Add whose inputs both come from INT8 units, the skip input is quantized too so TensorRT can fuse the Add into
+  the conv (the ModelOpt placement).
+* ``ort-cpu`` — what ONNX Runtime's CPU kernels fuse into int8 kernels: uint8 asymmetric activations, int8
+  symmetric per-channel weights stored as int8 initializers and limited to ±63 (ORT's ``reduce_range``: its u8×s8
+  GEMM saturates with full-range weights on CPUs without VNNI, see ``trtmix.qdq``), a float32 base (FP16 brings no
+  speed on ORT CPU, so fp16 units run in fp32 there).  Conv outputs are quantized too, which QLinearConv needs;
+  MatMul/Gemm outputs stay float, which ORT fuses into MatMulIntegerToFloat / QGemm.
+
+Compiling never calibrates: ranges come in as data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtmix.errors import CompileError
+from trtmix.graph import GraphIndex, model_sha256, opset_version
+from trtmix.plan import Precision, PrecisionPlan
+from trtmix.qdq import INT8_MAX, REDUCED_INT8_MAX, asymmetric_uint8, per_channel_amax, quantize_int8, symmetric_scale
+from trtmix.ranges import Ranges
+from trtmix.units import KIND_CONV, Unit, require_units
+
+LOG = logging.getLogger(__name__)
+FLAVOURS = ("tensorrt", "ort-cpu")
+TENSORRT_OPSET = 19
+ORT_OPSET = 13
+ALL_READERS = "*"
+
+
+@dataclass
+class QuantizationSites:
+    """Where Q/DQ go: activation tensor → names of the nodes to reroute through it (or ALL_READERS), and the units
+    whose weights are quantized."""
+
+    activations: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    weight_units: list[Unit] = field(default_factory=list)
+
+
+def compile_plan(model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | None, flavour: str) -> onnx.ModelProto:
+    """A new model with ``plan`` written in the ``flavour``'s form.  ``model`` is the float export and is not changed."""
+    if flavour not in FLAVOURS:
+        raise CompileError(f"Unknown flavour {flavour!r}.", expected=f"one of {', '.join(FLAVOURS)}")
+    units = require_units(model, "the model")
+    plan.validate(u.name for u in units)
+    int8_units = [u for u in units if plan.precision_of(u.name) is Precision.INT8]
+    sites = _tensorrt_sites(model, int8_units) if flavour == "tensorrt" else _ort_sites(int8_units)
+    if sites.activations:
+        if ranges is None:
+            raise CompileError("The plan has INT8 units but no activation ranges were given.", fix="pass --ranges or --data")
+        ranges.require(sites.activations, model_sha256(model))
+    minimum_opset = TENSORRT_OPSET if flavour == "tensorrt" else ORT_OPSET
+    working = _with_opset(model, minimum_opset)
+    if flavour == "tensorrt":
+        working = _apply_float_types(working, units, plan)
+    working = _retyped(working)
+    graph = gs.import_onnx(working)
+    original_weights = GraphIndex(model)
+    symmetric = flavour == "tensorrt"
+    for tensor, readers in sorted(sites.activations.items()):
+        _quantize_activation(graph, tensor, readers, ranges, symmetric)  # type: ignore[arg-type]
+    for unit in sites.weight_units:
+        weight = original_weights.constant_value(unit.weight)  # type: ignore[arg-type]
+        _quantize_weight(graph, unit, weight, keep_float_weight=symmetric)  # type: ignore[arg-type]
+    graph.cleanup().toposort()
+    compiled = gs.export_onnx(graph)
+    compiled.ir_version = model.ir_version
+    LOG.info("compiled %s flavour: %d of %d units INT8", flavour, len(int8_units), len(units))
+    return compiled
+
+
+def _tensorrt_sites(model: onnx.ModelProto, int8_units: list[Unit]) -> QuantizationSites:
+    """Inputs of every INT8 unit, plus the skip input of residual Adds fed by INT8 units."""
+    sites = QuantizationSites(weight_units=[u for u in int8_units if u.weight is not None])
+    for unit in int8_units:
+        for tensor in unit.inputs:
+            sites.activations[tensor].add(unit.name)
+    for node_name, tensor in _residual_inputs(model, int8_units):
+        sites.activations[tensor].add(node_name)
+    return sites
+
+
+def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tuple[str, str]]:
+    """(Add node, input tensor) pairs to quantize at residual Adds whose two inputs both come from INT8 units.
+
+    The input already quantized for another INT8 unit (the skip branch) is chosen; if neither is, the output of the
+    unit with fewer MACs, so the bigger conv keeps the residual fusion.
+    """
+    index = GraphIndex(model)
+    produced_by = {u.output: u for u in int8_units}
+    quantized_inputs = {t for u in int8_units for t in u.inputs}
+    chosen = []
+    for node in model.graph.node:
+        activations = [t for t in node.input if t and not index.is_constant(t)]
+        if node.op_type != "Add" or len(activations) != 2:
+            continue
+        if not all(t in produced_by or t in quantized_inputs for t in activations):
+            continue
+        picks = [t for t in activations if t in quantized_inputs or t not in produced_by]
+        if not picks:
+            picks = [min(activations, key=lambda t: produced_by[t].macs)]
+        chosen.extend((node.name, t) for t in picks)
+    return chosen
+
+
+def _ort_sites(int8_units: list[Unit]) -> QuantizationSites:
+    """Inputs of every INT8 unit (rerouting that unit) and the output of INT8 convs (rerouting every reader)."""
+    sites = QuantizationSites(weight_units=[u for u in int8_units if u.weight is not None])
+    for unit in int8_units:
+        for tensor in unit.inputs:
+            sites.activations[tensor].add(unit.name)
+    for unit in int8_units:
+        if unit.kind == KIND_CONV:
+            sites.activations[unit.output] = {ALL_READERS}
+    return sites
+
+
+def _with_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
+    """The model at opset ``minimum`` or above (the ONNX version converter, when it has to move)."""
+    current = opset_version(model)
+    if current >= minimum:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    try:
+        return onnx.version_converter.convert_version(model, minimum)
+    except Exception as err:
+        raise CompileError(
+            f"Cannot convert the model from opset {current} to {minimum}: {err}",
+            fix=f"re-export with --opset {minimum} or higher",
+        ) from err
+
+
+def _apply_float_types(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> onnx.ModelProto:
+    """Make the graph float16 except nodes that must stay float32, with Casts at fp32 graph I/O (ORT's converter)."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    base = plan.default if plan.default is not Precision.INT8 else Precision.FP16
+    unit_precision = {node: plan.precision_of(u.name) for u in units for node in u.nodes}
+    fp32_nodes = []
+    for node in model.graph.node:
+        precision = unit_precision.get(node.name, base)
+        if precision is Precision.INT8:
+            precision = base
+        if precision is Precision.FP32:
+            fp32_nodes.append(node.name)
+    if len(fp32_nodes) == len(model.graph.node):
+        return model
+    return convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=[], node_block_list=fp32_nodes, force_fp16_initializers=True
+    )
+
+
+def _retyped(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Topologically sorted (the fp16 converter appends its Casts last) with types re-inferred after a dtype change."""
+    graph = gs.import_onnx(model)
+    graph.toposort()
+    sorted_model = gs.export_onnx(graph)
+    del sorted_model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(sorted_model, strict_mode=True)
+
+
+def _quantize_activation(graph: gs.Graph, tensor: str, readers: set[str], ranges: Ranges, symmetric: bool) -> None:
+    """Insert Q→DQ on ``tensor`` and reroute ``readers`` (node names, or ALL_READERS) to the DQ output."""
+    variable = graph.tensors()[tensor]
+    float_dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
+    value_range = ranges.tensors[tensor]
+    if symmetric:
+        scale = symmetric_scale(value_range.amax, float_dtype)
+        zero_point = np.zeros((), dtype=np.int8)
+    else:
+        scale_u8, zero_point = asymmetric_uint8(value_range.min, value_range.max)
+        scale = np.asarray(scale_u8, dtype=float_dtype)
+        zero_point = np.asarray(zero_point)
+    targets = [n for n in list(variable.outputs) if ALL_READERS in readers or n.name in readers]
+    dequantized = _qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype)
+    for node in targets:
+        node.inputs = [dequantized if inp is variable else inp for inp in node.inputs]
+    if variable.name in {out.name for out in graph.outputs} and ALL_READERS in readers:
+        LOG.debug("%s is a graph output; it stays float there", tensor)
+
+
+def _quantize_weight(graph: gs.Graph, unit: Unit, weight: np.ndarray, keep_float_weight: bool) -> None:
+    """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ."""
+    anchor = next(n for n in graph.nodes if n.name == unit.name)
+    current = anchor.inputs[1]
+    float_dtype = np.dtype(current.dtype) if current.dtype is not None else np.dtype(np.float32)
+    axis = unit.weight_axis if unit.weight_axis is not None else 0
+    levels = INT8_MAX if keep_float_weight else REDUCED_INT8_MAX
+    scale = symmetric_scale(per_channel_amax(weight, axis), float_dtype, levels)
+    zero_point = np.zeros(scale.shape, dtype=np.int8)
+    prefix = f"{unit.name}/weight"
+    if keep_float_weight:
+        source = gs.Constant(f"{prefix}_float", weight.astype(float_dtype))
+        dequantized = _qdq_pair(graph, source, scale, zero_point, axis=axis, float_dtype=float_dtype, prefix=prefix)
+    else:
+        source = gs.Constant(f"{prefix}_int8", quantize_int8(weight, scale, axis))
+        dequantized = _dq(graph, source, scale, zero_point, axis, float_dtype, prefix)
+    anchor.inputs[1] = dequantized
+
+
+def _qdq_pair(
+    graph: gs.Graph,
+    source: gs.Tensor,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    axis: int | None,
+    float_dtype: np.dtype,
+    prefix: str | None = None,
+) -> gs.Variable:
+    """QuantizeLinear → DequantizeLinear on ``source``; returns the dequantized tensor."""
+    prefix = prefix or source.name
+    scale_const = gs.Constant(f"{prefix}_scale", np.asarray(scale, dtype=float_dtype))
+    zero_const = gs.Constant(f"{prefix}_zero_point", zero_point)
+    quantized = gs.Variable(f"{prefix}_quantized", dtype=zero_point.dtype)
+    attrs = {"axis": axis} if axis is not None else {}
+    graph.nodes.append(
+        gs.Node("QuantizeLinear", f"{prefix}/QuantizeLinear", attrs, [source, scale_const, zero_const], [quantized])
+    )
+    return _dq(graph, quantized, scale_const, zero_const, axis, float_dtype, prefix)
+
+
+def _dq(
+    graph: gs.Graph,
+    source: gs.Tensor,
+    scale: np.ndarray | gs.Constant,
+    zero_point: np.ndarray | gs.Constant,
+    axis: int | None,
+    float_dtype: np.dtype,
+    prefix: str,
+) -> gs.Variable:
+    scale_const = scale if isinstance(scale, gs.Constant) else gs.Constant(f"{prefix}_scale", np.asarray(scale, float_dtype))
+    zero_const = zero_point if isinstance(zero_point, gs.Constant) else gs.Constant(f"{prefix}_zero_point", zero_point)
+    dequantized = gs.Variable(f"{prefix}_dequantized", dtype=float_dtype)
+    attrs = {"axis": axis} if axis is not None else {}
+    graph.nodes.append(
+        gs.Node("DequantizeLinear", f"{prefix}/DequantizeLinear", attrs, [source, scale_const, zero_const], [dequantized])
+    )
+    return dequantized

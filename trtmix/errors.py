@@ -1,0 +1,47 @@
+"""Errors trtmix raises on purpose.
+
+Every user-facing error says what was wrong, what was expected and how to fix it.  The CLI prints the message of a
+``TrtmixError`` and exits with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class TrtmixError(Exception):
+    """Base class: a problem with the user's input or environment, reported without a traceback."""
+
+    def __init__(self, what: str, *, expected: str | None = None, fix: str | None = None) -> None:
+        parts = [what]
+        if expected:
+            parts.append(f"Expected: {expected}")
+        if fix:
+            parts.append(f"Fix: {fix}")
+        super().__init__("\n".join(parts))
+
+
+class ModelLoadError(TrtmixError):
+    """An ONNX file or a ``MODULE:FUNCTION`` model factory could not be loaded."""
+
+
+class ExportError(TrtmixError):
+    """A torch model could not be exported to ONNX, or the export does not match torch."""
+
+
+class PlanError(TrtmixError):
+    """A precision plan is malformed or does not fit the model."""
+
+
+class CalibrationError(TrtmixError):
+    """Calibration data is missing, malformed or not finite."""
+
+
+class CompileError(TrtmixError):
+    """A plan cannot be written into the graph (missing ranges, unsupported model)."""
+
+
+class BackendUnavailableError(TrtmixError):
+    """The requested backend is not installed on this host."""
+
+
+class BackendError(TrtmixError):
+    """A backend failed to build, run or time a model."""

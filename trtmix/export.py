@@ -1,0 +1,197 @@
+"""torch → ONNX export that keeps what later steps need: readable node names and the torch module of each node.
+
+The dynamo exporter is the default (opset ≥ 18, it folds BatchNorm into Conv); the legacy TorchScript exporter is
+the fallback.  After export the ONNX model is run with ONNX Runtime on the sample input and compared with torch, so a
+silently wrong export never reaches the search.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from trtmix.errors import ExportError
+from trtmix.io import atomic_write_bytes
+from trtmix.units import MODULE_KEY
+
+LOG = logging.getLogger(__name__)
+EXPORTERS = ("auto", "dynamo", "legacy")
+DEFAULT_OPSET = 19
+INLINE_LIMIT_BYTES = 2 * 1024**3 - 64 * 1024**2
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export produced and how closely it matches torch."""
+
+    path: Path
+    exporter: str
+    opset: int
+    nodes: int
+    max_abs_diff: float
+    reference_max_abs: float
+    module_map: dict[str, str]
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    sample_inputs: tuple[torch.Tensor, ...],
+    output: str | Path,
+    *,
+    exporter: str = "auto",
+    opset: int = DEFAULT_OPSET,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    input_names: list[str] | None = None,
+    tolerance: float = 1e-3,
+) -> ExportReport:
+    """Export ``model`` to ``output`` and check it against torch on ``sample_inputs``.
+
+    Args:
+        exporter: ``dynamo``, ``legacy``, or ``auto`` (dynamo, falling back to legacy if dynamo fails).
+        opset: ONNX opset; the dynamo exporter needs ≥ 18.
+        dynamic_axes: input/output name → {axis: symbolic name}, e.g. ``{"input": {0: "batch"}}``.
+        input_names: names of the graph inputs; default ``input`` (one input) or ``input_0``, ``input_1``, ...
+        tolerance: largest accepted max-abs difference, relative to the largest torch output magnitude (min 1).
+    """
+    if exporter not in EXPORTERS:
+        raise ExportError(f"Unknown exporter {exporter!r}.", expected=f"one of {', '.join(EXPORTERS)}")
+    if exporter in ("auto", "dynamo") and opset < 18:
+        raise ExportError(f"The dynamo exporter needs opset ≥ 18 (got {opset}).", fix="use --opset 18 or higher, or --exporter legacy")
+    model = model.eval()
+    names = input_names or (["input"] if len(sample_inputs) == 1 else [f"input_{i}" for i in range(len(sample_inputs))])
+    if len(names) != len(sample_inputs):
+        raise ExportError(f"{len(names)} input names for {len(sample_inputs)} sample inputs.")
+    with torch.no_grad():
+        reference = [t.detach().cpu().numpy() for t in _flatten_outputs(model(*sample_inputs))]
+    output_names = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
+    proto, used = _export_with(model, sample_inputs, exporter, opset, dynamic_axes, names, output_names)
+    module_map = annotate_modules(proto, model, renamed=used == "dynamo")
+    diff = _max_abs_diff(proto, sample_inputs, names, reference)
+    scale = max(1.0, max(float(np.abs(r).max()) for r in reference))
+    if not np.isfinite(diff) or diff > tolerance * scale:
+        raise ExportError(
+            f"The ONNX export differs from torch by up to {diff:.3g} (outputs reach {scale:.3g}).",
+            expected=f"at most {tolerance:g} × {scale:.3g}",
+            fix="try --exporter legacy (or dynamo), or raise --tolerance if the model is numerically sensitive",
+        )
+    atomic_write_bytes(output, proto.SerializeToString())
+    LOG.info("exported %s with %s exporter: %d nodes, max |onnx - torch| = %.3g", output, used, len(proto.graph.node), diff)
+    return ExportReport(Path(output), used, opset, len(proto.graph.node), diff, scale, module_map)
+
+
+def _export_with(
+    model: torch.nn.Module,
+    sample_inputs: tuple[torch.Tensor, ...],
+    exporter: str,
+    opset: int,
+    dynamic_axes: dict[str, dict[int, str]] | None,
+    input_names: list[str],
+    output_names: list[str],
+) -> tuple[onnx.ModelProto, str]:
+    """Run the requested exporter (with the legacy fallback for ``auto``) and load the result into memory."""
+    attempts = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
+    failures = []
+    for name in attempts:
+        try:
+            return _run_exporter(model, sample_inputs, name, opset, dynamic_axes, input_names, output_names), name
+        except Exception as err:  # noqa: BLE001 - torch raises many unrelated types; we report them all
+            failures.append(f"{name}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+            if name != attempts[-1]:
+                LOG.warning("dynamo export failed (%s); falling back to the legacy exporter", failures[-1])
+    raise ExportError(
+        "torch.onnx.export failed: " + "; ".join(failures),
+        expected="a model torch can export with the given sample inputs",
+        fix="check the sample inputs match forward(); run with --verbose for the full torch error",
+    )
+
+
+def _run_exporter(
+    model: torch.nn.Module,
+    sample_inputs: tuple[torch.Tensor, ...],
+    exporter: str,
+    opset: int,
+    dynamic_axes: dict[str, dict[int, str]] | None,
+    input_names: list[str],
+    output_names: list[str],
+) -> onnx.ModelProto:
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(folder) / "model.onnx"
+        kwargs: dict[str, Any] = {"input_names": input_names, "output_names": output_names, "opset_version": opset}
+        if dynamic_axes:
+            kwargs["dynamic_axes"] = dynamic_axes
+        if exporter == "dynamo":
+            kwargs["external_data"] = parameter_bytes >= INLINE_LIMIT_BYTES
+            torch.onnx.export(model, sample_inputs, str(path), dynamo=True, verbose=False, **kwargs)
+        else:
+            torch.onnx.export(model, sample_inputs, str(path), dynamo=False, **kwargs)
+        return onnx.load(str(path))
+
+
+def annotate_modules(proto: onnx.ModelProto, model: torch.nn.Module, renamed: bool) -> dict[str, str]:
+    """Record each node's torch module in its ``trtmix.module`` metadata; rename dynamo's opaque node names.
+
+    The module of a node is the owner of its parameter input if it has one (this survives BatchNorm folding, where
+    dynamo attributes the fused Conv to the BatchNorm), else the deepest module in its export scope.
+    """
+    module_names = {name for name, _ in model.named_modules() if name}
+    parameter_owner = {name: name.rpartition(".")[0] for name, _ in model.named_parameters()}
+    counts: Counter[str] = Counter()
+    module_map = {}
+    for node in proto.graph.node:
+        module = next((parameter_owner[i] for i in node.input if parameter_owner.get(i)), None)
+        module = module or _scope_module(node, module_names)
+        if renamed:
+            base = f"/{module}/{node.op_type}" if module else f"/{node.op_type}"
+            counts[base] += 1
+            node.name = base if counts[base] == 1 else f"{base}_{counts[base] - 1}"
+        if module:
+            node.metadata_props.add(key=MODULE_KEY, value=module)
+            module_map[node.name] = module
+    return module_map
+
+
+def _scope_module(node: onnx.NodeProto, module_names: set[str]) -> str | None:
+    """The deepest torch module named in the node's scope (dynamo metadata or the legacy ``/a/b/Op`` name)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = ast.literal_eval(prop.value)
+            return next((s for s in reversed(scopes) if s in module_names), None)
+    path = ""
+    best = None
+    for segment in node.name.strip("/").split("/")[:-1]:
+        path = segment if not path or segment.startswith(path + ".") else f"{path}.{segment}"
+        if path in module_names:
+            best = path
+    return best
+
+
+def _flatten_outputs(outputs: Any) -> list[torch.Tensor]:
+    """Tensors of a model's output in the order the exporter flattens them (tuples, lists, dicts, dataclasses)."""
+    leaves, _ = torch.utils._pytree.tree_flatten(outputs)
+    return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+
+
+def _max_abs_diff(
+    proto: onnx.ModelProto, sample_inputs: tuple[torch.Tensor, ...], names: list[str], reference: list[np.ndarray]
+) -> float:
+    """Largest |ONNX Runtime − torch| over all outputs on the sample inputs."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, sample_inputs)}
+    results = session.run(None, feeds)
+    if len(results) != len(reference):
+        raise ExportError(f"The ONNX model has {len(results)} outputs but torch returned {len(reference)} tensors.")
+    return max(float(np.abs(np.asarray(r, dtype=np.float64) - ref).max()) if ref.size else 0.0 for r, ref in zip(results, reference))

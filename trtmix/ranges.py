@@ -1,0 +1,85 @@
+"""Activation ranges: the calibration result every compile reuses.
+
+Stored as JSON keyed by tensor name, with the hash of the model they were measured on, so a ranges file is never
+applied to the wrong model by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtmix.errors import CalibrationError, CompileError
+from trtmix.io import atomic_write_text
+
+FORMAT = "trtmix-ranges/1"
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """Observed (or clipped) range of one tensor.  ``amax`` drives symmetric scales, min/max asymmetric ones."""
+
+    min: float
+    max: float
+
+    @property
+    def amax(self) -> float:
+        """Largest magnitude: the symmetric quantization threshold."""
+        return max(abs(self.min), abs(self.max))
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Ranges of activation tensors, plus where they came from (``meta``: model hash, method, data, batches)."""
+
+    tensors: Mapping[str, TensorRange]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def require(self, names: Iterable[str], model_hash: str | None = None) -> None:
+        """Fail clearly if ranges are missing for tensors the plan quantizes, or were measured on another model."""
+        recorded_hash = self.meta.get("model_sha256")
+        if model_hash and recorded_hash and recorded_hash != model_hash:
+            raise CompileError(
+                "The ranges were calibrated on a different model (its hash does not match).",
+                fix="recalibrate on this model with `trtmix calibrate`, or pass --data to calibrate during the build",
+            )
+        missing = sorted(set(names) - set(self.tensors))
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise CompileError(
+                f"No activation range for {len(missing)} tensor(s) the plan quantizes: {shown}.",
+                expected="ranges calibrated on this exact ONNX model",
+                fix="recalibrate with `trtmix calibrate` on this model, or pass --data",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        tensors = {name: {"min": r.min, "max": r.max} for name, r in sorted(self.tensors.items())}
+        return {"format": FORMAT, "meta": dict(self.meta), "tensors": tensors}
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically as JSON."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Ranges:
+        """Read a ranges file written by ``save``."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise CalibrationError(f"Ranges file {path} does not exist.", fix="run `trtmix calibrate` first") from None
+        except json.JSONDecodeError as err:
+            raise CalibrationError(f"Ranges file {path} is not valid JSON: {err}.") from err
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CalibrationError(f"{path} is not a trtmix ranges file.", expected=f'"format": "{FORMAT}"')
+        tensors = {}
+        for name, entry in data.get("tensors", {}).items():
+            low, high = float(entry["min"]), float(entry["max"])
+            if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+                raise CalibrationError(f"{path}: tensor {name!r} has an invalid range [{low}, {high}].")
+            tensors[name] = TensorRange(low, high)
+        return cls(tensors=tensors, meta=data.get("meta", {}))
