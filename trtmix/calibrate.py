@@ -33,7 +33,12 @@ def tensors_to_calibrate(model: onnx.ModelProto, units: list[Unit]) -> list[str]
 
 
 def calibrate_max(
-    model: onnx.ModelProto, batches: Iterable[object], tensors: list[str], *, limit: int | None = None, progress: bool = True
+    model: onnx.ModelProto,
+    batches: Iterable[object],
+    tensors: list[str],
+    *,
+    limit: int | None = None,
+    progress: bool = True,
 ) -> Ranges:
     """Min/max of ``tensors`` over the float model run on ``batches``."""
     import onnxruntime as ort
@@ -44,12 +49,16 @@ def calibrate_max(
     low = {name: np.inf for name in tensors}
     high = {name: -np.inf for name in tensors}
     count = 0
-    for index, feed in enumerate(tqdm(checked_batches(batches, model, limit), desc="calibrate", disable=not progress, unit="batch")):
-        for name, value in zip(output_names, session.run(output_names, feed)):
+    for index, feed in enumerate(
+        tqdm(checked_batches(batches, model, limit), desc="calibrate", disable=not progress, unit="batch")
+    ):
+        for name, value in zip(output_names, session.run(output_names, feed), strict=False):
             if name not in low or value.size == 0:
                 continue
             if not np.isfinite(value).all():
-                raise CalibrationError(f"Batch {index}: tensor {name!r} holds NaN or Inf.", fix="check the model and data")
+                raise CalibrationError(
+                    f"Batch {index}: tensor {name!r} holds NaN or Inf.", fix="check the model and data"
+                )
             low[name] = min(low[name], float(value.min()))
             high[name] = max(high[name], float(value.max()))
         count += 1

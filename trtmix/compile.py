@@ -4,7 +4,8 @@ Two flavours from one plan:
 
 * ``tensorrt`` — what a TensorRT strongly typed network needs: symmetric int8 (zero point 0), per-tensor
   activations, per-output-channel weights (Q→DQ on the float weight), a float16 graph with Casts only at the fp32
-  graph inputs/outputs (and around units planned as fp32), opset ≥ 19 so Q/DQ scales can be float16.  At a residual
+  graph inputs/outputs and around units planned as fp32 (``trtmix.float_types``), opset ≥ 19 so Q/DQ scales can
+  be float16.  At a residual
   Add whose inputs both come from INT8 units, the skip input is quantized too so TensorRT can fuse the Add into
   the conv (the ModelOpt placement).
 * ``ort-cpu`` — what ONNX Runtime's CPU kernels fuse into int8 kernels: uint8 asymmetric activations, int8
@@ -27,10 +28,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtmix.errors import CompileError
+from trtmix.float_types import to_float16
 from trtmix.graph import GraphIndex, model_sha256, opset_version
 from trtmix.plan import Precision, PrecisionPlan
 from trtmix.qdq import INT8_MAX, REDUCED_INT8_MAX, asymmetric_uint8, per_channel_amax, quantize_int8, symmetric_scale
-from trtmix.ranges import Ranges
+from trtmix.ranges import Ranges, TensorRange
 from trtmix.units import KIND_CONV, Unit, require_units
 
 LOG = logging.getLogger(__name__)
@@ -42,15 +44,18 @@ ALL_READERS = "*"
 
 @dataclass
 class QuantizationSites:
-    """Where Q/DQ go: activation tensor → names of the nodes to reroute through it (or ALL_READERS), and the units
-    whose weights are quantized."""
+    """Where Q/DQ go.
+
+    ``activations`` maps a tensor to the names of the nodes to reroute through its Q/DQ (or ALL_READERS);
+    ``weight_units`` lists the units whose weights are quantized.
+    """
 
     activations: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     weight_units: list[Unit] = field(default_factory=list)
 
 
 def compile_plan(model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | None, flavour: str) -> onnx.ModelProto:
-    """A new model with ``plan`` written in the ``flavour``'s form.  ``model`` is the float export and is not changed."""
+    """A new model with ``plan`` written in the ``flavour``'s form; ``model`` (the float export) is not changed."""
     if flavour not in FLAVOURS:
         raise CompileError(f"Unknown flavour {flavour!r}.", expected=f"one of {', '.join(FLAVOURS)}")
     units = require_units(model, "the model")
@@ -59,7 +64,9 @@ def compile_plan(model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | N
     sites = _tensorrt_sites(model, int8_units) if flavour == "tensorrt" else _ort_sites(int8_units)
     if sites.activations:
         if ranges is None:
-            raise CompileError("The plan has INT8 units but no activation ranges were given.", fix="pass --ranges or --data")
+            raise CompileError(
+                "The plan has INT8 units but no activation ranges were given.", fix="pass --ranges or --data"
+            )
         ranges.require(sites.activations, model_sha256(model))
     minimum_opset = TENSORRT_OPSET if flavour == "tensorrt" else ORT_OPSET
     working = _with_opset(model, minimum_opset)
@@ -67,13 +74,16 @@ def compile_plan(model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | N
         working = _apply_float_types(working, units, plan)
     working = _retyped(working)
     graph = gs.import_onnx(working)
-    original_weights = GraphIndex(model)
+    original = GraphIndex(model)
     symmetric = flavour == "tensorrt"
     for tensor, readers in sorted(sites.activations.items()):
-        _quantize_activation(graph, tensor, readers, ranges, symmetric)  # type: ignore[arg-type]
+        edges = _reader_edges(graph, original, tensor, readers)
+        _quantize_activation(graph, edges, ranges.tensors[tensor], symmetric)  # type: ignore[union-attr]
     for unit in sites.weight_units:
-        weight = original_weights.constant_value(unit.weight)  # type: ignore[arg-type]
-        _quantize_weight(graph, unit, weight, keep_float_weight=symmetric)  # type: ignore[arg-type]
+        weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
+        weight_scale = _quantize_weight(graph, unit, weight, keep_float_weight=symmetric)  # type: ignore[arg-type]
+        if not symmetric and unit.op == "Gemm":
+            _quantize_gemm_bias(graph, unit, original, weight_scale, ranges.tensors[unit.inputs[0]])  # type: ignore[union-attr]
     graph.cleanup().toposort()
     compiled = gs.export_onnx(graph)
     compiled.ir_version = model.ir_version
@@ -144,23 +154,17 @@ def _with_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
 
 
 def _apply_float_types(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> onnx.ModelProto:
-    """Make the graph float16 except nodes that must stay float32, with Casts at fp32 graph I/O (ORT's converter)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
+    """Float16 everywhere except nodes that must stay float32 (fp32 units; everything else if the base is fp32)."""
     base = plan.default if plan.default is not Precision.INT8 else Precision.FP16
     unit_precision = {node: plan.precision_of(u.name) for u in units for node in u.nodes}
-    fp32_nodes = []
-    for node in model.graph.node:
-        precision = unit_precision.get(node.name, base)
-        if precision is Precision.INT8:
-            precision = base
-        if precision is Precision.FP32:
-            fp32_nodes.append(node.name)
-    if len(fp32_nodes) == len(model.graph.node):
+
+    def is_fp32(node_name: str) -> bool:
+        precision = unit_precision.get(node_name, base)
+        return (base if precision is Precision.INT8 else precision) is Precision.FP32
+
+    if all(is_fp32(node.name) for node in model.graph.node):
         return model
-    return convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=[], node_block_list=fp32_nodes, force_fp16_initializers=True
-    )
+    return to_float16(model, is_fp32)
 
 
 def _retyped(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -172,28 +176,50 @@ def _retyped(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(sorted_model, strict_mode=True)
 
 
-def _quantize_activation(graph: gs.Graph, tensor: str, readers: set[str], ranges: Ranges, symmetric: bool) -> None:
-    """Insert Q→DQ on ``tensor`` and reroute ``readers`` (node names, or ALL_READERS) to the DQ output."""
-    variable = graph.tensors()[tensor]
-    float_dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
-    value_range = ranges.tensors[tensor]
-    if symmetric:
-        scale = symmetric_scale(value_range.amax, float_dtype)
-        zero_point = np.zeros((), dtype=np.int8)
-    else:
-        scale_u8, zero_point = asymmetric_uint8(value_range.min, value_range.max)
-        scale = np.asarray(scale_u8, dtype=float_dtype)
-        zero_point = np.asarray(zero_point)
-    targets = [n for n in list(variable.outputs) if ALL_READERS in readers or n.name in readers]
-    dequantized = _qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype)
-    for node in targets:
-        node.inputs = [dequantized if inp is variable else inp for inp in node.inputs]
-    if variable.name in {out.name for out in graph.outputs} and ALL_READERS in readers:
-        LOG.debug("%s is a graph output; it stays float there", tensor)
+def _reader_edges(graph: gs.Graph, original: GraphIndex, tensor: str, readers: set[str]) -> list[tuple[gs.Node, int]]:
+    """(node, input position) pairs that read ``tensor`` in the float model and must read its Q/DQ instead.
+
+    Positions come from the float model, because the fp16 rewrite may have put a Cast between a graph input and
+    its reader: the reader's input at that position is then the Cast's output, which is what gets quantized.
+    """
+    nodes = {node.name: node for node in graph.nodes}
+    if ALL_READERS in readers:
+        readers = {node.name for node in original.consumers.get(tensor, [])}
+    edges = []
+    for name in sorted(readers):
+        positions = [i for i, inp in enumerate(original.nodes[name].input) if inp == tensor]
+        edges.extend((nodes[name], position) for position in positions)
+    if not edges:
+        raise CompileError(f"Internal error: no reader of {tensor!r} found to quantize ({sorted(readers)}).")
+    return edges
 
 
-def _quantize_weight(graph: gs.Graph, unit: Unit, weight: np.ndarray, keep_float_weight: bool) -> None:
-    """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ."""
+def _quantize_activation(
+    graph: gs.Graph, edges: list[tuple[gs.Node, int]], value_range: TensorRange, symmetric: bool
+) -> None:
+    """Insert one Q→DQ per distinct tensor read on ``edges`` and reroute those edges to its output."""
+    by_tensor: dict[str, list[tuple[gs.Node, int]]] = defaultdict(list)
+    for node, position in edges:
+        by_tensor[node.inputs[position].name].append((node, position))
+    for group in by_tensor.values():
+        variable = group[0][0].inputs[group[0][1]]
+        float_dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
+        if symmetric:
+            scale = symmetric_scale(value_range.amax, float_dtype)
+            zero_point = np.zeros((), dtype=np.int8)
+        else:
+            scale_u8, zero_point_u8 = asymmetric_uint8(value_range.min, value_range.max)
+            scale, zero_point = np.asarray(scale_u8, dtype=float_dtype), np.asarray(zero_point_u8)
+        dequantized = _qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype)
+        for node, position in group:
+            node.inputs[position] = dequantized
+
+
+def _quantize_weight(graph: gs.Graph, unit: Unit, weight: np.ndarray, keep_float_weight: bool) -> np.ndarray:
+    """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ.
+
+    Returns the per-channel scales.
+    """
     anchor = next(n for n in graph.nodes if n.name == unit.name)
     current = anchor.inputs[1]
     float_dtype = np.dtype(current.dtype) if current.dtype is not None else np.dtype(np.float32)
@@ -209,6 +235,27 @@ def _quantize_weight(graph: gs.Graph, unit: Unit, weight: np.ndarray, keep_float
         source = gs.Constant(f"{prefix}_int8", quantize_int8(weight, scale, axis))
         dequantized = _dq(graph, source, scale, zero_point, axis, float_dtype, prefix)
     anchor.inputs[1] = dequantized
+    return scale
+
+
+def _quantize_gemm_bias(
+    graph: gs.Graph, unit: Unit, original: GraphIndex, weight_scale: np.ndarray, x: TensorRange
+) -> None:
+    """Gemm bias as int32 → DQ (scale = input scale × weight scale), the form ORT fuses into QGemm.
+
+    ORT's QGemm selector rejects a float bias; its own quantizer writes the bias this way.
+    """
+    anchor = next(n for n in graph.nodes if n.name == unit.name)
+    bias = original.constant_value(original.nodes[unit.name].input[2]) if len(anchor.inputs) > 2 else None
+    if bias is None or bias.ndim != 1:
+        return
+    input_scale, _ = asymmetric_uint8(x.min, x.max)
+    bias_scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
+    quantized = np.clip(np.rint(bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
+    prefix = f"{unit.name}/bias"
+    source = gs.Constant(f"{prefix}_int32", quantized)
+    zero_point = np.zeros(bias_scale.shape, dtype=np.int32)
+    anchor.inputs[2] = _dq(graph, source, bias_scale, zero_point, 0, np.dtype(np.float32), prefix)
 
 
 def _qdq_pair(
@@ -241,11 +288,15 @@ def _dq(
     float_dtype: np.dtype,
     prefix: str,
 ) -> gs.Variable:
-    scale_const = scale if isinstance(scale, gs.Constant) else gs.Constant(f"{prefix}_scale", np.asarray(scale, float_dtype))
+    scale_const = (
+        scale if isinstance(scale, gs.Constant) else gs.Constant(f"{prefix}_scale", np.asarray(scale, float_dtype))
+    )
     zero_const = zero_point if isinstance(zero_point, gs.Constant) else gs.Constant(f"{prefix}_zero_point", zero_point)
     dequantized = gs.Variable(f"{prefix}_dequantized", dtype=float_dtype)
     attrs = {"axis": axis} if axis is not None else {}
     graph.nodes.append(
-        gs.Node("DequantizeLinear", f"{prefix}/DequantizeLinear", attrs, [source, scale_const, zero_const], [dequantized])
+        gs.Node(
+            "DequantizeLinear", f"{prefix}/DequantizeLinear", attrs, [source, scale_const, zero_const], [dequantized]
+        )
     )
     return dequantized

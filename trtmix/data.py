@@ -18,9 +18,14 @@ from trtmix.errors import CalibrationError
 from trtmix.user_code import load_function
 
 Feed = dict[str, np.ndarray]
-ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
-                 onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
-                 onnx.TensorProto.BOOL: np.bool_, onnx.TensorProto.DOUBLE: np.float64}
+ONNX_TO_NUMPY = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.BOOL: np.bool_,
+    onnx.TensorProto.DOUBLE: np.float64,
+}
 
 
 def load_batches(spec: str, split: str = "calibration", batch_size: int = 8) -> Iterable[Feed]:
@@ -46,11 +51,13 @@ def _npz_batches(path: Path, batch_size: int) -> Iterator[Feed]:
         arrays = {name: archive[name] for name in archive.files}
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) != 1:
-        raise CalibrationError(f"{path}: arrays have different first-axis lengths {sorted(lengths)}.",
-                               expected="one sample per row in every array")
+        raise CalibrationError(
+            f"{path}: arrays have different first-axis lengths {sorted(lengths)}.",
+            expected="one sample per row in every array",
+        )
     count = lengths.pop()
     for start in range(0, count, batch_size):
-        yield {name: array[start:start + batch_size] for name, array in arrays.items()}
+        yield {name: array[start : start + batch_size] for name, array in arrays.items()}
 
 
 def model_input_specs(model: onnx.ModelProto) -> dict[str, tuple[type, tuple[int | str, ...]]]:
@@ -69,18 +76,30 @@ def model_input_specs(model: onnx.ModelProto) -> dict[str, tuple[type, tuple[int
 def check_feed(feed: object, specs: dict[str, tuple[type, tuple[int | str, ...]]], batch_index: int) -> Feed:
     """Validate one feed against the model inputs: names, dtypes, ranks, static dims, finiteness."""
     if not isinstance(feed, dict):
-        raise CalibrationError(f"Batch {batch_index} is a {type(feed).__name__}.", expected="a dict {input name: numpy array}")
+        raise CalibrationError(
+            f"Batch {batch_index} is a {type(feed).__name__}.", expected="a dict {input name: numpy array}"
+        )
     if set(feed) != set(specs):
-        raise CalibrationError(f"Batch {batch_index} has inputs {sorted(feed)}.", expected=f"exactly {sorted(specs)}",
-                               fix="rename the keys your recipe yields to the model's input names")
+        raise CalibrationError(
+            f"Batch {batch_index} has inputs {sorted(feed)}.",
+            expected=f"exactly {sorted(specs)}",
+            fix="rename the keys your recipe yields to the model's input names",
+        )
     checked = {}
     for name, (dtype, dims) in specs.items():
         array = np.asarray(feed[name])
         if array.dtype != np.dtype(dtype):
-            raise CalibrationError(f"Batch {batch_index}, input {name!r}: dtype {array.dtype}.", expected=np.dtype(dtype).name,
-                                   fix=f"convert with .astype(np.{np.dtype(dtype).name})")
-        if array.ndim != len(dims) or any(isinstance(d, int) and d != s for d, s in zip(dims, array.shape)):
-            raise CalibrationError(f"Batch {batch_index}, input {name!r}: shape {array.shape}.", expected=f"shape {dims}")
+            raise CalibrationError(
+                f"Batch {batch_index}, input {name!r}: dtype {array.dtype}.",
+                expected=np.dtype(dtype).name,
+                fix=f"convert with .astype(np.{np.dtype(dtype).name})",
+            )
+        if array.ndim != len(dims) or any(
+            isinstance(d, int) and d != s for d, s in zip(dims, array.shape, strict=False)
+        ):
+            raise CalibrationError(
+                f"Batch {batch_index}, input {name!r}: shape {array.shape}.", expected=f"shape {dims}"
+            )
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise CalibrationError(f"Batch {batch_index}, input {name!r} holds NaN or Inf.", fix="clean the data")
         checked[name] = array
@@ -97,5 +116,8 @@ def checked_batches(batches: Iterable[object], model: onnx.ModelProto, limit: in
         count += 1
         yield check_feed(feed, specs, index)
     if count == 0:
-        raise CalibrationError("The data recipe yielded no batches.", expected="at least one feed",
-                               fix="check the recipe's split and file paths")
+        raise CalibrationError(
+            "The data recipe yielded no batches.",
+            expected="at least one feed",
+            fix="check the recipe's split and file paths",
+        )

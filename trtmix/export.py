@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 import tempfile
 import warnings
 from collections import Counter
@@ -57,6 +58,9 @@ def export_onnx(
     """Export ``model`` to ``output`` and check it against torch on ``sample_inputs``.
 
     Args:
+        model: the torch model (switched to eval mode).
+        sample_inputs: one tensor per ``forward`` argument; also the numerical check's input.
+        output: the ONNX file to write (atomically).
         exporter: ``dynamo``, ``legacy``, or ``auto`` (dynamo, falling back to legacy if dynamo fails).
         opset: ONNX opset; the dynamo exporter needs ≥ 18.
         dynamic_axes: input/output name → {axis: symbolic name}, e.g. ``{"input": {0: "batch"}}``.
@@ -66,7 +70,9 @@ def export_onnx(
     if exporter not in EXPORTERS:
         raise ExportError(f"Unknown exporter {exporter!r}.", expected=f"one of {', '.join(EXPORTERS)}")
     if exporter in ("auto", "dynamo") and opset < 18:
-        raise ExportError(f"The dynamo exporter needs opset ≥ 18 (got {opset}).", fix="use --opset 18 or higher, or --exporter legacy")
+        raise ExportError(
+            f"The dynamo exporter needs opset ≥ 18 (got {opset}).", fix="use --opset 18 or higher, or --exporter legacy"
+        )
     model = model.eval()
     names = input_names or (["input"] if len(sample_inputs) == 1 else [f"input_{i}" for i in range(len(sample_inputs))])
     if len(names) != len(sample_inputs):
@@ -75,6 +81,7 @@ def export_onnx(
         reference = [t.detach().cpu().numpy() for t in _flatten_outputs(model(*sample_inputs))]
     output_names = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
     proto, used = _export_with(model, sample_inputs, exporter, opset, dynamic_axes, names, output_names)
+    _check_inputs_kept(proto, names, used)
     module_map = annotate_modules(proto, model, renamed=used == "dynamo")
     diff = _max_abs_diff(proto, sample_inputs, names, reference)
     scale = max(1.0, max(float(np.abs(r).max()) for r in reference))
@@ -85,7 +92,9 @@ def export_onnx(
             fix="try --exporter legacy (or dynamo), or raise --tolerance if the model is numerically sensitive",
         )
     atomic_write_bytes(output, proto.SerializeToString())
-    LOG.info("exported %s with %s exporter: %d nodes, max |onnx - torch| = %.3g", output, used, len(proto.graph.node), diff)
+    LOG.info(
+        "exported %s with %s exporter: %d nodes, max |onnx - torch| = %.3g", output, used, len(proto.graph.node), diff
+    )
     return ExportReport(Path(output), used, opset, len(proto.graph.node), diff, scale, module_map)
 
 
@@ -105,7 +114,7 @@ def _export_with(
         try:
             return _run_exporter(model, sample_inputs, name, opset, dynamic_axes, input_names, output_names), name
         except Exception as err:  # noqa: BLE001 - torch raises many unrelated types; we report them all
-            failures.append(f"{name}: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+            failures.append(f"{name}: {type(err).__name__}: {_first_line(err)}")
             if name != attempts[-1]:
                 LOG.warning("dynamo export failed (%s); falling back to the legacy exporter", failures[-1])
     raise ExportError(
@@ -177,6 +186,24 @@ def _scope_module(node: onnx.NodeProto, module_names: set[str]) -> str | None:
     return best
 
 
+def _first_line(err: Exception) -> str:
+    """The first line of an exception message, without the terminal colour codes torch adds."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _check_inputs_kept(proto: onnx.ModelProto, names: list[str], exporter: str) -> None:
+    """An input the graph lost means the outputs no longer depend on it: the export is silently wrong."""
+    kept = {value.name for value in proto.graph.input}
+    lost = [name for name in names if name not in kept]
+    if lost:
+        raise ExportError(
+            f"The {exporter} export has no graph input {', '.join(map(repr, lost))}: its outputs do not depend on it.",
+            expected="every forward() argument to reach the outputs through torch operations",
+            fix="keep the computation in torch (no .numpy(), .item() or Python control flow on tensor values)",
+        )
+
+
 def _flatten_outputs(outputs: Any) -> list[torch.Tensor]:
     """Tensors of a model's output in the order the exporter flattens them (tuples, lists, dicts, dataclasses)."""
     leaves, _ = torch.utils._pytree.tree_flatten(outputs)
@@ -189,9 +216,15 @@ def _max_abs_diff(
     """Largest |ONNX Runtime − torch| over all outputs on the sample inputs."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, sample_inputs)}
-    results = session.run(None, feeds)
+    feeds = {name: tensor.detach().cpu().numpy() for name, tensor in zip(names, sample_inputs, strict=False)}
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        results = session.run(None, feeds)
+    except Exception as err:  # noqa: BLE001 - ORT raises untyped errors
+        raise ExportError(f"ONNX Runtime cannot run the exported model: {err}", fix="try the other --exporter") from err
     if len(results) != len(reference):
         raise ExportError(f"The ONNX model has {len(results)} outputs but torch returned {len(reference)} tensors.")
-    return max(float(np.abs(np.asarray(r, dtype=np.float64) - ref).max()) if ref.size else 0.0 for r, ref in zip(results, reference))
+    return max(
+        float(np.abs(np.asarray(r, dtype=np.float64) - ref).max()) if ref.size else 0.0
+        for r, ref in zip(results, reference, strict=False)
+    )

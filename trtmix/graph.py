@@ -21,7 +21,9 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX model, check it, and give every node a unique name (units are named after nodes)."""
     source = Path(path)
     if not source.is_file():
-        raise ModelLoadError(f"ONNX file {source} does not exist.", fix="check the path, or export one with `trtmix export`")
+        raise ModelLoadError(
+            f"ONNX file {source} does not exist.", fix="check the path, or export one with `trtmix export`"
+        )
     try:
         model = onnx.load(str(source))
     except (DecodeError, ValueError, RuntimeError, OSError) as err:

@@ -125,7 +125,9 @@ class PrecisionPlan:
         for name in self.units:
             if name not in known_set:
                 close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-                hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "run `trtmix units` to list them"
+                hint = (
+                    f"did you mean {', '.join(repr(c) for c in close)}?" if close else "run `trtmix units` to list them"
+                )
                 raise PlanError(
                     f"The plan names unit {name!r}, which this model does not have.",
                     expected=f"one of the model's {len(known)} unit names",

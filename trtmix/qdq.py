@@ -19,12 +19,14 @@ MIN_SCALE = {np.dtype(np.float16): 1.2e-7, np.dtype(np.float32): 1e-12}
 
 
 def per_channel_amax(weight: np.ndarray, axis: int) -> np.ndarray:
-    """max |w| over every axis but ``axis``: one value per output channel."""
+    """Max |w| over every axis but ``axis``: one value per output channel."""
     reduce_axes = tuple(i for i in range(weight.ndim) if i != axis % weight.ndim)
     return np.abs(weight.astype(np.float32)).max(axis=reduce_axes)
 
 
-def symmetric_scale(amax: np.ndarray | float, dtype: np.dtype | type = np.float32, levels: int = INT8_MAX) -> np.ndarray:
+def symmetric_scale(
+    amax: np.ndarray | float, dtype: np.dtype | type = np.float32, levels: int = INT8_MAX
+) -> np.ndarray:
     """Scale of symmetric int8 quantization (zero point 0): amax / levels, floored so it is never zero."""
     dtype = np.dtype(dtype)
     scale = np.asarray(amax, dtype=np.float64) / levels

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny seeded models exported once per session, seeded data and max-calibrated ranges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from trtmix.calibrate import calibrate_max, tensors_to_calibrate
+from trtmix.export import export_onnx
+from trtmix.graph import load_onnx
+from trtmix.models import tiny
+from trtmix.ranges import Ranges
+from trtmix.units import find_units
+
+SHAPES = {"convnet": (2, 3, 16, 16), "transformer": (2, 8, 16)}
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """(model name, exporter) → exported ONNX path, for both tiny models and both exporters."""
+    folder = tmp_path_factory.mktemp("exported")
+    paths = {}
+    for name in SHAPES:
+        for exporter in ("dynamo", "legacy"):
+            model, samples = getattr(tiny, name)()
+            path = folder / f"{name}_{exporter}.onnx"
+            export_onnx(model, samples, path, exporter=exporter)
+            paths[(name, exporter)] = path
+    return paths
+
+
+def batches_for(name: str, count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Seeded random feeds for a tiny model."""
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.standard_normal(SHAPES[name]).astype(np.float32)} for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def calibrated(exported: dict[tuple[str, str], Path]) -> dict[str, tuple[onnx.ModelProto, Ranges]]:
+    """Model name → (dynamo-exported float model, ranges from 4 calibration batches)."""
+    result = {}
+    for name in SHAPES:
+        model = load_onnx(exported[(name, "dynamo")])
+        tensors = tensors_to_calibrate(model, find_units(model))
+        result[name] = (model, calibrate_max(model, batches_for(name, 4, seed=1), tensors, progress=False))
+    return result
+
+
+def run_ort(model: onnx.ModelProto, feed: dict[str, np.ndarray], optimize: bool = True) -> np.ndarray:
+    """First output of ``model`` on ``feed`` with ONNX Runtime CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, feed)[0], dtype=np.float32)

@@ -1,0 +1,109 @@
+"""The Python API: the same steps as the CLI, returning values instead of printing."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from trtmix.backends import LatencyStats, get_backend
+from trtmix.calibrate import calibrate_max, tensors_to_calibrate
+from trtmix.compile import compile_plan
+from trtmix.data import load_batches
+from trtmix.errors import PlanError
+from trtmix.graph import QDQ_OPS, load_onnx
+from trtmix.io import atomic_write_bytes
+from trtmix.plan import Precision, PrecisionPlan
+from trtmix.ranges import Ranges
+from trtmix.units import Unit, require_units
+
+LOG = logging.getLogger(__name__)
+PLAN_SHORTHANDS = {"int8": Precision.INT8, "fp16": Precision.FP16, "fp32": Precision.FP32}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A compiled plan: where it was written and what it contains."""
+
+    onnx_path: Path
+    flavour: str
+    plan: PrecisionPlan
+    int8_units: list[str]
+    unit_count: int
+    qdq_nodes: int
+    artifact: Path | None
+
+
+def list_units(model_path: str | Path) -> list[Unit]:
+    """The quantizable units of an ONNX model (an error if it has none)."""
+    return require_units(load_onnx(model_path), str(model_path))
+
+
+def resolve_plan(spec: str | PrecisionPlan, units: list[Unit]) -> PrecisionPlan:
+    """A plan from a file path, a ``PrecisionPlan``, or a shorthand: ``int8`` / ``fp16`` / ``fp32`` for all units."""
+    if isinstance(spec, PrecisionPlan):
+        return spec
+    if spec in PLAN_SHORTHANDS:
+        precision = PLAN_SHORTHANDS[spec]
+        if precision is Precision.INT8:
+            return PrecisionPlan.with_int8(u.name for u in units)
+        return PrecisionPlan(default=precision)
+    if not Path(spec).is_file():
+        raise PlanError(
+            f"Plan {spec!r} is neither a file nor a shorthand.", expected="a plan JSON file, or int8 / fp16 / fp32"
+        )
+    return PrecisionPlan.load(spec)
+
+
+def calibrate(model_path: str | Path, data: str, split: str = "calibration", batches: int = 8) -> Ranges:
+    """Max calibration of every tensor a plan may quantize."""
+    model = load_onnx(model_path)
+    units = require_units(model, str(model_path))
+    ranges = calibrate_max(model, load_batches(data, split), tensors_to_calibrate(model, units), limit=batches)
+    return Ranges(tensors=ranges.tensors, meta={**ranges.meta, "data": data, "split": split})
+
+
+def build(
+    model_path: str | Path,
+    plan: str | PrecisionPlan,
+    output: str | Path,
+    flavour: str = "tensorrt",
+    ranges: Ranges | None = None,
+    backend: str = "onnxruntime",
+    artifact: str | Path | None = None,
+) -> BuildResult:
+    """Compile ``plan`` into ``output`` (atomically); with ``artifact``, also build it with ``backend``."""
+    model = load_onnx(model_path)
+    units = require_units(model, str(model_path))
+    resolved = resolve_plan(plan, units)
+    compiled = compile_plan(model, resolved, ranges, flavour)
+    onnx.checker.check_model(compiled, full_check=True)
+    atomic_write_bytes(output, compiled.SerializeToString())
+    built = None
+    if artifact is not None:
+        built = get_backend(backend).build(Path(output), Path(artifact))
+    counts = Counter(node.op_type for node in compiled.graph.node)
+    int8_names = [u.name for u in units if resolved.precision_of(u.name) is Precision.INT8]
+    return BuildResult(
+        Path(output), flavour, resolved, int8_names, len(units), sum(counts[op] for op in QDQ_OPS), built
+    )
+
+
+def profile(
+    model_path: str | Path,
+    feeds: dict[str, np.ndarray],
+    backend: str = "onnxruntime",
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+) -> LatencyStats:
+    """Build ``model_path`` with ``backend`` in a temporary folder and time it on ``feeds``."""
+    engine = get_backend(backend, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="trtmix-profile-") as folder:
+        artifact = engine.build(Path(model_path), Path(folder) / "artifact.onnx")
+        return engine.time(artifact, feeds, runs=runs, warmup=warmup)

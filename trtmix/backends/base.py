@@ -1,0 +1,70 @@
+"""What every engine backend offers: build an artifact from ONNX, run it, time it.
+
+The algorithm core only sees this protocol, so the search never knows whether ONNX Runtime or TensorRT is behind it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one artifact, measured: milliseconds per inference of the given inputs.
+
+    ``warmup`` runs were discarded before the ``runs`` timed ones.  ``versions`` names the runtime and library
+    versions, ``device`` what ran it.
+    """
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    stdev_ms: float
+    min_ms: float
+    runs: int
+    warmup: int
+    threads: int | None
+    provider: str
+    device: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], **context: Any) -> LatencyStats:
+        """Summarise timed runs (at least one)."""
+        ordered = sorted(samples_ms)
+        return cls(
+            median_ms=statistics.median(ordered),
+            p90_ms=float(np.percentile(ordered, 90)),
+            mean_ms=statistics.fmean(ordered),
+            stdev_ms=statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+            min_ms=ordered[0],
+            runs=len(ordered),
+            **context,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+class Backend(Protocol):
+    """An engine: ``build`` turns an ONNX file into an artifact, ``run`` executes it, ``time`` measures it."""
+
+    name: str
+
+    def build(self, onnx_path: Path, artifact_path: Path) -> Path:
+        """Build (or optimise) ``onnx_path`` into ``artifact_path``; returns the artifact path."""
+        ...
+
+    def run(self, artifact: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the artifact once on ``feeds`` and return its outputs in graph order."""
+        ...
+
+    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> LatencyStats:
+        """Median-of-``runs`` latency after ``warmup`` discarded runs, inputs allocated once."""
+        ...

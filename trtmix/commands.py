@@ -1,0 +1,123 @@
+"""What each CLI subcommand does with its parsed flags: call the API, print a human (or JSON) summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+
+from trtmix import api
+from trtmix.errors import TrtmixError
+from trtmix.feeds import parse_dims, timing_feeds
+from trtmix.graph import load_onnx
+from trtmix.ranges import Ranges
+from trtmix.units import units_to_json
+from trtmix.user_code import load_model_factory
+
+LOG = logging.getLogger(__name__)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """``trtmix export``."""
+    from trtmix.export import export_onnx
+
+    model, samples = load_model_factory(args.factory)
+    names = args.input_names or (["input"] if len(samples) == 1 else [f"input_{i}" for i in range(len(samples))])
+    report = export_onnx(
+        model,
+        samples,
+        args.output,
+        exporter=args.exporter,
+        opset=args.opset,
+        dynamic_axes=_dynamic_axes(args, names),
+        input_names=names,
+        tolerance=args.tolerance,
+    )
+    print(
+        f"wrote {report.path}: {report.exporter} exporter, opset {report.opset}, {report.nodes} nodes, "
+        f"max |onnx - torch| = {report.max_abs_diff:.3g}, {len(report.module_map)} nodes mapped to torch modules"
+    )
+
+
+def _dynamic_axes(args: argparse.Namespace, names: list[str]) -> dict[str, dict[int, str]] | None:
+    axes: dict[str, dict[int, str]] = {}
+    if args.dynamic_batch:
+        for name in names:
+            axes.setdefault(name, {})[0] = "batch"
+    for item in args.dynamic_axis:
+        tensor, axis, label = (item.split(":") + ["", ""])[:3]
+        if not tensor or not axis.isdigit() or not label:
+            raise TrtmixError(f"Bad --dynamic-axis {item!r}.", expected="TENSOR:AXIS:NAME, e.g. input_ids:1:seq")
+        axes.setdefault(tensor, {})[int(axis)] = label
+    return axes or None
+
+
+def run_units(args: argparse.Namespace) -> None:
+    """``trtmix units``."""
+    units = api.list_units(args.model)
+    if args.json:
+        print(units_to_json(units))
+        return
+    width = max(len(u.name) for u in units)
+    print(f"{'unit':<{width}}  {'kind':<9} {'op':<6} {'MACs':>14}  nodes / torch module")
+    for unit in units:
+        nodes = "+".join(_short(n) for n in unit.nodes)
+        module = f"  ({unit.module})" if unit.module else ""
+        print(f"{unit.name:<{width}}  {unit.kind:<9} {unit.op:<6} {unit.macs:>14,}  {nodes}{module}")
+    kinds = Counter(u.kind for u in units)
+    print(f"{len(units)} units: " + ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())))
+
+
+def _short(node_name: str) -> str:
+    return node_name.rsplit("/", 1)[-1]
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    """``trtmix calibrate``."""
+    ranges = api.calibrate(args.model, args.data, args.split, args.batches)
+    ranges.save(args.output)
+    print(f"wrote {args.output}: ranges of {len(ranges.tensors)} tensors from {ranges.meta['batches']} batches (max)")
+
+
+def run_build(args: argparse.Namespace) -> None:
+    """``trtmix build``."""
+    ranges = Ranges.load(args.ranges) if args.ranges else None
+    if ranges is None and args.data:
+        ranges = api.calibrate(args.model, args.data, args.split, args.batches)
+    result = api.build(
+        args.model,
+        args.plan,
+        args.output,
+        flavour=args.flavour,
+        ranges=ranges,
+        backend=args.backend,
+        artifact=args.artifact,
+    )
+    print(
+        f"wrote {result.onnx_path}: {args.flavour} flavour, {len(result.int8_units)} of {result.unit_count} "
+        f"units INT8, {result.qdq_nodes} Q/DQ nodes, plan {result.plan.stable_hash()}"
+    )
+    if result.artifact:
+        print(f"built {result.artifact} with {args.backend}")
+
+
+def run_profile(args: argparse.Namespace) -> None:
+    """``trtmix profile``."""
+    feeds = timing_feeds(load_onnx(args.model), args.data, parse_dims(args.dim))
+    stats = api.profile(args.model, feeds, args.backend, args.runs, args.warmup, args.threads)
+    if args.json:
+        print(json.dumps(stats.to_dict(), indent=2))
+        return
+    shapes = ", ".join(f"{name} {tuple(value.shape)}" for name, value in feeds.items())
+    print(
+        f"{args.model} on {args.backend} ({stats.threads} threads, {shapes}): median {stats.median_ms:.2f} ms, "
+        f"p90 {stats.p90_ms:.2f} ms, mean {stats.mean_ms:.2f} ± {stats.stdev_ms:.2f} ms over {stats.runs} runs"
+    )
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """``trtmix demo``."""
+    from trtmix.demo import run_minilm_demo
+
+    run_minilm_demo(args.output, runs=args.runs, batches=args.batches)

@@ -1,0 +1,68 @@
+"""Accuracy metrics: against labels, and fidelity against the float model's own outputs.
+
+Fidelity needs no labels, which is what most calibration sets lack: top-1 agreement and KL for classifiers, cosine
+similarity for embedding models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose arg-max equals the label."""
+    return float((np.asarray(logits).argmax(axis=-1) == np.asarray(labels)).mean())
+
+
+def top1_agreement(logits: np.ndarray, reference_logits: np.ndarray) -> float:
+    """Fraction of rows whose arg-max equals the float model's arg-max."""
+    return float((np.asarray(logits).argmax(axis=-1) == np.asarray(reference_logits).argmax(axis=-1)).mean())
+
+
+def mean_kl(logits: np.ndarray, reference_logits: np.ndarray) -> float:
+    """Mean KL(reference ‖ candidate) of the softmax distributions, in nats."""
+    p = _softmax(np.asarray(reference_logits, dtype=np.float64))
+    q = _softmax(np.asarray(logits, dtype=np.float64))
+    return float((p * (np.log(p + 1e-12) - np.log(q + 1e-12))).sum(axis=-1).mean())
+
+
+def cosine(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-row cosine similarity (rows = all axes but the last flattened together)."""
+    a = np.asarray(outputs, dtype=np.float64).reshape(-1, np.shape(outputs)[-1])
+    b = np.asarray(reference, dtype=np.float64).reshape(-1, np.shape(reference)[-1])
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely a quantized model's outputs follow the float model's."""
+
+    top1_agreement: float
+    mean_kl: float
+    cosine_mean: float
+    cosine_min: float
+    max_abs_diff: float
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def fidelity(outputs: np.ndarray, reference: np.ndarray) -> Fidelity:
+    """Every fidelity metric of ``outputs`` against the float model's ``reference`` outputs."""
+    cos = cosine(outputs, reference)
+    return Fidelity(
+        top1_agreement=top1_agreement(outputs, reference),
+        mean_kl=mean_kl(outputs, reference),
+        cosine_mean=float(cos.mean()),
+        cosine_min=float(cos.min()),
+        max_abs_diff=float(np.abs(np.asarray(outputs, np.float64) - reference).max()),
+    )

@@ -1,0 +1,115 @@
+"""Give every node of a float32 graph a float dtype (float16 or float32) and make the tensors agree.
+
+This is how a strongly typed TensorRT network learns precisions: float16 tensors run in FP16.  Each node runs in
+one dtype; float initializers and ``Constant`` values are stored in their reader's dtype; a Cast is inserted only on
+an edge whose producer and reader disagree, and at float32 graph inputs and outputs, which keep their type.
+ONNX Runtime's float16 converter was tried first and rejected: it put an fp16 round trip between two adjacent fp32
+nodes and wrapped fp32 weights in redundant Casts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+FP16, FP32 = np.dtype(np.float16), np.dtype(np.float32)
+FP16_MAX = float(np.finfo(np.float16).max)
+# Inputs that ONNX types as float32 whatever the data type is (Resize roi/scales, Upsample scales).
+FLOAT32_ONLY_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
+DTYPE_ATTRIBUTES = {"Cast": "to", "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "EyeLike": "dtype"}
+
+
+def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> onnx.ModelProto:
+    """A copy of ``model`` whose nodes run in float16 except those ``is_fp32_node`` names."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = gs.import_onnx(inferred)
+    node_dtype = {node.name: FP32 if is_fp32_node(node.name) else FP16 for node in graph.nodes}
+    for node in graph.nodes:
+        if node_dtype[node.name] == FP16:
+            _retype_attributes(node)
+    _keep_float32_outputs(graph, node_dtype)
+    casts: dict[tuple[str, np.dtype], gs.Variable] = {}
+    constants: dict[tuple[str, np.dtype], gs.Constant] = {}
+    for node in list(graph.nodes):
+        if node.op == "Cast":
+            continue  # a Cast reads any dtype
+        for position, tensor in enumerate(node.inputs):
+            wanted = FP32 if (node.op, position) in FLOAT32_ONLY_INPUTS else node_dtype.get(node.name, FP32)
+            if isinstance(tensor, gs.Constant):
+                node.inputs[position] = _constant_as(tensor, wanted, constants)
+            elif _is_float(tensor) and _dtype_of(tensor, node_dtype) != wanted:
+                node.inputs[position] = _cast(graph, tensor, wanted, casts)
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and _is_float(tensor) and tensor.inputs:
+            tensor.dtype = node_dtype.get(tensor.inputs[0].name, tensor.dtype)
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph)
+
+
+def _is_float(tensor: gs.Tensor) -> bool:
+    return tensor.dtype is not None and np.dtype(tensor.dtype) in (FP16, FP32)
+
+
+def _dtype_of(tensor: gs.Variable, node_dtype: dict[str, np.dtype]) -> np.dtype:
+    """The dtype a float tensor has after the rewrite: its producer's, or float32 for graph inputs."""
+    return node_dtype.get(tensor.inputs[0].name, FP32) if tensor.inputs else FP32
+
+
+def _retype_attributes(node: gs.Node) -> None:
+    """Float32 attribute values and dtype attributes of a node that now runs in float16."""
+    name = DTYPE_ATTRIBUTES.get(node.op)
+    if name and node.attrs.get(name) == onnx.TensorProto.FLOAT:
+        node.attrs[name] = onnx.TensorProto.FLOAT16
+    for key, value in node.attrs.items():
+        if isinstance(value, gs.Constant) and np.dtype(value.values.dtype) == FP32:
+            node.attrs[key] = gs.Constant(value.name, _clip_fp16(value.values))
+        elif isinstance(value, np.ndarray) and value.dtype == FP32:
+            node.attrs[key] = _clip_fp16(value)
+
+
+def _clip_fp16(values: np.ndarray) -> np.ndarray:
+    return np.asarray(np.clip(values, -FP16_MAX, FP16_MAX), dtype=FP16)
+
+
+def _constant_as(constant: gs.Constant, dtype: np.dtype, cache: dict[tuple[str, np.dtype], gs.Constant]) -> gs.Constant:
+    """The constant in ``dtype`` (one shared copy per dtype); non-float constants are returned unchanged."""
+    if np.dtype(constant.values.dtype) not in (FP16, FP32) or np.dtype(constant.values.dtype) == dtype:
+        return constant
+    key = (constant.name, dtype)
+    if key not in cache:
+        values = _clip_fp16(constant.values) if dtype == FP16 else np.asarray(constant.values, dtype=dtype)
+        cache[key] = gs.Constant(constant.name if dtype == FP16 else f"{constant.name}_fp32", values)
+    return cache[key]
+
+
+def _cast(
+    graph: gs.Graph, tensor: gs.Variable, dtype: np.dtype, cache: dict[tuple[str, np.dtype], gs.Variable]
+) -> gs.Variable:
+    """``tensor`` cast to ``dtype``: one Cast per tensor and dtype, shared by its readers."""
+    key = (tensor.name, dtype)
+    if key not in cache:
+        suffix = "fp16" if dtype == FP16 else "fp32"
+        output = gs.Variable(f"{tensor.name}_{suffix}", dtype=dtype, shape=tensor.shape)
+        to = onnx.TensorProto.FLOAT16 if dtype == FP16 else onnx.TensorProto.FLOAT
+        graph.nodes.append(gs.Node("Cast", f"{tensor.name}/Cast_to_{suffix}", {"to": to}, [tensor], [output]))
+        cache[key] = output
+    return cache[key]
+
+
+def _keep_float32_outputs(graph: gs.Graph, node_dtype: dict[str, np.dtype]) -> None:
+    """Float graph outputs made by fp16 nodes: the node writes an fp16 tensor, a Cast restores the fp32 output."""
+    for position, output in enumerate(graph.outputs):
+        if not (_is_float(output) and output.inputs and node_dtype.get(output.inputs[0].name) == FP16):
+            continue
+        producer = output.inputs[0]
+        half = gs.Variable(f"{output.name}_fp16", dtype=FP16, shape=output.shape)
+        producer.outputs[producer.outputs.index(output)] = half
+        for reader in list(output.outputs):
+            reader.inputs[reader.inputs.index(output)] = half
+        cast_name = f"{output.name}/Cast_to_fp32"
+        graph.nodes.append(gs.Node("Cast", cast_name, {"to": onnx.TensorProto.FLOAT}, [half], [output]))
+        node_dtype[cast_name] = FP32
+        graph.outputs[position] = output
