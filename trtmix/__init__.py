@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from trtmix.plan import Precision, PrecisionPlan  # noqa: E402
 
-_API_NAMES = frozenset({"list_units", "resolve_plan", "calibrate", "build", "profile", "BuildResult"})
+_API_NAMES = frozenset({"list_units", "resolve_plan", "collect_ranges", "build", "profile", "BuildResult"})
 
 
 def __getattr__(name: str) -> object:
@@ -27,7 +27,7 @@ __all__ = [
     "PrecisionPlan",
     "__version__",
     "build",
-    "calibrate",
+    "collect_ranges",
     "list_units",
     "profile",
     "resolve_plan",

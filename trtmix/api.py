@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +61,23 @@ def resolve_plan(spec: str | PrecisionPlan, units: list[Unit]) -> PrecisionPlan:
     return PrecisionPlan.load(spec)
 
 
-def calibrate(model_path: str | Path, data: str, split: str = "calibration", batches: int = 8) -> Ranges:
-    """Max calibration of every tensor a plan may quantize."""
+def collect_ranges(
+    model_path: str | Path, data: str | Iterable[dict[str, np.ndarray]], split: str = "calibration", batches: int = 8
+) -> Ranges:
+    """Max calibration of every tensor a plan may quantize.
+
+    Args:
+        model_path: the float ONNX model.
+        data: a recipe spec (``recipe.py[:func]``, ``module:func``, ``data.npz``) or an iterable of feeds.
+        split: the split a recipe is asked for.
+        batches: at most this many batches are used.
+    """
     model = load_onnx(model_path)
     units = require_units(model, str(model_path))
-    ranges = calibrate_max(model, load_batches(data, split), tensors_to_calibrate(model, units), limit=batches)
-    return Ranges(tensors=ranges.tensors, meta={**ranges.meta, "data": data, "split": split})
+    source = load_batches(data, split) if isinstance(data, str) else data
+    ranges = calibrate_max(model, source, tensors_to_calibrate(model, units), limit=batches)
+    described = data if isinstance(data, str) else "in-memory feeds"
+    return Ranges(tensors=ranges.tensors, meta={**ranges.meta, "data": described, "split": split})
 
 
 def build(

@@ -75,7 +75,7 @@ def _short(node_name: str) -> str:
 
 def run_calibrate(args: argparse.Namespace) -> None:
     """``trtmix calibrate``."""
-    ranges = api.calibrate(args.model, args.data, args.split, args.batches)
+    ranges = api.collect_ranges(args.model, args.data, args.split, args.batches)
     ranges.save(args.output)
     print(f"wrote {args.output}: ranges of {len(ranges.tensors)} tensors from {ranges.meta['batches']} batches (max)")
 
@@ -84,7 +84,7 @@ def run_build(args: argparse.Namespace) -> None:
     """``trtmix build``."""
     ranges = Ranges.load(args.ranges) if args.ranges else None
     if ranges is None and args.data:
-        ranges = api.calibrate(args.model, args.data, args.split, args.batches)
+        ranges = api.collect_ranges(args.model, args.data, args.split, args.batches)
     result = api.build(
         args.model,
         args.plan,

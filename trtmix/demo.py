@@ -42,7 +42,7 @@ def _ranges_once(model_path: Path, ranges_path: Path, batches: int) -> Ranges:
     if ranges_path.is_file():
         LOG.info("reusing %s", ranges_path)
         return Ranges.load(ranges_path)
-    ranges = api.calibrate(model_path, "trtmix.models.minilm:load_data", "calibration", batches)
+    ranges = api.collect_ranges(model_path, "trtmix.models.minilm:load_data", "calibration", batches)
     ranges.save(ranges_path)
     return ranges
 

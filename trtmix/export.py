@@ -77,8 +77,15 @@ def export_onnx(
     names = input_names or (["input"] if len(sample_inputs) == 1 else [f"input_{i}" for i in range(len(sample_inputs))])
     if len(names) != len(sample_inputs):
         raise ExportError(f"{len(names)} input names for {len(sample_inputs)} sample inputs.")
-    with torch.no_grad():
-        reference = [t.detach().cpu().numpy() for t in _flatten_outputs(model(*sample_inputs))]
+    try:
+        with torch.no_grad():
+            reference = [t.detach().cpu().numpy() for t in _flatten_outputs(model(*sample_inputs))]
+    except Exception as err:  # noqa: BLE001 - the user's forward() can raise anything
+        raise ExportError(
+            f"Running the model on its sample inputs raised {type(err).__name__}: {_first_line(err)}",
+            expected="sample inputs that forward() accepts, one tensor per argument",
+            fix="check the (model, sample_inputs) your factory returns",
+        ) from err
     output_names = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
     proto, used = _export_with(model, sample_inputs, exporter, opset, dynamic_axes, names, output_names)
     _check_inputs_kept(proto, names, used)
