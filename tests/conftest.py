@@ -18,6 +18,12 @@ from trtmix.units import find_units
 SHAPES = {"convnet": (2, 3, 16, 16), "transformer": (2, 8, 16)}
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own calibration cache, so no test sees another's results (or the user's)."""
+    monkeypatch.setenv("TRTMIX_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     """(model name, exporter) → exported ONNX path, for both tiny models and both exporters."""

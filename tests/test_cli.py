@@ -86,6 +86,40 @@ def test_calibrate_build_profile(workspace, capsys):
     assert stats["median_ms"] > 0 and stats["runs"] == 3
 
 
+def test_calibrate_methods_and_tensorrt_cache(workspace, tmp_path, capsys):
+    model = str(workspace / "convnet.onnx")
+    recipe = str(workspace / "recipe.py")
+    args = [
+        "calibrate",
+        model,
+        "--data",
+        recipe,
+        "--method",
+        "entropy",
+        "--weights",
+        "mse",
+        "--cache-dir",
+        str(tmp_path),
+    ]
+    assert main([*args, "-o", str(tmp_path / "entropy.json")]) == 0
+    assert "weight tensors" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("ranges-*.json"))) == 1 and len(list(tmp_path.glob("histograms-*.npz"))) == 1
+    entropy = json.loads((tmp_path / "entropy.json").read_text())
+    assert entropy["meta"]["method"] == "entropy" and len(entropy["weights"]) == 5
+    (tmp_path / "calib.cache").write_text("TRT-100300-EntropyCalibration2\ninput: 3c23d70a\nrelu: 3c23d70a\n")
+    cache_args = [
+        "calibrate",
+        model,
+        "--from-tensorrt-cache",
+        str(tmp_path / "calib.cache"),
+        "-o",
+        str(tmp_path / "t.json"),
+    ]
+    assert main(cache_args) == 0
+    assert "ranges of 2 tensors" in capsys.readouterr().out
+    assert main(["calibrate", model, "-o", str(tmp_path / "x.json")]) == 2
+
+
 def _run_cli(*args):
     return subprocess.run([sys.executable, "-m", "trtmix.cli", *args], capture_output=True, text=True, timeout=300)
 

@@ -54,11 +54,12 @@ def test_minilm_mixed_plan_keeps_embeddings_close(minilm_onnx, tmp_path):
     """Keeping the six FFN output projections in float leaves the TensorRT-flavour embedding close to FP32."""
     from trtmix import api
     from trtmix.backends.onnxruntime import OnnxRuntimeBackend
+    from trtmix.calibrate import CalibrationConfig
     from trtmix.evaluate import cosine
     from trtmix.models.minilm import load_data
 
     units = api.list_units(minilm_onnx)
-    ranges = api.collect_ranges(minilm_onnx, "trtmix.models.minilm:load_data", batches=2)
+    ranges = api.collect_ranges(minilm_onnx, "trtmix.models.minilm:load_data", config=CalibrationConfig(batches=2))
     keep = {u.name for u in units if u.module and u.module.endswith(".output.dense") and ".attention." not in u.module}
     backend = OnnxRuntimeBackend()
     feed = next(load_data("holdout", batches=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -13,7 +14,7 @@ import numpy as np
 import onnx
 
 from trtmix.backends import LatencyStats, get_backend
-from trtmix.calibrate import calibrate_max, tensors_to_calibrate
+from trtmix.calibrate import CalibrationConfig, calibrate, calibrate_cached
 from trtmix.compile import compile_plan
 from trtmix.data import load_batches
 from trtmix.errors import PlanError
@@ -61,23 +62,45 @@ def resolve_plan(spec: str | PrecisionPlan, units: list[Unit]) -> PrecisionPlan:
     return PrecisionPlan.load(spec)
 
 
+def default_cache_dir() -> Path:
+    """The calibration cache folder: ``$TRTMIX_CACHE``, else ``$XDG_CACHE_HOME/trtmix`` or ``~/.cache/trtmix``."""
+    if os.environ.get("TRTMIX_CACHE"):
+        return Path(os.environ["TRTMIX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trtmix"
+
+
 def collect_ranges(
-    model_path: str | Path, data: str | Iterable[dict[str, np.ndarray]], split: str = "calibration", batches: int = 8
+    model_path: str | Path,
+    data: str | Iterable[dict[str, np.ndarray]],
+    split: str = "calibration",
+    config: CalibrationConfig | None = None,
+    *,
+    data_args: dict[str, str] | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
 ) -> Ranges:
-    """Max calibration of every tensor a plan may quantize.
+    """Activation (and optionally weight) ranges of every tensor a plan may quantize.
 
     Args:
         model_path: the float ONNX model.
-        data: a recipe spec (``recipe.py[:func]``, ``module:func``, ``data.npz``) or an iterable of feeds.
+        data: a recipe spec (``recipe.py[:func]``, ``module:func``, ``data.npz``, an image folder) or feeds.
         split: the split a recipe is asked for.
-        batches: at most this many batches are used.
+        config: method, percentile, batch count, weight method (default: max over 8 batches).
+        data_args: keyword arguments for the recipe or loader.
+        cache_dir: cache folder (a recipe spec only); None disables the cache.
+        progress: show a progress bar.
     """
     model = load_onnx(model_path)
     units = require_units(model, str(model_path))
-    source = load_batches(data, split) if isinstance(data, str) else data
-    ranges = calibrate_max(model, source, tensors_to_calibrate(model, units), limit=batches)
-    described = data if isinstance(data, str) else "in-memory feeds"
-    return Ranges(tensors=ranges.tensors, meta={**ranges.meta, "data": described, "split": split})
+    config = config or CalibrationConfig()
+    if not isinstance(data, str):
+        return calibrate(model, units, data, config, progress=progress)
+    spec_id = data + "".join(f" {k}={v}" for k, v in sorted((data_args or {}).items()))
+
+    def load() -> Iterable[object]:
+        return load_batches(data, split, **(data_args or {}))
+
+    return calibrate_cached(model, units, spec_id, load, split, config, cache_dir, progress=progress)
 
 
 def build(

@@ -75,7 +75,13 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:  # type: ignor
         description="Run the float model over calibration data and save activation ranges.",
     )
     parser.add_argument("model", type=Path, help="float ONNX model")
-    _add_data_flags(parser, required=True)
+    _add_data_flags(parser, required=False)
+    parser.add_argument(
+        "--from-tensorrt-cache",
+        type=Path,
+        metavar="FILE",
+        help="import a TensorRT calibration cache (TRT-<version>-<Calibrator> header) instead of reading data",
+    )
     parser.add_argument("-o", "--output", required=True, type=Path, help="ranges JSON file to write")
 
 
@@ -90,6 +96,32 @@ def _add_data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
         "--split", default="calibration", help="split passed to recipes that take one (default: calibration)"
     )
     parser.add_argument("--batches", type=int, default=8, help="at most this many calibration batches (default: 8)")
+    parser.add_argument(
+        "--data-arg", nargs="+", default=[], metavar="KEY=VALUE", help="keyword arguments for the recipe or loader"
+    )
+    parser.add_argument(
+        "--method",
+        choices=("max", "percentile", "entropy", "mse"),
+        default="max",
+        help="activation range method: observed max, a percentile of |x|, TensorRT's entropy (KL) threshold, or "
+        "the MSE-optimal threshold (default: max)",
+    )
+    parser.add_argument(
+        "--percentile", type=float, default=99.99, help="percentile for --method percentile (default: 99.99)"
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("max", "mse"),
+        default="max",
+        help="per-channel weight amax: max, or MSE-clipped (default: max)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="calibration cache folder (default: $TRTMIX_CACHE or ~/.cache/trtmix); results are keyed by model, data, "
+        "split, batches and method",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
 
 
 def _add_build(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -8,10 +8,13 @@ import logging
 from collections import Counter
 
 from trtmix import api
+from trtmix.calibrate import CalibrationConfig
+from trtmix.data import parse_data_args
 from trtmix.errors import TrtmixError
 from trtmix.feeds import parse_dims, timing_feeds
 from trtmix.graph import load_onnx
 from trtmix.ranges import Ranges
+from trtmix.tensorrt_cache import ranges_from_tensorrt_cache
 from trtmix.units import units_to_json
 from trtmix.user_code import load_model_factory
 
@@ -73,18 +76,39 @@ def _short(node_name: str) -> str:
     return node_name.rsplit("/", 1)[-1]
 
 
+def _ranges_from_data(args: argparse.Namespace) -> Ranges:
+    """Ranges from ``--data`` with the calibration flags (cached unless ``--no-cache``)."""
+    config = CalibrationConfig(
+        method=args.method, percentile=args.percentile, batches=args.batches, weights=args.weights
+    )
+    cache = None if args.no_cache else (args.cache_dir or api.default_cache_dir())
+    return api.collect_ranges(
+        args.model, args.data, args.split, config, data_args=parse_data_args(args.data_arg), cache_dir=cache
+    )
+
+
 def run_calibrate(args: argparse.Namespace) -> None:
     """``trtmix calibrate``."""
-    ranges = api.collect_ranges(args.model, args.data, args.split, args.batches)
+    if bool(args.data) == bool(args.from_tensorrt_cache):
+        raise TrtmixError("Give exactly one of --data and --from-tensorrt-cache.", fix="see `trtmix calibrate --help`")
+    if args.from_tensorrt_cache:
+        ranges, unmatched = ranges_from_tensorrt_cache(args.from_tensorrt_cache, load_onnx(args.model))
+        if unmatched:
+            LOG.warning("%d cache tensors are not in the model: %s", len(unmatched), ", ".join(unmatched[:5]))
+        source = f"TensorRT cache {args.from_tensorrt_cache}"
+    else:
+        ranges = _ranges_from_data(args)
+        source = f"{args.method}, {ranges.meta.get('batches_seen', args.batches)} batches of {args.split}"
     ranges.save(args.output)
-    print(f"wrote {args.output}: ranges of {len(ranges.tensors)} tensors from {ranges.meta['batches']} batches (max)")
+    weights = f", {len(ranges.weights)} weight tensors" if ranges.weights else ""
+    print(f"wrote {args.output}: ranges of {len(ranges.tensors)} tensors{weights} ({source})")
 
 
 def run_build(args: argparse.Namespace) -> None:
     """``trtmix build``."""
     ranges = Ranges.load(args.ranges) if args.ranges else None
     if ranges is None and args.data:
-        ranges = api.collect_ranges(args.model, args.data, args.split, args.batches)
+        ranges = _ranges_from_data(args)
     result = api.build(
         args.model,
         args.plan,

@@ -81,7 +81,8 @@ def compile_plan(model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | N
         _quantize_activation(graph, edges, ranges.tensors[tensor], symmetric)  # type: ignore[union-attr]
     for unit in sites.weight_units:
         weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
-        weight_scale = _quantize_weight(graph, unit, weight, keep_float_weight=symmetric)  # type: ignore[arg-type]
+        amax = ranges.weights.get(unit.weight) if ranges is not None else None  # type: ignore[arg-type]
+        weight_scale = _quantize_weight(graph, unit, weight, symmetric, amax)  # type: ignore[arg-type]
         if not symmetric and unit.op == "Gemm":
             _quantize_gemm_bias(graph, unit, original, weight_scale, ranges.tensors[unit.inputs[0]])  # type: ignore[union-attr]
     graph.cleanup().toposort()
@@ -215,7 +216,9 @@ def _quantize_activation(
             node.inputs[position] = dequantized
 
 
-def _quantize_weight(graph: gs.Graph, unit: Unit, weight: np.ndarray, keep_float_weight: bool) -> np.ndarray:
+def _quantize_weight(
+    graph: gs.Graph, unit: Unit, weight: np.ndarray, keep_float_weight: bool, amax: tuple[float, ...] | None
+) -> np.ndarray:
     """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ.
 
     Returns the per-channel scales.
@@ -225,7 +228,8 @@ def _quantize_weight(graph: gs.Graph, unit: Unit, weight: np.ndarray, keep_float
     float_dtype = np.dtype(current.dtype) if current.dtype is not None else np.dtype(np.float32)
     axis = unit.weight_axis if unit.weight_axis is not None else 0
     levels = INT8_MAX if keep_float_weight else REDUCED_INT8_MAX
-    scale = symmetric_scale(per_channel_amax(weight, axis), float_dtype, levels)
+    channel_amax = np.asarray(amax, dtype=np.float32) if amax is not None else per_channel_amax(weight, axis)
+    scale = symmetric_scale(channel_amax, float_dtype, levels)
     zero_point = np.zeros(scale.shape, dtype=np.int8)
     prefix = f"{unit.name}/weight"
     if keep_float_weight:

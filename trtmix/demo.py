@@ -17,6 +17,7 @@ import numpy as np
 
 from trtmix import api
 from trtmix.backends.onnxruntime import OnnxRuntimeBackend, kernel_counts
+from trtmix.calibrate import CalibrationConfig
 from trtmix.evaluate import cosine
 from trtmix.io import atomic_write_text
 from trtmix.ranges import Ranges
@@ -42,7 +43,8 @@ def _ranges_once(model_path: Path, ranges_path: Path, batches: int) -> Ranges:
     if ranges_path.is_file():
         LOG.info("reusing %s", ranges_path)
         return Ranges.load(ranges_path)
-    ranges = api.collect_ranges(model_path, "trtmix.models.minilm:load_data", "calibration", batches)
+    config = CalibrationConfig(batches=batches)
+    ranges = api.collect_ranges(model_path, "trtmix.models.minilm:load_data", "calibration", config)
     ranges.save(ranges_path)
     return ranges
 

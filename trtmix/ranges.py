@@ -34,10 +34,15 @@ class TensorRange:
 
 @dataclass(frozen=True)
 class Ranges:
-    """Ranges of activation tensors, plus where they came from (``meta``: model hash, method, data, batches)."""
+    """Ranges of activation tensors, plus where they came from (``meta``: model hash, method, data, batches).
+
+    ``weights`` optionally overrides the per-output-channel amax of weight tensors (MSE clipping); weights not named
+    there are quantized at their own max.
+    """
 
     tensors: Mapping[str, TensorRange]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    weights: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def require(self, names: Iterable[str], model_hash: str | None = None) -> None:
         """Fail clearly if ranges are missing for tensors the plan quantizes, or were measured on another model."""
@@ -59,7 +64,8 @@ class Ranges:
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         tensors = {name: {"min": r.min, "max": r.max} for name, r in sorted(self.tensors.items())}
-        return {"format": FORMAT, "meta": dict(self.meta), "tensors": tensors}
+        weights = {name: list(amax) for name, amax in sorted(self.weights.items())}
+        return {"format": FORMAT, "meta": dict(self.meta), "tensors": tensors, "weights": weights}
 
     def save(self, path: str | Path) -> None:
         """Write atomically as JSON."""
@@ -82,4 +88,5 @@ class Ranges:
             if not (math.isfinite(low) and math.isfinite(high)) or low > high:
                 raise CalibrationError(f"{path}: tensor {name!r} has an invalid range [{low}, {high}].")
             tensors[name] = TensorRange(low, high)
-        return cls(tensors=tensors, meta=data.get("meta", {}))
+        weights = {name: tuple(float(v) for v in amax) for name, amax in data.get("weights", {}).items()}
+        return cls(tensors=tensors, meta=data.get("meta", {}), weights=weights)

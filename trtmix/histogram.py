@@ -1,0 +1,176 @@
+"""Streaming histograms of |x| that merge exactly, and the clipping thresholds computed from them.
+
+A histogram covers [0, 2**exponent) with ``BINS`` equal bins.  When a batch holds a larger magnitude the range
+doubles as often as needed and each group of adjacent bins is summed: with power-of-two ranges the bin edges nest, so
+the merged histogram is bit-identical to one computed in a single pass over all the data, and memory stays at
+``BINS`` counts per tensor however many batches there are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BINS = 2048
+QUANT_LEVELS = 128  # int8 magnitudes 0..127, as TensorRT's entropy calibrator bins them
+
+
+@dataclass
+class TensorHistogram:
+    """Counts of |x| in ``BINS`` bins over [0, 2**exponent), plus the exact min, max and element count."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(BINS, dtype=np.int64))
+    exponent: int | None = None
+    minimum: float = math.inf
+    maximum: float = -math.inf
+
+    @property
+    def amax(self) -> float:
+        """Largest magnitude seen."""
+        return max(abs(self.minimum), abs(self.maximum))
+
+    @property
+    def bin_width(self) -> float:
+        """Width of one bin (0 before any non-zero value was seen)."""
+        return 0.0 if self.exponent is None else 2.0**self.exponent / BINS
+
+    def add(self, values: np.ndarray) -> None:
+        """Fold one batch of values in."""
+        flat = np.abs(np.asarray(values, dtype=np.float32).ravel())
+        if flat.size == 0:
+            return
+        self.minimum = min(self.minimum, float(np.min(values)))
+        self.maximum = max(self.maximum, float(np.max(values)))
+        largest = float(flat.max())
+        if largest == 0.0 and self.exponent is None:
+            self.counts[0] += flat.size
+            return
+        self._grow_to(_exponent_for(largest))
+        assert self.exponent is not None
+        index = np.floor(flat.astype(np.float64) * (BINS / 2.0**self.exponent)).astype(np.int64)
+        self.counts += np.bincount(np.minimum(index, BINS - 1), minlength=BINS)
+
+    def merge(self, other: TensorHistogram) -> None:
+        """Fold another histogram in (exactly, see the module docstring)."""
+        if other.exponent is not None:
+            self._grow_to(other.exponent)
+            assert self.exponent is not None
+            self.counts += _regrid(other.counts, self.exponent - other.exponent)
+        else:
+            self.counts[0] += other.counts[0]
+        self.minimum, self.maximum = min(self.minimum, other.minimum), max(self.maximum, other.maximum)
+
+    def _grow_to(self, exponent: int) -> None:
+        if self.exponent is None:
+            self.exponent = exponent
+        elif exponent > self.exponent:
+            self.counts = _regrid(self.counts, exponent - self.exponent)
+            self.exponent = exponent
+
+
+def _exponent_for(value: float) -> int:
+    """Smallest e with value < 2**e."""
+    mantissa, exponent = math.frexp(value)  # value = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    return exponent
+
+
+def _regrid(counts: np.ndarray, doublings: int) -> np.ndarray:
+    """Counts on a range 2**doublings times wider: sum groups of 2**doublings bins, pad with empty bins."""
+    if doublings <= 0:
+        return counts.copy()
+    group = 2 ** min(doublings, int(math.log2(BINS)))
+    merged = counts.reshape(-1, group).sum(axis=1)
+    out = np.zeros(BINS, dtype=np.int64)
+    out[: merged.size] = merged
+    return out
+
+
+def percentile_threshold(hist: TensorHistogram, percentile: float) -> float:
+    """The upper edge of the bin where the cumulative share of |x| first reaches ``percentile`` %."""
+    total = hist.counts.sum()
+    if total == 0 or hist.exponent is None:
+        return hist.amax
+    cumulative = np.cumsum(hist.counts)
+    index = int(np.searchsorted(cumulative, total * percentile / 100.0))
+    return min((index + 1) * hist.bin_width, hist.amax)
+
+
+def entropy_threshold(hist: TensorHistogram) -> float:
+    """The KL-minimising threshold, as TensorRT's entropy calibrator computes it.
+
+    For each candidate bin count i ≥ 128: P is the histogram up to i with the outliers beyond folded into its last
+    bin; Q is P merged into 128 levels and spread back over the non-empty bins; the i with the smallest KL(P‖Q) wins.
+    """
+    counts = hist.counts.astype(np.float64)
+    if hist.exponent is None or counts.sum() == 0:
+        return hist.amax
+    last_nonzero = int(np.nonzero(counts)[0][-1]) + 1
+    if last_nonzero <= QUANT_LEVELS:
+        return min(last_nonzero * hist.bin_width, hist.amax)
+    best_i, best_kl = last_nonzero, math.inf
+    for i in range(QUANT_LEVELS, last_nonzero + 1):
+        reference = counts[:i].copy()
+        reference[i - 1] += counts[i:].sum()
+        kl = _kl(reference, _expand_quantized(counts[:i], reference > 0))
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return min(best_i * hist.bin_width, hist.amax)
+
+
+def _expand_quantized(clipped: np.ndarray, reference_nonzero: np.ndarray) -> np.ndarray:
+    """Merge ``clipped`` into 128 levels, then spread each level's mass evenly over the bins where P is non-zero."""
+    size = clipped.size
+    edges = np.floor(np.arange(QUANT_LEVELS + 1) * size / QUANT_LEVELS).astype(np.int64)
+    nonempty = reference_nonzero.astype(np.float64)
+    level_mass = np.add.reduceat(clipped, edges[:-1])
+    level_support = np.add.reduceat(nonempty, edges[:-1])
+    per_bin = np.divide(level_mass, level_support, out=np.zeros_like(level_mass), where=level_support > 0)
+    expanded = np.repeat(per_bin, np.diff(edges))
+    return expanded * nonempty
+
+
+def _kl(reference: np.ndarray, candidate: np.ndarray) -> float:
+    p = reference / reference.sum()
+    q_total = candidate.sum()
+    if q_total == 0:
+        return math.inf
+    q = candidate / q_total
+    mask = p > 0
+    if np.any(q[mask] == 0):
+        return math.inf
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+def mse_threshold(hist: TensorHistogram, candidates: int = 256, levels: int = 127) -> float:
+    """The threshold minimising expected squared error of symmetric int8 quantization over the histogram.
+
+    Inside the threshold the error is rounding noise, step²/12; beyond it, the clipping error (|x| − T)².
+    """
+    if hist.exponent is None or hist.counts.sum() == 0:
+        return hist.amax
+    centers = (np.arange(BINS) + 0.5) * hist.bin_width
+    counts = hist.counts.astype(np.float64)
+    thresholds = hist.amax * np.arange(1, candidates + 1) / candidates
+    step = thresholds / levels
+    inside = centers[None, :] <= thresholds[:, None]
+    clipped = np.where(inside, 0.0, (centers[None, :] - thresholds[:, None]) ** 2)
+    error = (clipped + np.where(inside, (step**2 / 12.0)[:, None], 0.0)) @ counts
+    return float(thresholds[int(np.argmin(error))])
+
+
+def mse_weight_amax(weight: np.ndarray, axis: int, levels: int = 127, candidates: int = 64) -> np.ndarray:
+    """Per-channel clipping amax minimising ‖Q(W) − W‖², searched over fractions 0.5–1 of the channel's max."""
+    moved = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0).reshape(weight.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1)
+    fractions = np.linspace(0.5, 1.0, candidates)
+    best = amax.copy()
+    best_error = np.full(amax.shape, np.inf)
+    for fraction in fractions:
+        clip = np.maximum(amax * fraction, 1e-12)
+        scale = (clip / levels)[:, None]
+        error = ((np.clip(np.rint(moved / scale), -levels - 1, levels) * scale - moved) ** 2).sum(axis=1)
+        better = error < best_error
+        best[better], best_error[better] = clip[better], error[better]
+    return best.astype(np.float32)
