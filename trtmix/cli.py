@@ -90,15 +90,19 @@ def _add_data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
         "--data",
         required=required,
         metavar="RECIPE",
-        help="data recipe: recipe.py[:func] or module:func yielding {input name: array}, or a .npz file",
+        help="data recipe (recipe.py[:func] or module:func yielding {input name: array}), an image folder, or a .npz",
     )
     parser.add_argument(
         "--split", default="calibration", help="split passed to recipes that take one (default: calibration)"
     )
-    parser.add_argument("--batches", type=int, default=8, help="at most this many calibration batches (default: 8)")
     parser.add_argument(
         "--data-arg", nargs="+", default=[], metavar="KEY=VALUE", help="keyword arguments for the recipe or loader"
     )
+    _add_calibration_flags(parser)
+
+
+def _add_calibration_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batches", type=int, default=8, help="at most this many calibration batches (default: 8)")
     parser.add_argument(
         "--method",
         choices=("max", "percentile", "entropy", "mse"),
@@ -152,6 +156,72 @@ def _add_build(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--artifact", type=Path, help="also build the engine / optimised model here")
 
 
+def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "compile",
+        help="the whole job: find the fastest plan inside an accuracy budget",
+        description="Export (if needed), calibrate, order the units, bisect along the order with every probe built "
+        "and timed for real, check the chosen plan on the holdout split, and write the mixed-precision ONNX, the built "
+        "artifact, plan.json, the trtexec command and the report (JSON, HTML, PNG). Rerunning resumes.",
+    )
+    parser.add_argument(
+        "source", metavar="MODEL", help="MODULE:FUNCTION returning (model, sample_inputs), or a .onnx file"
+    )
+    parser.add_argument(
+        "--data", required=True, metavar="RECIPE", help="data recipe with calibration/search/holdout splits"
+    )
+    parser.add_argument(
+        "--data-arg", nargs="+", default=[], metavar="KEY=VALUE", help="keyword arguments for the recipe"
+    )
+    parser.add_argument(
+        "--metric",
+        choices=("agreement", "accuracy", "cosine"),
+        default="agreement",
+        help="agreement: top-1 agreement with the float model; accuracy: top-1 against the recipe's "
+        "load_labels(split); cosine: mean cosine to the float outputs, for embedding models (default: agreement)",
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--max-drop", help="largest accepted metric drop relative to float, e.g. 0.1%% (default: 1%%)")
+    budget.add_argument(
+        "--accuracy-range",
+        metavar="LOW:HIGH",
+        help="stop at the first plan scoring LOW..HIGH %% of float, e.g. 99.9:99.99",
+    )
+    parser.add_argument(
+        "--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend (default: onnxruntime)"
+    )
+    parser.add_argument(
+        "--flavour",
+        choices=("tensorrt", "ort-cpu"),
+        default="ort-cpu",
+        help="graph flavour the backend builds (default: ort-cpu)",
+    )
+    parser.add_argument(
+        "--ordering", choices=("kl", "noise", "random"), default="kl", help="unit ordering (default: kl)"
+    )
+    parser.add_argument(
+        "--compare-orderings", default="", metavar="A,B", help="also search along these orderings, same plot"
+    )
+    parser.add_argument(
+        "--frontier", type=int, default=0, help="extra probes spread over k for the frontier (default: 0)"
+    )
+    parser.add_argument(
+        "--eval-batches", type=int, default=8, help="batches of the search / holdout splits evaluated (default: 8)"
+    )
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per probe (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="discarded warm-up runs per probe (default: 3)")
+    parser.add_argument("--threads", type=int, help="backend threads (default: all usable cores)")
+    parser.add_argument(
+        "--exporter", choices=("auto", "dynamo", "legacy"), default="auto", help="torch exporter (default: auto)"
+    )
+    parser.add_argument("--input-names", nargs="+", metavar="NAME", help="graph input names for a torch model")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("trtmix-out"), help="output folder (default: trtmix-out)"
+    )
+    parser.add_argument("--fresh", action="store_true", help="discard the journal and artifacts of a previous run")
+    _add_calibration_flags(parser)
+
+
 def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser(
         "profile",
@@ -177,19 +247,18 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 def _add_demo(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = commands.add_parser(
         "demo",
-        help="run the embedded default job on MiniLM-L6",
-        description=(
-            "Export MiniLM-L6, list its units, calibrate, build the all-INT8 ort-cpu plan and time it against FP32 "
-            "with ONNX Runtime; prints latency and fidelity on held-out sentences."
-        ),
+        help="run `compile` on an embedded model (MiniLM-L6 by default)",
+        description="The embedded default job: `trtmix compile` on MiniLM-L6 (cosine >= 99%% of float) or "
+        "EfficientNet-Lite0 (top-1 agreement >= 99.9%%) with the ONNX Runtime backend and the ort-cpu flavour; prints "
+        "where the report is and a short summary.",
     )
     parser.add_argument(
-        "--output", type=Path, default=Path("trtmix-demo"), help="folder for the artifacts (default: trtmix-demo)"
+        "--model", choices=("minilm", "efficientnet-lite0"), default="minilm", help="which model (default: minilm)"
     )
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per model (default: 20)")
-    parser.add_argument(
-        "--batches", type=int, default=4, help="calibration / holdout batches of 8 sentences (default: 4)"
-    )
+    parser.add_argument("--output", type=Path, default=Path("trtmix-demo"), help="output folder (default: trtmix-demo)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per probe (default: 20)")
+    parser.add_argument("--frontier", type=int, default=2, help="extra frontier probes (default: 2)")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_export, _add_units, _add_calibrate, _add_build, _add_profile, _add_demo):
+    for add in (_add_export, _add_units, _add_calibrate, _add_build, _add_profile, _add_compile, _add_demo):
         add(commands)
     return parser
 
@@ -232,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname).1s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "transformers"):
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "transformers", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 

@@ -7,13 +7,16 @@ import json
 import logging
 from collections import Counter
 
-from trtmix import api
+from trtmix import api, job
 from trtmix.calibrate import CalibrationConfig
 from trtmix.data import parse_data_args
 from trtmix.errors import TrtmixError
 from trtmix.feeds import parse_dims, timing_feeds
 from trtmix.graph import load_onnx
+from trtmix.orderings import ORDERINGS
+from trtmix.pipeline import CompileConfig
 from trtmix.ranges import Ranges
+from trtmix.search import Budget
 from trtmix.tensorrt_cache import ranges_from_tensorrt_cache
 from trtmix.units import units_to_json
 from trtmix.user_code import load_model_factory
@@ -140,8 +143,66 @@ def run_profile(args: argparse.Namespace) -> None:
     )
 
 
-def run_demo(args: argparse.Namespace) -> None:
-    """``trtmix demo``."""
-    from trtmix.demo import run_minilm_demo
+def _compile_config(args: argparse.Namespace) -> CompileConfig:
+    budget = (
+        Budget.parse(args.max_drop, args.accuracy_range)
+        if (args.max_drop or args.accuracy_range)
+        else Budget.parse("1%")
+    )
+    compare = tuple(name.strip() for name in args.compare_orderings.split(",") if name.strip())
+    unknown = [name for name in compare if name not in ORDERINGS]
+    if unknown:
+        raise TrtmixError(
+            f"Unknown ordering(s) {', '.join(unknown)} in --compare-orderings.", expected=", ".join(ORDERINGS)
+        )
+    return CompileConfig(
+        data=args.data,
+        budget=budget,
+        metric=args.metric,
+        flavour=args.flavour,
+        backend=args.backend,
+        ordering=args.ordering,
+        compare=compare,
+        frontier=args.frontier,
+        calibration=CalibrationConfig(
+            method=args.method, percentile=args.percentile, batches=args.batches, weights=args.weights
+        ),
+        data_args=tuple(sorted(parse_data_args(args.data_arg).items())),
+        eval_batches=args.eval_batches,
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
+        exporter=args.exporter,
+        input_names=tuple(args.input_names or ()),
+    )
 
-    run_minilm_demo(args.output, runs=args.runs, batches=args.batches)
+
+def run_compile(args: argparse.Namespace) -> None:
+    """``trtmix compile``."""
+    report = job.run_compile(args.source, args.output, _compile_config(args), fresh=args.fresh)
+    for line in job.summary_lines(report, args.output):
+        print(line)
+    if report["chosen"] is None:
+        raise TrtmixError("No measured plan met the budget; the report shows every probe.", fix="relax --max-drop")
+
+
+# model → (factory, data recipe, metric, max drop, input names)
+DEMOS = {
+    "minilm": ("trtmix.models.minilm:minilm", "trtmix.models.minilm:load_data", "cosine", "1%",
+               ("input_ids", "attention_mask")),
+    "efficientnet-lite0": ("trtmix.models.efficientnet:efficientnet_lite0", "trtmix.models.efficientnet:load_data",
+                           "agreement", "0.1%", ("input",)),
+}  # fmt: skip
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """``trtmix demo``: ``compile`` on an embedded model with the ONNX Runtime backend and the ort-cpu flavour."""
+    source, data, metric, max_drop, inputs = DEMOS[args.model]
+    config = CompileConfig(
+        data=data, budget=Budget.parse(max_drop), metric=metric, frontier=args.frontier, runs=args.runs,
+        input_names=inputs, compare=(),
+    )  # fmt: skip
+    print(f"trtmix demo: {args.model}, metric {metric}, budget {config.budget.describe()}, ONNX Runtime ort-cpu")
+    report = job.run_compile(source, args.output, config, fresh=args.fresh)
+    for line in job.summary_lines(report, args.output):
+        print(line)

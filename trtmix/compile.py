@@ -88,7 +88,7 @@ def compile_plan(model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | N
     graph.cleanup().toposort()
     compiled = gs.export_onnx(graph)
     compiled.ir_version = model.ir_version
-    LOG.info("compiled %s flavour: %d of %d units INT8", flavour, len(int8_units), len(units))
+    LOG.debug("compiled %s flavour: %d of %d units INT8", flavour, len(int8_units), len(units))
     return compiled
 
 

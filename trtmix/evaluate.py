@@ -66,3 +66,30 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> Fidelity:
         cosine_min=float(cos.min()),
         max_abs_diff=float(np.abs(np.asarray(outputs, np.float64) - reference).max()),
     )
+
+
+METRICS = ("agreement", "accuracy", "cosine")
+
+
+def score(metric: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None) -> float:
+    """The search metric (higher is better) of ``outputs``; ``reference`` is the float model's outputs.
+
+    ``agreement``: top-1 agreement with the float model; ``accuracy``: top-1 against ``labels``; ``cosine``: mean
+    cosine similarity to the float outputs (embedding models).
+    """
+    if metric == "agreement":
+        return top1_agreement(outputs, reference)
+    if metric == "accuracy":
+        if labels is None:
+            raise ValueError("the accuracy metric needs labels")
+        return top1_accuracy(outputs, labels)
+    if metric == "cosine":
+        return float(cosine(outputs, reference).mean())
+    raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+
+
+def divergence(metric: str, outputs: np.ndarray, reference: np.ndarray) -> float:
+    """A continuous distance to the float outputs matching ``metric``: KL for classifiers, 1 − cosine otherwise."""
+    if metric == "cosine":
+        return float(1.0 - cosine(outputs, reference).mean())
+    return mean_kl(outputs, reference)

@@ -1,0 +1,140 @@
+"""`trtmix compile` for real on the tiny conv net: report, outputs, holdout, resume after SIGKILL, bad journals."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trtmix.cli import main
+
+RECIPE = """
+import numpy as np
+def load_data(split="calibration"):
+    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
+    for _ in range(4):
+        yield {"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
+"""
+
+
+@pytest.fixture()
+def recipe(tmp_path):
+    path = tmp_path / "recipe.py"
+    path.write_text(RECIPE)
+    return str(path)
+
+
+def _compile_args(recipe, output, *extra):
+    return ["compile", "trtmix.models.tiny:convnet", "--data", recipe, "--metric", "cosine", "-o", str(output),
+            "--runs", "3", *extra]  # fmt: skip
+
+
+def test_compile_writes_report_and_meets_budget_on_holdout(recipe, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "0.5%", "--frontier", "2",
+                                      "--compare-orderings", "noise,random")]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "chosen plan:" in printed and "holdout split" in printed
+    report = json.loads((output / "report.json").read_text())
+    assert report["chosen"] and report["budget"]["lower"] == pytest.approx(0.995)
+    assert report["holdout"]["relative"] >= report["budget"]["lower"]
+    assert {"probes", "chosen", "baseline", "holdout"} <= set(report)
+    for probe in report["probes"]:
+        assert {"plan_hash", "k", "accuracy", "latency", "status"} <= set(probe)
+        assert probe["latency"]["median_ms"] > 0
+    assert set(report["orderings"]) == {"kl", "noise", "random"}
+    assert any(p["pareto"] for p in report["probes"])
+    for name in (
+        "report.html",
+        "frontier.png",
+        "plan.json",
+        "chosen.ort-cpu.onnx",
+        "chosen.tensorrt.onnx",
+        "trtexec.txt",
+    ):
+        assert (output / name).is_file(), name
+    assert (output / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert "--stronglyTyped" in (output / "trtexec.txt").read_text()
+    assert "data:image/png;base64," in (output / "report.html").read_text()
+    plan = json.loads((output / "plan.json").read_text())
+    assert len([p for p in plan["units"].values() if p == "int8"]) == report["chosen_k"]
+
+
+def test_rerun_resumes_without_measuring_again(recipe, tmp_path, capsys):
+    output = tmp_path / "out"
+    args = _compile_args(recipe, output, "--max-drop", "0.001%")
+    assert main(["-q", *args]) in (0, 2)
+    first = json.loads((output / "report.json").read_text())
+    capsys.readouterr()
+    assert main(["-q", *args]) in (0, 2)
+    second = json.loads((output / "report.json").read_text())
+    assert second["builds"] == 0 and second["resumed_probes"] == len(first["probes"])
+
+
+def test_killed_run_resumes_and_measures_nothing_twice(recipe, tmp_path):
+    output = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "trtmix.cli",
+        "-q",
+        *_compile_args(recipe, output, "--max-drop", "0.001%", "--runs", "2000"),
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ)
+    journal = output / "journal.sqlite"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if journal.exists():
+            try:
+                count = sqlite3.connect(journal).execute("SELECT COUNT(*) FROM probes").fetchone()[0]
+            except sqlite3.Error:
+                count = 0
+            if count >= 2:
+                break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_probes = sqlite3.connect(journal).execute("SELECT plan_hash, run_id FROM probes").fetchall()
+    assert len(killed_probes) >= 2
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode in (0, 2), rerun.stderr
+    final = sqlite3.connect(journal).execute("SELECT plan_hash, run_id FROM probes").fetchall()
+    report = json.loads((output / "report.json").read_text())
+    assert report["resumed_probes"] == len(killed_probes)
+    assert report["builds"] == len(final) - len(killed_probes)  # the rerun measured only what was missing
+    assert set(killed_probes) <= set(final)  # earlier measurements kept, with the killed run's id
+
+
+def test_corrupt_journal_is_a_clear_error(recipe, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "journal.sqlite").write_bytes(b"this is not sqlite" * 100)
+    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "1%")]) == 2
+    assert "--fresh" in capsys.readouterr().err
+    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "1%", "--fresh")]) == 0
+
+
+def test_journal_from_other_settings_is_refused(recipe, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "1%")]) == 0
+    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "1%", "--flavour", "tensorrt")]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_accuracy_metric_needs_labels(recipe, tmp_path, capsys):
+    args = [
+        "compile",
+        "trtmix.models.tiny:convnet",
+        "--data",
+        recipe,
+        "--metric",
+        "accuracy",
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    assert main(["-q", *args]) == 2
+    assert "load_labels" in capsys.readouterr().err
