@@ -56,12 +56,8 @@ def calibrated(exported: dict[tuple[str, str], Path]) -> dict[str, tuple[onnx.Mo
 
 
 def run_ort(model: onnx.ModelProto, feed: dict[str, np.ndarray], optimize: bool = True) -> np.ndarray:
-    """First output of ``model`` on ``feed`` with ONNX Runtime CPU."""
-    import onnxruntime as ort
+    """First output of ``model`` on ``feed`` with the ONNX Runtime backend (1 thread)."""
+    from trtmix.backends.onnxruntime import OnnxRuntimeBackend
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = OnnxRuntimeBackend(threads=1).session(model.SerializeToString(), optimize=optimize)
     return np.asarray(session.run(None, feed)[0], dtype=np.float32)

@@ -1,0 +1,73 @@
+"""Sensitivities measured on compiled graphs with ONNX Runtime: they see fusion and activation effects.
+
+* ``kl`` (baseline): each unit alone in INT8, the rest float.
+* variant B (inter-layer, measured context): loss(all INT8) − loss(all INT8 but u): how much keeping u in high
+  precision helps once every other unit is already quantized.  N + 1 compiles.
+The loss is the distance of the outputs to the float model's on calibration batches (KL, or 1 − cosine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from trtmix.backends.onnxruntime import OnnxRuntimeBackend
+from trtmix.compile import compile_plan
+from trtmix.evaluate import divergence
+from trtmix.plan import Precision, PrecisionPlan
+from trtmix.ranges import Ranges
+from trtmix.units import Unit
+
+
+class PlanScorer:
+    """Distance of a plan's outputs to the float model's, on fixed feeds."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        ranges: Ranges,
+        flavour: str,
+        metric: str,
+        feeds: list[dict[str, np.ndarray]],
+        default: Precision = Precision.FP16,
+    ) -> None:
+        self.model, self.ranges, self.flavour, self.metric, self.feeds, self.default = (
+            model, ranges, flavour, metric, feeds, default,
+        )  # fmt: skip
+        self.reference = self._outputs(model)
+
+    def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
+        session = OnnxRuntimeBackend().session(model.SerializeToString())
+        return np.concatenate([session.run(None, feed)[0] for feed in self.feeds])
+
+    def distance(self, int8_units: list[str]) -> float:
+        """Divergence of the plan with ``int8_units`` in INT8 (the rest in the default precision)."""
+        plan = PrecisionPlan.with_int8(int8_units, default=self.default)
+        return divergence(
+            self.metric, self._outputs(compile_plan(self.model, plan, self.ranges, self.flavour)), self.reference
+        )
+
+
+def single_unit_scores(
+    scorer: PlanScorer, units: list[Unit], tick: Callable[[], None] = lambda: None
+) -> dict[str, float]:
+    """The ``kl`` baseline: divergence with only that unit in INT8."""
+    scores = {}
+    for unit in units:
+        scores[unit.name] = scorer.distance([unit.name])
+        tick()
+    return scores
+
+
+def context_scores(scorer: PlanScorer, units: list[Unit], tick: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Variant B: divergence(all INT8) − divergence(all INT8 but u)."""
+    names = [u.name for u in units]
+    everything = scorer.distance(names)
+    tick()
+    scores = {}
+    for unit in units:
+        scores[unit.name] = everything - scorer.distance([n for n in names if n != unit.name])
+        tick()
+    return scores

@@ -1,0 +1,225 @@
+"""Compute sensitivities by any of the named methods, and the orderings (least sensitive first) they imply.
+
+Methods: ``hessian`` (HAWQ-V2 style: trace × weight noise + activation term), ``augmented-a`` / ``augmented-b`` /
+``augmented-c`` (the Hessian score combined by rank with inter-layer variant A, B or C), and the ablation baselines
+``kl`` (single unit measured), ``noise`` (weight noise only) and ``random``.
+
+Units the Hessian cannot score (attention MatMuls have no weight; a weight that cannot be mapped to torch) are
+placed by the measured ``kl`` score: their percentile among all units' ``kl`` scores sits beside the percentile of
+the others' Hessian-based score.  They are listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from tqdm import tqdm
+
+from trtmix.data import checked_batches, model_input_specs
+from trtmix.orderings import order_units
+from trtmix.qdq import fake_quantize_weight
+from trtmix.ranges import Ranges
+from trtmix.sensitivity.hessian import (
+    SensitivityError,
+    TorchProblem,
+    activation_term,
+    activation_traces,
+    hutchinson_traces,
+    weight_term,
+)
+from trtmix.sensitivity.interlayer import combine_by_rank, cross_layer_terms, graph_neighbours, neighbour_terms, ranks
+from trtmix.sensitivity.mapping import map_units
+from trtmix.sensitivity.measured import PlanScorer, context_scores, single_unit_scores
+from trtmix.units import Unit
+
+LOG = logging.getLogger(__name__)
+METHODS = ("hessian", "augmented-a", "augmented-b", "augmented-c", "kl", "noise", "random")
+TORCH_METHODS = frozenset({"hessian", "augmented-a", "augmented-b", "augmented-c"})
+LOSS_FOR_METRIC = {"agreement": "kl", "cosine": "mse", "accuracy": "ce"}
+
+
+@dataclass(frozen=True)
+class SensitivitySettings:
+    """What to compute and how.
+
+    Methods, the metric (which picks the loss), the flavour of the measured variants, calibration batches used,
+    the Hutchinson probe limit and tolerance, the seed, and the rank-combination weight.
+    """
+
+    methods: tuple[str, ...] = ("augmented-a",)
+    metric: str = "agreement"
+    flavour: str = "tensorrt"
+    batches: int = 4
+    max_probes: int = 30
+    tol: float = 0.05
+    seed: int = 0
+    augment_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise SensitivityError(f"Unknown sensitivity method(s) {', '.join(unknown)}.", expected=", ".join(METHODS))
+        if not 0.0 <= self.augment_weight <= 1.0:
+            raise SensitivityError(f"--augment-weight must be within [0, 1] (got {self.augment_weight}).")
+
+
+def compute_sensitivity(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    ranges: Ranges,
+    feeds: list[dict[str, np.ndarray]],
+    settings: SensitivitySettings,
+    torch_model: torch.nn.Module | None = None,
+    labels: list[np.ndarray] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Scores, ranks and orderings of every requested method, with timings and the units the Hessian could not score."""
+    scores: dict[str, dict[str, float]] = {}
+    timings: dict[str, float] = {}
+    feeds = list(checked_batches(feeds, model, limit=settings.batches))
+    wanted = set(settings.methods)
+    needs_torch = bool(wanted & TORCH_METHODS)
+    needs_measured = "kl" in wanted or "augmented-b" in wanted or needs_torch
+    scorer = PlanScorer(model, ranges, settings.flavour, settings.metric, feeds) if needs_measured else None
+    if needs_measured:
+        scores["kl"] = _timed(
+            timings, "kl", lambda: single_unit_scores(scorer, units, _ticker(progress, len(units), "kl"))
+        )
+    unmapped: dict[str, str] = {}
+    if needs_torch:
+        unmapped = _torch_methods(model, units, ranges, feeds, settings, torch_model, labels, scores, timings, progress)
+    if "augmented-b" in wanted:
+        scores["b"] = _timed(
+            timings, "b", lambda: context_scores(scorer, units, _ticker(progress, len(units) + 1, "B"))
+        )  # type: ignore[arg-type]
+        scores["augmented-b"] = combine_by_rank(scores["hessian"], scores["b"], settings.augment_weight)
+    for name in ("noise", "random"):
+        if name in wanted:
+            scores[name] = _timed(timings, name, lambda n=name: order_units(n, units, model, seed=settings.seed)[1])
+    orderings = {method: _ordering(scores[method], scores.get("kl"), units) for method in settings.methods}
+    return {
+        "settings": asdict(settings),
+        "units": {
+            unit.name: {
+                "kind": unit.kind,
+                "module": unit.module,
+                "scores": {method: values[unit.name] for method, values in scores.items() if unit.name in values},
+                "ranks": {method: orderings[method].index(unit.name) + 1 for method in orderings},
+            }
+            for unit in units
+        },
+        "orderings": orderings,
+        "timings_seconds": timings,
+        "unscored_by_hessian": unmapped,
+    }
+
+
+def _torch_methods(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    ranges: Ranges,
+    feeds: list[dict[str, np.ndarray]],
+    settings: SensitivitySettings,
+    torch_model: torch.nn.Module | None,
+    labels: list[np.ndarray] | None,
+    scores: dict[str, dict[str, float]],
+    timings: dict[str, float],
+    progress: bool,
+) -> dict[str, str]:
+    if torch_model is None:
+        raise SensitivityError(
+            "The Hessian-based methods need the torch model, but only an ONNX file was given.",
+            fix="pass MODULE:FUNCTION instead of the .onnx, or use --method kl, noise or random",
+        )
+    mapping = map_units(units, model, torch_model)
+    if not mapping.maps:
+        raise SensitivityError("No unit's weight could be mapped to a torch parameter.", expected=str(mapping.unmapped))
+    for name, reason in mapping.unmapped.items():
+        LOG.info("unit %s is placed by its measured score: %s", name, reason)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch_model = torch_model.to(device)
+    problem = _problem(model, torch_model, mapping, feeds, settings, labels, device)
+    deltas = _weight_deltas(model, units, mapping, device)
+    generator = torch.Generator().manual_seed(settings.seed)
+    bar = tqdm(total=settings.max_probes, desc="hessian probes", disable=not progress, unit="HVP")
+    start = time.perf_counter()
+    traces = hutchinson_traces(problem, generator, settings.max_probes, settings.tol, progress=lambda n: bar.update(1))
+    bar.close()
+    modules = dict(torch_model.named_modules())
+    unit_modules = {name: modules[weight_map.parameter.rpartition(".")[0]] for name, weight_map in mapping.maps.items()}
+    act_traces = activation_traces(problem, unit_modules, generator)
+    unit_by_name = {u.name: u for u in units}
+    act = {
+        name: activation_term(act_traces[name], ranges.tensors[unit_by_name[name].inputs[0]].amax) for name in deltas
+    }
+    scores["hessian"] = {name: weight_term(traces[name], deltas[name]) + act[name] for name in deltas}
+    timings["hessian"] = time.perf_counter() - start
+    scores["hessian_trace"] = {name: traces[name].mean for name in deltas}
+    wanted = set(settings.methods)
+    batch_indices = list(range(len(problem.batches)))
+    if "augmented-a" in wanted:
+        a = _timed(timings, "a", lambda: cross_layer_terms(problem, deltas, batch_indices))
+        scores["a"] = {name: a[name] + act[name] for name in a}
+        scores["augmented-a"] = combine_by_rank(scores["hessian"], scores["a"], settings.augment_weight)
+    if "augmented-c" in wanted:
+        neighbours = graph_neighbours(model, units)
+        tick = _ticker(progress, len(deltas), "C")
+        c = _timed(timings, "c", lambda: neighbour_terms(problem, deltas, neighbours, batch_indices, tick))
+        scores["c"] = {name: c[name] + act[name] for name in c}
+        scores["augmented-c"] = combine_by_rank(scores["hessian"], scores["c"], settings.augment_weight)
+    return {name: reason for name, reason in mapping.unmapped.items()}
+
+
+def _problem(model, torch_model, mapping, feeds, settings, labels, device) -> TorchProblem:  # type: ignore[no-untyped-def]
+    names = list(model_input_specs(model))
+    batches = [tuple(torch.from_numpy(np.asarray(feed[n])).to(device) for n in names) for feed in feeds]
+    parameters = dict(torch_model.named_parameters())
+    unit_parameters = {unit: parameters[m.parameter] for unit, m in mapping.maps.items()}
+    torch_labels = [torch.from_numpy(np.asarray(y)).to(device) for y in labels] if labels is not None else None
+    loss = LOSS_FOR_METRIC[settings.metric] if settings.metric != "accuracy" or labels is not None else "kl"
+    return TorchProblem(torch_model, unit_parameters, batches, loss, torch_labels)
+
+
+def _weight_deltas(
+    model: onnx.ModelProto, units: list[Unit], mapping: Any, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """ΔW = Q(W) − W with the compile quantizer, in each torch parameter's coordinates."""
+    from trtmix.graph import GraphIndex
+
+    index = GraphIndex(model)
+    deltas = {}
+    for unit in units:
+        if unit.name not in mapping.maps or unit.weight_axis is None:
+            continue
+        weight = index.constant_value(unit.weight).astype(np.float32)  # type: ignore[union-attr]
+        delta = mapping.maps[unit.name].to_torch(fake_quantize_weight(weight, unit.weight_axis) - weight)
+        deltas[unit.name] = torch.from_numpy(np.ascontiguousarray(delta, dtype=np.float32)).to(device)
+    return deltas
+
+
+def _ordering(scores: dict[str, float], fallback: dict[str, float] | None, units: list[Unit]) -> list[str]:
+    """Least sensitive first; units missing from ``scores`` are placed by their ``fallback`` percentile."""
+    primary = ranks(scores)
+    secondary = ranks(fallback) if fallback else {}
+    position = {unit.name: i for i, unit in enumerate(units)}
+    key = {u.name: primary.get(u.name, secondary.get(u.name, 1.0)) for u in units}
+    return sorted(key, key=lambda name: (key[name], scores.get(name, np.inf), position[name]))
+
+
+def _timed(timings: dict[str, float], name: str, action: Callable[[], dict[str, float]]) -> dict[str, float]:
+    start = time.perf_counter()
+    result = action()
+    timings[name] = time.perf_counter() - start
+    return result
+
+
+def _ticker(enabled: bool, total: int, label: str) -> Callable[[], None]:
+    bar = tqdm(total=total, desc=f"sensitivity {label}", disable=not enabled, unit="unit", leave=False)
+    return lambda: bar.update(1)
