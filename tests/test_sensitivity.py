@@ -138,3 +138,51 @@ def test_neighbours_and_rank_combination(exported):
     combined = combine_by_rank({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 30.0, "b": 20.0, "c": 10.0, "d": 0.0})
     assert combined["b"] == pytest.approx(0.5 * 0.5 + 0.5 * (2 / 3))
     assert combined["d"] == 0.0  # only the variant scored it
+
+
+RECIPE = """
+import numpy as np
+def load_data(split="calibration"):
+    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
+    for _ in range(4):
+        yield {"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
+"""
+
+
+def test_sensitivity_cli_writes_scores_ranks_timings_and_caches(tmp_path, capsys):
+    from trtmix.cli import main
+
+    (tmp_path / "recipe.py").write_text(RECIPE)
+    out = tmp_path / "sensitivity.json"
+    args = ["sensitivity", "trtmix.models.tiny:convnet", "--data", str(tmp_path / "recipe.py"), "--method", *METHODS,
+            "--max-probes", "6", "-o", str(out)]  # fmt: skip
+    assert main(["-q", *args]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    assert set(result["orderings"]) == set(METHODS)
+    unit = result["units"]["/stem/Conv"]
+    assert {"hessian", "augmented-a", "kl", "a", "b", "c"} <= set(unit["scores"]) and set(unit["ranks"]) == set(METHODS)
+    assert result["timings_seconds"]["hessian"] > 0
+    assert "most sensitive" in capsys.readouterr().out
+    out.unlink()
+    assert main(["-q", *args]) == 0  # cache hit: same result, written again
+    assert json.loads(out.read_text())["orderings"] == result["orderings"]
+    onnx_args = ["sensitivity", str(tmp_path / "sensitivity.model.onnx"), "--data", str(tmp_path / "recipe.py")]
+    assert main(["-q", *onnx_args, "--method", "hessian", "-o", str(tmp_path / "x.json")]) == 2
+    assert "need the torch model" in capsys.readouterr().err
+    assert main(["-q", *onnx_args, "--method", "kl", "noise", "-o", str(tmp_path / "y.json")]) == 0
+
+
+def test_compile_with_augmented_ordering(tmp_path, capsys):
+    from trtmix.cli import main
+
+    (tmp_path / "recipe.py").write_text(RECIPE)
+    args = ["compile", "trtmix.models.tiny:convnet", "--data", str(tmp_path / "recipe.py"), "--metric", "cosine",
+            "--ordering", "augmented-a", "--compare-orderings", "hessian", "--max-drop", "0.01%", "--runs", "3",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(["-q", *args]) in (0, 2)
+    import json
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["orderings"]) == {"augmented-a", "hessian"}

@@ -14,15 +14,18 @@ import numpy as np
 import onnx
 
 from trtmix.backends import LatencyStats, get_backend
+
+__all__ = ["BuildResult", "build", "collect_ranges", "get_backend", "list_units", "profile", "resolve_plan"]
 from trtmix.calibrate import CalibrationConfig, calibrate, calibrate_cached
 from trtmix.compile import compile_plan
 from trtmix.data import load_batches
-from trtmix.errors import PlanError
+from trtmix.errors import CompileError, PlanError
 from trtmix.graph import QDQ_OPS, load_onnx
 from trtmix.io import atomic_write_bytes
 from trtmix.plan import Precision, PrecisionPlan
 from trtmix.ranges import Ranges
 from trtmix.units import Unit, require_units
+from trtmix.validate import validate_tensorrt_graph
 
 LOG = logging.getLogger(__name__)
 PLAN_SHORTHANDS = {"int8": Precision.INT8, "fp16": Precision.FP16, "fp32": Precision.FP32}
@@ -39,6 +42,7 @@ class BuildResult:
     unit_count: int
     qdq_nodes: int
     artifact: Path | None
+    source: Path
 
 
 def list_units(model_path: str | Path) -> list[Unit]:
@@ -118,15 +122,21 @@ def build(
     resolved = resolve_plan(plan, units)
     compiled = compile_plan(model, resolved, ranges, flavour)
     onnx.checker.check_model(compiled, full_check=True)
+    if flavour == "tensorrt":
+        issues = validate_tensorrt_graph(compiled, units, resolved)
+        if issues:
+            raise CompileError(
+                "The compiled graph breaks TensorRT's Q/DQ or typing rules:\n  " + "\n  ".join(issues),
+                fix="this is a trtmix bug; please report it with the model and plan",
+            )
     atomic_write_bytes(output, compiled.SerializeToString())
     built = None
     if artifact is not None:
         built = get_backend(backend).build(Path(output), Path(artifact))
     counts = Counter(node.op_type for node in compiled.graph.node)
     int8_names = [u.name for u in units if resolved.precision_of(u.name) is Precision.INT8]
-    return BuildResult(
-        Path(output), flavour, resolved, int8_names, len(units), sum(counts[op] for op in QDQ_OPS), built
-    )
+    qdq = sum(counts[op] for op in QDQ_OPS)
+    return BuildResult(Path(output), flavour, resolved, int8_names, len(units), qdq, built, Path(model_path))
 
 
 def profile(

@@ -151,9 +151,17 @@ def _add_build(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _add_data_flags(parser, required=False)
     parser.add_argument("-o", "--output", required=True, type=Path, help="mixed-precision ONNX file to write")
     parser.add_argument(
-        "--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend (default: onnxruntime)"
+        "--backend",
+        choices=("onnxruntime", "tensorrt"),
+        default="onnxruntime",
+        help="engine backend (default: onnxruntime)",
     )
     parser.add_argument("--artifact", type=Path, help="also build the engine / optimised model here")
+    parser.add_argument(
+        "--strict-precision",
+        action="store_true",
+        help="tensorrt: fail when the engine runs any unit in another precision",
+    )
 
 
 def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -188,7 +196,10 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         help="stop at the first plan scoring LOW..HIGH %% of float, e.g. 99.9:99.99",
     )
     parser.add_argument(
-        "--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend (default: onnxruntime)"
+        "--backend",
+        choices=("onnxruntime", "tensorrt"),
+        default="onnxruntime",
+        help="engine backend (default: onnxruntime)",
     )
     parser.add_argument(
         "--flavour",
@@ -197,7 +208,10 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         help="graph flavour the backend builds (default: ort-cpu)",
     )
     parser.add_argument(
-        "--ordering", choices=("kl", "noise", "random"), default="kl", help="unit ordering (default: kl)"
+        "--ordering",
+        choices=("kl", "noise", "random", "hessian", "augmented-a", "augmented-b", "augmented-c"),
+        default="kl",
+        help="unit ordering, least sensitive first; the Hessian-based ones need MODULE:FUNCTION (default: kl)",
     )
     parser.add_argument(
         "--compare-orderings", default="", metavar="A,B", help="also search along these orderings, same plot"
@@ -219,7 +233,70 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "-o", "--output", type=Path, default=Path("trtmix-out"), help="output folder (default: trtmix-out)"
     )
     parser.add_argument("--fresh", action="store_true", help="discard the journal and artifacts of a previous run")
+    parser.add_argument(
+        "--strict-precision", action="store_true", help="tensorrt: a probe whose engine ignores the plan fails"
+    )
     _add_calibration_flags(parser)
+
+
+def _add_sensitivity(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "sensitivity",
+        help="score every unit's sensitivity to INT8 (Hessian, inter-layer variants, baselines)",
+        description="Compute per-unit sensitivity scores, their ranks and the ordering each method implies, with "
+        "timings, into a JSON file (cached by model, data and settings).",
+    )
+    parser.add_argument(
+        "source", metavar="MODEL", help="MODULE:FUNCTION (all methods) or model.onnx (kl, noise, random)"
+    )
+    parser.add_argument("--data", required=True, metavar="RECIPE", help="data recipe; its calibration split is used")
+    parser.add_argument(
+        "--data-arg", nargs="+", default=[], metavar="KEY=VALUE", help="keyword arguments for the recipe"
+    )
+    parser.add_argument(
+        "--method",
+        nargs="+",
+        choices=("hessian", "augmented-a", "augmented-b", "augmented-c", "kl", "noise", "random"),
+        default=["augmented-a"],
+        help="methods to compute (default: augmented-a)",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=("agreement", "accuracy", "cosine"),
+        default="agreement",
+        help="picks the loss: KL to the float model (agreement), cross-entropy (accuracy), MSE (cosine)",
+    )
+    parser.add_argument(
+        "--flavour",
+        choices=("tensorrt", "ort-cpu"),
+        default="tensorrt",
+        help="flavour of the measured variants (default: tensorrt)",
+    )
+    parser.add_argument("--sensitivity-batches", type=int, default=4, help="calibration batches used (default: 4)")
+    parser.add_argument("--max-probes", type=int, default=30, help="Hutchinson probe limit (default: 30)")
+    parser.add_argument(
+        "--tol", type=float, default=0.05, help="stop when every trace changes less than this (default: 0.05)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the probes and of the random ordering (default: 0)"
+    )
+    parser.add_argument(
+        "--augment-weight",
+        type=float,
+        default=0.5,
+        help="weight of the Hessian rank in augmented scores (default: 0.5)",
+    )
+    parser.add_argument("--input-names", nargs="+", metavar="NAME", help="graph input names for a torch model")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="sensitivity JSON file to write")
+    parser.add_argument(
+        "--calibration-method",
+        choices=("max", "percentile", "entropy", "mse"),
+        default="max",
+        help="activation range method for the quantizer being scored (default: max)",
+    )
+    parser.add_argument("--batches", type=int, default=8, help="calibration batches for the ranges (default: 8)")
+    parser.add_argument("--cache-dir", type=Path, help="cache folder (default: $TRTMIX_CACHE or ~/.cache/trtmix)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the caches")
 
 
 def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -230,7 +307,10 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     parser.add_argument("model", type=Path, help="ONNX model (float or compiled)")
     parser.add_argument(
-        "--backend", choices=("onnxruntime",), default="onnxruntime", help="engine backend (default: onnxruntime)"
+        "--backend",
+        choices=("onnxruntime", "tensorrt"),
+        default="onnxruntime",
+        help="engine backend (default: onnxruntime)",
     )
     parser.add_argument("--runs", type=int, default=20, help="timed runs (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded warm-up runs (default: 3)")
@@ -242,6 +322,26 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "--dim", nargs="+", metavar="NAME=N", help="values of symbolic input dims for random inputs (default 1)"
     )
     parser.add_argument("--json", action="store_true", help="print LatencyStats as JSON (median_ms, p90_ms, ...)")
+
+
+def _add_trtexec(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "trtexec-cmd",
+        help="print the trtexec command that builds a tensorrt-flavour ONNX on a TensorRT host",
+        description="Print the equivalent trtexec line: strongly typed (precision from the graph), saved engine, "
+        "shared timing cache, CUDA graphs, no host-device transfers in timing.",
+    )
+    parser.add_argument("model", help="tensorrt-flavour ONNX (from `trtmix build --flavour tensorrt`)")
+    parser.add_argument("--engine", default="model.engine", help="engine file trtexec saves (default: model.engine)")
+    parser.add_argument("--timing-cache", default="timing.cache", help="timing cache file (default: timing.cache)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=[],
+        metavar="NAME:MIN:OPT:MAX",
+        help="dynamic input shapes, e.g. input:1x3x224x224:8x3x224x224:32x3x224x224",
+    )
+    parser.add_argument("--no-cuda-graph", action="store_true", help="leave out --useCudaGraph")
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -273,7 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_export, _add_units, _add_calibrate, _add_build, _add_profile, _add_compile, _add_demo):
+    for add in (
+        _add_export,
+        _add_units,
+        _add_calibrate,
+        _add_sensitivity,
+        _add_build,
+        _add_profile,
+        _add_compile,
+        _add_trtexec,
+        _add_demo,
+    ):
         add(commands)
     return parser
 
@@ -284,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     from trtmix import commands
 
-    handler = getattr(commands, f"run_{args.command}")
+    handler = getattr(commands, f"run_{args.command.replace('-', '_')}")
     try:
         handler(args)
     except TrtmixError as err:

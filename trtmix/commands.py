@@ -13,10 +13,11 @@ from trtmix.data import parse_data_args
 from trtmix.errors import TrtmixError
 from trtmix.feeds import parse_dims, timing_feeds
 from trtmix.graph import load_onnx
-from trtmix.orderings import ORDERINGS
+from trtmix.orderings import ALL_ORDERINGS as ORDERINGS
 from trtmix.pipeline import CompileConfig
 from trtmix.ranges import Ranges
 from trtmix.search import Budget
+from trtmix.sensitivity.run import SensitivitySettings
 from trtmix.tensorrt_cache import ranges_from_tensorrt_cache
 from trtmix.units import units_to_json
 from trtmix.user_code import load_model_factory
@@ -109,6 +110,8 @@ def run_calibrate(args: argparse.Namespace) -> None:
 
 def run_build(args: argparse.Namespace) -> None:
     """``trtmix build``."""
+    if args.backend == "tensorrt":
+        api.get_backend("tensorrt")  # says clearly, before any work, when TensorRT is missing
     ranges = Ranges.load(args.ranges) if args.ranges else None
     if ranges is None and args.data:
         ranges = _ranges_from_data(args)
@@ -127,6 +130,24 @@ def run_build(args: argparse.Namespace) -> None:
     )
     if result.artifact:
         print(f"built {result.artifact} with {args.backend}")
+    if result.artifact and args.backend == "tensorrt":
+        _verify_engine(result, args.strict_precision)
+
+
+def _verify_engine(result: api.BuildResult, strict: bool) -> None:
+    """Compare the engine's real layer precisions with the plan; fatal with --strict-precision."""
+    from trtmix.engine_report import check_plan, describe, mismatches
+
+    backend = api.get_backend("tensorrt")
+    information = backend.engine_information(result.artifact)  # type: ignore[attr-defined]
+    checks = check_plan(information, api.list_units(result.source), result.plan)
+    wrong = mismatches(checks)
+    if not wrong:
+        print(f"engine verified: all {len(checks)} units run their planned precision")
+    elif strict:
+        raise TrtmixError(f"--strict-precision: the engine does not run the plan:\n{describe(wrong)}")
+    else:
+        print(f"warning: {len(wrong)} units do not run their planned precision:\n{describe(wrong)}")
 
 
 def run_profile(args: argparse.Namespace) -> None:
@@ -141,6 +162,31 @@ def run_profile(args: argparse.Namespace) -> None:
         f"{args.model} on {args.backend} ({stats.threads} threads, {shapes}): median {stats.median_ms:.2f} ms, "
         f"p90 {stats.p90_ms:.2f} ms, mean {stats.mean_ms:.2f} ± {stats.stdev_ms:.2f} ms over {stats.runs} runs"
     )
+
+
+def run_sensitivity(args: argparse.Namespace) -> None:
+    """``trtmix sensitivity``."""
+    from trtmix.sensitivity.cached import sensitivity_for
+
+    settings = SensitivitySettings(
+        methods=tuple(args.method), metric=args.metric, flavour=args.flavour, batches=args.sensitivity_batches,
+        max_probes=args.max_probes, tol=args.tol, seed=args.seed, augment_weight=args.augment_weight,
+    )  # fmt: skip
+    calibration = CalibrationConfig(method=args.calibration_method, batches=args.batches)
+    cache = None if args.no_cache else (args.cache_dir or api.default_cache_dir())
+    result = sensitivity_for(
+        args.source, args.data, parse_data_args(args.data_arg), settings, calibration, args.output,
+        input_names=args.input_names, cache_dir=cache,
+    )  # fmt: skip
+    print(f"wrote {args.output}: {len(result['units'])} units, methods {', '.join(settings.methods)}")
+    for method in settings.methods:
+        order = result["orderings"][method]
+        print(f"  {method}: most sensitive {', '.join(order[-3:][::-1])}; least {', '.join(order[:3])}")
+    timings = result["timings_seconds"]
+    listed = ", ".join(f"{name} {seconds:.1f}" for name, seconds in timings.items())
+    print(f"  timings (s): {listed}; total {sum(timings.values()):.1f}")
+    if result["unscored_by_hessian"]:
+        print(f"  placed by their measured kl score: {', '.join(result['unscored_by_hessian'])}")
 
 
 def _compile_config(args: argparse.Namespace) -> CompileConfig:
@@ -174,6 +220,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         threads=args.threads,
         exporter=args.exporter,
         input_names=tuple(args.input_names or ()),
+        strict_precision=args.strict_precision,
     )
 
 
@@ -206,3 +253,20 @@ def run_demo(args: argparse.Namespace) -> None:
     report = job.run_compile(source, args.output, config, fresh=args.fresh)
     for line in job.summary_lines(report, args.output):
         print(line)
+
+
+def run_trtexec_cmd(args: argparse.Namespace) -> None:
+    """``trtmix trtexec-cmd``."""
+    from trtmix.trtexec import trtexec_command
+
+    shapes = {}
+    for item in args.shapes:
+        parts = item.split(":")
+        if len(parts) != 4:
+            raise TrtmixError(
+                f"Bad --shapes {item!r}.", expected="NAME:MIN:OPT:MAX, e.g. input:1x3x224x224:8x3x224x224:32x3x224x224"
+            )
+        shapes[parts[0]] = (parts[1], parts[2], parts[3])
+    print(
+        trtexec_command(args.model, args.engine, args.timing_cache, shapes or None, cuda_graph=not args.no_cuda_graph)
+    )

@@ -105,6 +105,22 @@ def export_onnx(
     return ExportReport(Path(output), used, opset, len(proto.graph.node), diff, scale, module_map)
 
 
+def export_once(source: str, path: Path, *, exporter: str = "auto", input_names: list[str] | None = None) -> Path:
+    """Export the ``MODULE:FUNCTION`` factory to ``path`` unless a previous export of the same source is there."""
+    from trtmix.io import atomic_write_text
+    from trtmix.user_code import load_model_factory
+
+    stamp = path.with_suffix(".source")
+    if path.is_file() and stamp.is_file() and stamp.read_text() == source:
+        LOG.info("reusing the export %s", path)
+        return path
+    model, samples = load_model_factory(source)
+    report = export_onnx(model, samples, path, exporter=exporter, input_names=input_names)
+    LOG.info("exported %s (%s, max |onnx - torch| = %.2g)", path, report.exporter, report.max_abs_diff)
+    atomic_write_text(stamp, source)
+    return path
+
+
 def _export_with(
     model: torch.nn.Module,
     sample_inputs: tuple[torch.Tensor, ...],

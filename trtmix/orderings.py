@@ -22,6 +22,7 @@ from trtmix.qdq import fake_quantize_weight
 from trtmix.units import Unit
 
 ORDERINGS = ("kl", "noise", "random")
+ALL_ORDERINGS = ("kl", "noise", "random", "hessian", "augmented-a", "augmented-b", "augmented-c")
 
 
 def order_units(

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from trtmix import api
 from trtmix.backends import get_backend
+from trtmix.backends.onnxruntime import OnnxRuntimeBackend
 from trtmix.calibrate import CalibrationConfig
 from trtmix.compile import compile_plan
 from trtmix.data import checked_batches, load_batches
@@ -34,6 +35,7 @@ from trtmix.orderings import order_units
 from trtmix.plan import Precision, PrecisionPlan
 from trtmix.ranges import Ranges
 from trtmix.search import BisectionSearch, Budget
+from trtmix.sensitivity.run import TORCH_METHODS
 from trtmix.trtexec import trtexec_command
 from trtmix.units import Unit
 from trtmix.user_code import import_module_or_file, split_spec
@@ -62,6 +64,7 @@ class CompileConfig:
     default: Precision = Precision.FP16
     exporter: str = "auto"
     input_names: tuple[str, ...] = ()
+    strict_precision: bool = False
 
     def identity(self, model_hash: str) -> str:
         """Hash of what makes measurements comparable; the journal refuses to mix runs with different ones."""
@@ -96,7 +99,8 @@ class Pipeline:
         self.model_path = self._float_model(fresh)
         self.model = load_onnx(self.model_path)
         self.units = api.list_units(self.model_path)
-        self.backend = get_backend(config.backend, threads=config.threads)
+        self.backend = get_backend(config.backend, threads=config.threads, timing_cache=output / "timing.cache")
+        self.oracle = OnnxRuntimeBackend(threads=config.threads)  # float references and measured orderings
         self.journal = Journal(output / "journal.sqlite", config.identity(model_sha256(self.model)), fresh=fresh)
         self.ranges = self._ranges()
         self.evaluation = self._evaluation()
@@ -106,19 +110,14 @@ class Pipeline:
         """The float ONNX: the given file, or the torch factory exported once into the output folder."""
         if self.source.endswith(".onnx"):
             return Path(self.source)
-        path, stamp = self.output / "model.onnx", self.output / "model.source"
-        if path.is_file() and not fresh and stamp.is_file() and stamp.read_text() == self.source:
-            LOG.info("reusing the export %s", path)
-            return path
-        from trtmix.export import export_onnx
-        from trtmix.user_code import load_model_factory
+        from trtmix.export import export_once
 
-        model, samples = load_model_factory(self.source)
-        names = list(self.config.input_names) or None
-        report = export_onnx(model, samples, path, exporter=self.config.exporter, input_names=names)
-        LOG.info("exported %s (%s, max |onnx - torch| = %.2g)", path, report.exporter, report.max_abs_diff)
-        atomic_write_text(stamp, self.source)
-        return path
+        path = self.output / "model.onnx"
+        if fresh:
+            path.with_suffix(".source").unlink(missing_ok=True)
+        return export_once(
+            self.source, path, exporter=self.config.exporter, input_names=list(self.config.input_names) or None
+        )
 
     def _ranges(self) -> Ranges:
         ranges = api.collect_ranges(
@@ -138,7 +137,7 @@ class Pipeline:
 
     def _evaluation(self) -> Evaluation:
         feeds = {split: self._feeds(split) for split in ("search", "holdout")}
-        session = self.backend.session(self.model_path)  # type: ignore[attr-defined]
+        session = self.oracle.session(self.model_path)
         reference = {
             split: np.concatenate([session.run(None, f)[0] for f in batches]) for split, batches in feeds.items()
         }
@@ -171,14 +170,10 @@ class Pipeline:
 
     def artifact_paths(self, plan: PrecisionPlan, flavour: str | None = None) -> tuple[Path, Path]:
         """Content-addressed paths of a plan's compiled ONNX and its backend artifact."""
-        import onnxruntime
-
-        flavour = flavour or self.config.flavour
-        stem = f"{plan.stable_hash()}.{flavour}"
-        return (
-            self.artifacts / f"{stem}.onnx",
-            self.artifacts / f"{stem}.{self.backend.name}-{onnxruntime.__version__}.onnx",
-        )
+        stem = f"{plan.stable_hash()}.{flavour or self.config.flavour}"
+        suffix = "engine" if self.backend.name == "tensorrt" else "onnx"
+        artifact = self.artifacts / f"{stem}.{self.backend.name}-{self.backend.version}.{suffix}"
+        return self.artifacts / f"{stem}.onnx", artifact
 
     def build(self, plan: PrecisionPlan) -> Path:
         """Compile and build ``plan`` (reusing artifacts already on disk)."""
@@ -203,12 +198,25 @@ class Pipeline:
                 artifact, self.evaluation.feeds["search"][0], self.config.runs, self.config.warmup
             )
             record.update(status="ok", accuracy=value, latency=stats.to_dict(), artifact=str(artifact))
+            record.update(self._precision_check(plan, artifact))
         except TrtmixError as err:
             LOG.warning("probe k=%d failed: %s", k, err)
             record.update(status="failed", error=str(err), accuracy=None, latency=None, artifact=None)
         self.journal.record(plan_hash, record)
         self.measured += 1
         return record
+
+    def _precision_check(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
+        """On TensorRT: the units whose engine precision differs from the plan; fatal with --strict-precision."""
+        engine_information = getattr(self.backend, "engine_information", None)
+        if engine_information is None:
+            return {}
+        from trtmix.engine_report import check_plan, describe, mismatches
+
+        wrong = mismatches(check_plan(engine_information(artifact), self.units, plan))
+        if wrong and self.config.strict_precision:
+            raise TrtmixError(f"--strict-precision: the engine does not run the plan:\n{describe(wrong)}")
+        return {"precision_mismatches": [asdict(m) for m in wrong]}
 
     def baseline(self) -> dict[str, Any]:
         """The float model: metric on both splits and latency on the backend (cached in the journal)."""
@@ -235,22 +243,43 @@ class Pipeline:
                 load_batches(self.config.data, "calibration", **dict(self.config.data_args)), self.model, limit=2
             )
         )
-        session = self.backend.session(self.model_path)  # type: ignore[attr-defined]
+        session = self.oracle.session(self.model_path)
         reference = np.concatenate([session.run(None, feed)[0] for feed in calibration])
         progress = tqdm(total=len(self.units), desc=f"ordering {name}", unit="unit", disable=name != "kl")
 
         def single_unit(unit: Unit) -> float:
             plan = PrecisionPlan.with_int8([unit.name], default=self.config.default)
             compiled = compile_plan(self.model, plan, self.ranges, self.config.flavour)
-            quantized = self.backend.session(compiled.SerializeToString())  # type: ignore[attr-defined]
+            quantized = self.oracle.session(compiled.SerializeToString())
             outputs = np.concatenate([quantized.run(None, feed)[0] for feed in calibration])
             progress.update()
             return divergence(self.config.metric, outputs, reference)
 
-        order, scores = order_units(name, self.units, self.model, single_unit)
+        if name in TORCH_METHODS:
+            order, scores = self._torch_order(name, calibration)
+        else:
+            order, scores = order_units(name, self.units, self.model, single_unit)
         progress.close()
         self.journal.store(f"ordering:{name}", {"order": order, "scores": scores})
         return order, scores
+
+    def _torch_order(self, name: str, calibration: list[dict[str, np.ndarray]]) -> tuple[list[str], dict[str, float]]:
+        """A Hessian-based ordering: needs the torch model, so the source must be MODULE:FUNCTION."""
+        if self.source.endswith(".onnx"):
+            raise TrtmixError(
+                f"--ordering {name} needs the torch model, but the source is an ONNX file.",
+                fix="pass MODULE:FUNCTION, or use --ordering kl, noise or random",
+            )
+        from trtmix.sensitivity.run import SensitivitySettings, compute_sensitivity
+        from trtmix.user_code import load_model_factory
+
+        torch_model, _ = load_model_factory(self.source)
+        settings = SensitivitySettings(
+            methods=(name,), metric=self.config.metric, flavour=self.config.flavour, batches=2
+        )
+        result = compute_sensitivity(self.model, self.units, self.ranges, calibration, settings, torch_model)
+        order = result["orderings"][name]
+        return order, {unit: float(i) for i, unit in enumerate(order)}
 
     def search(self, ordering: str, baseline_accuracy: float) -> BisectionSearch:
         """Run one bisection along ``ordering`` to its end, measuring (or replaying) each probe."""

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from trtmix.backends.base import Backend, LatencyStats
 from trtmix.errors import BackendUnavailableError
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
 
 
-def get_backend(name: str, threads: int | None = None) -> Backend:
-    """The backend called ``name``."""
+def get_backend(name: str, threads: int | None = None, timing_cache: Path | None = None) -> Backend:
+    """The backend called ``name``; ``tensorrt`` raises BackendUnavailableError (with how to install) when missing."""
     if name == "onnxruntime":
         from trtmix.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(threads=threads)
+    if name == "tensorrt":
+        from trtmix.backends.tensorrt import BuildSettings, TensorRTBackend
+
+        return TensorRTBackend(BuildSettings(timing_cache=timing_cache))
     raise BackendUnavailableError(
         f"Unknown backend {name!r}.",
         expected=f"one of {', '.join(BACKENDS)}",

@@ -56,6 +56,7 @@ class Backend(Protocol):
     """An engine: ``build`` turns an ONNX file into an artifact, ``run`` executes it, ``time`` measures it."""
 
     name: str
+    version: str
 
     def build(self, onnx_path: Path, artifact_path: Path) -> Path:
         """Build (or optimise) ``onnx_path`` into ``artifact_path``; returns the artifact path."""

@@ -56,7 +56,10 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, threads: int | None = None) -> None:
+        import onnxruntime
+
         self.threads = threads or default_threads()
+        self.version = onnxruntime.__version__
 
     def _options(self, optimize: bool):  # type: ignore[no-untyped-def]
         import onnxruntime as ort

@@ -87,6 +87,11 @@ def compute_sensitivity(
     wanted = set(settings.methods)
     needs_torch = bool(wanted & TORCH_METHODS)
     needs_measured = "kl" in wanted or "augmented-b" in wanted or needs_torch
+    if needs_torch and torch_model is None:
+        raise SensitivityError(
+            "The Hessian-based methods need the torch model, but only an ONNX file was given.",
+            fix="pass MODULE:FUNCTION instead of the .onnx, or use --method kl, noise or random",
+        )
     scorer = PlanScorer(model, ranges, settings.flavour, settings.metric, feeds) if needs_measured else None
     if needs_measured:
         scores["kl"] = _timed(

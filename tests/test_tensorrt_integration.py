@@ -1,0 +1,45 @@
+"""On a TensorRT host: build and time the tiny conv net's all-FP16, all-INT8 and mixed graphs, verify each engine's
+precisions against its plan, and compare outputs with ONNX Runtime.  Skipped where TensorRT or CUDA is missing."""
+
+import numpy as np
+import pytest
+
+from trtmix.backends.tensorrt import tensorrt_available
+from trtmix.compile import compile_plan
+from trtmix.engine_report import check_plan, describe, mismatches
+from trtmix.plan import Precision, PrecisionPlan
+from trtmix.units import find_units
+
+from .conftest import batches_for, run_ort
+
+pytestmark = [
+    pytest.mark.tensorrt,
+    pytest.mark.skipif(not tensorrt_available(), reason="needs a real TensorRT and a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("plan_kind", ["fp16", "int8", "mixed"])
+def test_engine_runs_the_plan_and_matches_onnxruntime(calibrated, tmp_path, plan_kind):
+    from trtmix.backends.tensorrt import BuildSettings, TensorRTBackend
+
+    model, ranges = calibrated["convnet"]
+    units = find_units(model)
+    plan = {
+        "fp16": PrecisionPlan(),
+        "int8": PrecisionPlan.with_int8(u.name for u in units),
+        "mixed": PrecisionPlan(Precision.FP16, {units[0].name: Precision.INT8, units[2].name: Precision.INT8}),
+    }[plan_kind]
+    compiled = compile_plan(model, plan, ranges, "tensorrt")
+    path = tmp_path / "model.onnx"
+    path.write_bytes(compiled.SerializeToString())
+    backend = TensorRTBackend(BuildSettings(timing_cache=tmp_path / "timing.cache"))
+    engine = backend.build(path, tmp_path / "model.engine")
+    checks = check_plan(backend.engine_information(engine), units, plan)
+    assert not mismatches(checks), describe(checks)
+    feed = batches_for("convnet", 1, seed=11)[0]
+    reference = run_ort(compiled, feed)
+    output = backend.run(engine, feed)[0].astype(np.float32)
+    np.testing.assert_allclose(output, reference, atol=0.05 * np.abs(reference).max())
+    stats = backend.time(engine, feed, runs=20, warmup=5)
+    assert stats.median_ms > 0 and stats.runs == 20
+    assert (tmp_path / "timing.cache").is_file()

@@ -1,0 +1,81 @@
+"""``trtmix sensitivity``: export if needed, calibrate, compute, and cache by model + data + settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtmix import api
+from trtmix.calibrate import CalibrationConfig, data_identity
+from trtmix.data import checked_batches, load_batches
+from trtmix.graph import load_onnx, model_sha256
+from trtmix.io import atomic_write_text
+from trtmix.sensitivity.run import TORCH_METHODS, SensitivitySettings, compute_sensitivity
+from trtmix.user_code import import_module_or_file, load_model_factory, split_spec
+
+
+def sensitivity_for(
+    source: str,
+    data: str,
+    data_args: dict[str, str],
+    settings: SensitivitySettings,
+    calibration: CalibrationConfig,
+    output: Path,
+    *,
+    input_names: list[str] | None = None,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The sensitivity result for ``source`` (MODULE:FUNCTION or .onnx), written to ``output`` and cached."""
+    if source.endswith(".onnx"):
+        model_path = Path(source)
+    else:
+        from trtmix.export import export_once
+
+        model_path = export_once(source, output.with_suffix(".model.onnx"), input_names=input_names)
+    model = load_onnx(model_path)
+    units = api.list_units(model_path)
+    ranges = api.collect_ranges(model_path, data, "calibration", calibration, data_args=data_args, cache_dir=cache_dir)
+    key_text = json.dumps(
+        {"model": model_sha256(model), "data": data_identity(data), "args": data_args, "settings": asdict(settings),
+         "calibration": asdict(calibration), "source_is_torch": not source.endswith(".onnx")},
+        sort_keys=True,
+    )  # fmt: skip
+    cache_path = (
+        cache_dir / f"sensitivity-{hashlib.sha256(key_text.encode()).hexdigest()[:24]}.json" if cache_dir else None
+    )
+    if cache_path is not None and cache_path.is_file():
+        result = json.loads(cache_path.read_text())
+    else:
+        feeds = list(checked_batches(load_batches(data, "calibration", **data_args), model, limit=settings.batches))
+        torch_model = (
+            load_model_factory(source)[0]
+            if set(settings.methods) & TORCH_METHODS and not source.endswith(".onnx")
+            else None
+        )
+        labels = _labels(data, feeds) if settings.metric == "accuracy" else None
+        result = compute_sensitivity(model, units, ranges, feeds, settings, torch_model, labels)
+        result["model"] = source
+        if cache_path is not None:
+            atomic_write_text(cache_path, json.dumps(result, indent=1) + "\n")
+    atomic_write_text(output, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _labels(data: str, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray] | None:
+    """Per-batch labels from the recipe's ``load_labels("calibration")``, or None without one (KL is used then)."""
+    module_name, _ = split_spec(data, default_function="load_data")
+    function = getattr(import_module_or_file(module_name), "load_labels", None) if not data.endswith(".npz") else None
+    if function is None:
+        return None
+    labels = np.asarray(function(split="calibration"))
+    batches, start = [], 0
+    for feed in feeds:
+        rows = len(next(iter(feed.values())))
+        batches.append(labels[start : start + rows])
+        start += rows
+    return batches
