@@ -166,3 +166,13 @@ def test_trtexec_cmd_cli(capsys):
     assert main(["trtexec-cmd", "m.onnx", "--shapes", "input:1x3x8x8:2x3x8x8:4x3x8x8"]) == 0
     assert "--optShapes=input:2x3x8x8" in capsys.readouterr().out
     assert main(["trtexec-cmd", "m.onnx", "--shapes", "bad"]) == 2
+
+
+def test_trt_shape_profiles_parse():
+    from trtmix.errors import TrtmixError
+    from trtmix.feeds import parse_profiles
+
+    assert parse_profiles(["input:1x3x8x8:2x3x8x8:4x3x8x8"]) == {"input": ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))}
+    for bad in ("input:1x3:2x3", "input:ax3:2x3:4x3"):
+        with pytest.raises(TrtmixError, match="Bad --trt-shapes"):
+            parse_profiles([bad])

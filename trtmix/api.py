@@ -115,6 +115,7 @@ def build(
     ranges: Ranges | None = None,
     backend: str = "onnxruntime",
     artifact: str | Path | None = None,
+    tensorrt: dict[str, object] | None = None,
 ) -> BuildResult:
     """Compile ``plan`` into ``output`` (atomically); with ``artifact``, also build it with ``backend``."""
     model = load_onnx(model_path)
@@ -132,7 +133,7 @@ def build(
     atomic_write_bytes(output, compiled.SerializeToString())
     built = None
     if artifact is not None:
-        built = get_backend(backend).build(Path(output), Path(artifact))
+        built = get_backend(backend, tensorrt=tensorrt).build(Path(output), Path(artifact))
     counts = Counter(node.op_type for node in compiled.graph.node)
     int8_names = [u.name for u in units if resolved.precision_of(u.name) is Precision.INT8]
     qdq = sum(counts[op] for op in QDQ_OPS)
@@ -146,9 +147,10 @@ def profile(
     runs: int = 20,
     warmup: int = 3,
     threads: int | None = None,
+    tensorrt: dict[str, object] | None = None,
 ) -> LatencyStats:
     """Build ``model_path`` with ``backend`` in a temporary folder and time it on ``feeds``."""
-    engine = get_backend(backend, threads=threads)
+    engine = get_backend(backend, threads=threads, tensorrt=tensorrt)
     with tempfile.TemporaryDirectory(prefix="trtmix-profile-") as folder:
         artifact = engine.build(Path(model_path), Path(folder) / "artifact.onnx")
         return engine.time(artifact, feeds, runs=runs, warmup=warmup)

@@ -162,6 +162,26 @@ def _add_build(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="store_true",
         help="tensorrt: fail when the engine runs any unit in another precision",
     )
+    _add_tensorrt_flags(parser)
+
+
+def _add_tensorrt_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trt-shapes",
+        nargs="+",
+        default=[],
+        metavar="NAME:MIN:OPT:MAX",
+        help="tensorrt: optimisation profile of a dynamic input, e.g. input:1x3x224x224:8x3x224x224:32x3x224x224",
+    )
+    parser.add_argument(
+        "--workspace-mb", type=int, help="tensorrt: workspace memory pool limit in MiB (default: TensorRT's)"
+    )
+    parser.add_argument(
+        "--builder-optimization-level",
+        type=int,
+        choices=range(6),
+        help="tensorrt: builder optimisation level 0-5 (default: 3)",
+    )
 
 
 def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -236,6 +256,7 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument(
         "--strict-precision", action="store_true", help="tensorrt: a probe whose engine ignores the plan fails"
     )
+    _add_tensorrt_flags(parser)
     _add_calibration_flags(parser)
 
 
@@ -322,6 +343,7 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "--dim", nargs="+", metavar="NAME=N", help="values of symbolic input dims for random inputs (default 1)"
     )
     parser.add_argument("--json", action="store_true", help="print LatencyStats as JSON (median_ms, p90_ms, ...)")
+    _add_tensorrt_flags(parser)
 
 
 def _add_trtexec(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

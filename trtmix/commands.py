@@ -11,7 +11,7 @@ from trtmix import api, job
 from trtmix.calibrate import CalibrationConfig
 from trtmix.data import parse_data_args
 from trtmix.errors import TrtmixError
-from trtmix.feeds import parse_dims, timing_feeds
+from trtmix.feeds import parse_dims, tensorrt_settings, timing_feeds
 from trtmix.graph import load_onnx
 from trtmix.orderings import ALL_ORDERINGS as ORDERINGS
 from trtmix.pipeline import CompileConfig
@@ -123,6 +123,7 @@ def run_build(args: argparse.Namespace) -> None:
         ranges=ranges,
         backend=args.backend,
         artifact=args.artifact,
+        tensorrt=tensorrt_settings(args),
     )
     print(
         f"wrote {result.onnx_path}: {args.flavour} flavour, {len(result.int8_units)} of {result.unit_count} "
@@ -153,7 +154,7 @@ def _verify_engine(result: api.BuildResult, strict: bool) -> None:
 def run_profile(args: argparse.Namespace) -> None:
     """``trtmix profile``."""
     feeds = timing_feeds(load_onnx(args.model), args.data, parse_dims(args.dim))
-    stats = api.profile(args.model, feeds, args.backend, args.runs, args.warmup, args.threads)
+    stats = api.profile(args.model, feeds, args.backend, args.runs, args.warmup, args.threads, tensorrt_settings(args))
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
         return
@@ -221,6 +222,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         exporter=args.exporter,
         input_names=tuple(args.input_names or ()),
         strict_precision=args.strict_precision,
+        tensorrt=tuple(sorted((k, json.dumps(v)) for k, v in tensorrt_settings(args).items())),
     )
 
 

@@ -13,6 +13,33 @@ from trtmix.errors import TrtmixError
 LOG = logging.getLogger(__name__)
 
 
+def parse_profiles(items: list[str] | None) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """``["input:1x3x8x8:2x3x8x8:4x3x8x8"]`` → ``{"input": ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))}``."""
+    profiles = {}
+    for item in items or []:
+        parts = item.split(":")
+        try:
+            shapes = [tuple(int(d) for d in part.split("x")) for part in parts[1:]]
+        except ValueError:
+            shapes = []
+        if len(parts) != 4 or len(shapes) != 3:
+            raise TrtmixError(
+                f"Bad --trt-shapes {item!r}.",
+                expected="NAME:MIN:OPT:MAX, e.g. input:1x3x224x224:8x3x224x224:32x3x224x224",
+            )
+        profiles[parts[0]] = (shapes[0], shapes[1], shapes[2])
+    return profiles
+
+
+def tensorrt_settings(args: object) -> dict[str, object]:
+    """BuildSettings fields from the --trt-shapes / --workspace-mb / --builder-optimization-level flags."""
+    return {
+        "profiles": parse_profiles(getattr(args, "trt_shapes", None)),
+        "workspace_mb": getattr(args, "workspace_mb", None),
+        "optimization_level": getattr(args, "builder_optimization_level", None),
+    }
+
+
 def parse_dims(items: list[str] | None) -> dict[str, int]:
     """``["batch=8", "seq=128"]`` → ``{"batch": 8, "seq": 128}``."""
     dims = {}

@@ -65,6 +65,7 @@ class CompileConfig:
     exporter: str = "auto"
     input_names: tuple[str, ...] = ()
     strict_precision: bool = False
+    tensorrt: tuple[tuple[str, str], ...] = ()
 
     def identity(self, model_hash: str) -> str:
         """Hash of what makes measurements comparable; the journal refuses to mix runs with different ones."""
@@ -99,7 +100,8 @@ class Pipeline:
         self.model_path = self._float_model(fresh)
         self.model = load_onnx(self.model_path)
         self.units = api.list_units(self.model_path)
-        self.backend = get_backend(config.backend, threads=config.threads, timing_cache=output / "timing.cache")
+        tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
+        self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt)
         self.oracle = OnnxRuntimeBackend(threads=config.threads)  # float references and measured orderings
         self.journal = Journal(output / "journal.sqlite", config.identity(model_sha256(self.model)), fresh=fresh)
         self.ranges = self._ranges()

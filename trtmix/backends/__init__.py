@@ -10,7 +10,9 @@ from trtmix.errors import BackendUnavailableError
 BACKENDS = ("onnxruntime", "tensorrt")
 
 
-def get_backend(name: str, threads: int | None = None, timing_cache: Path | None = None) -> Backend:
+def get_backend(
+    name: str, threads: int | None = None, timing_cache: Path | None = None, tensorrt: dict[str, object] | None = None
+) -> Backend:
     """The backend called ``name``; ``tensorrt`` raises BackendUnavailableError (with how to install) when missing."""
     if name == "onnxruntime":
         from trtmix.backends.onnxruntime import OnnxRuntimeBackend
@@ -19,7 +21,7 @@ def get_backend(name: str, threads: int | None = None, timing_cache: Path | None
     if name == "tensorrt":
         from trtmix.backends.tensorrt import BuildSettings, TensorRTBackend
 
-        return TensorRTBackend(BuildSettings(timing_cache=timing_cache))
+        return TensorRTBackend(BuildSettings(timing_cache=timing_cache, **(tensorrt or {})))  # type: ignore[arg-type]
     raise BackendUnavailableError(
         f"Unknown backend {name!r}.",
         expected=f"one of {', '.join(BACKENDS)}",
