@@ -2,7 +2,7 @@
 
     python benchmarks/sensitivity.py [--models minilm efficientnet] [--scaling]
 
-Default settings (4 calibration batches of 8, at most 30 Hutchinson probes, tol 0.05).  ``hessian`` includes the
+Default settings (4 calibration batches of 8, at most 20 Hutchinson probes, tol 0.05).  ``hessian`` includes the
 traces, the activation term and the single-unit ``kl`` measurement its attention units need is listed apart.
 ``--scaling`` times MiniLM cut to 1, 2, 3 and 6 encoder layers (8 units per layer) to show the growth.
 Target: hessian + variant A for MiniLM-L6 in <= 60 s.
@@ -60,14 +60,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Sensitivity cost per method and scaling with units")
     parser.add_argument("--models", nargs="+", default=["minilm", "efficientnet"], choices=["minilm", "efficientnet"])
     parser.add_argument("--scaling", action="store_true", help="also time MiniLM with 1, 2, 3, 6 layers")
+    parser.add_argument("--methods", nargs="+", help="only these methods (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    methods = ("hessian", "augmented-a", "augmented-b", "augmented-c", "kl", "noise", "random")
+    methods = tuple(args.methods or ("hessian", "augmented-a", "augmented-b", "augmented-c", "kl", "noise", "random"))
     builders = {"minilm": _minilm, "efficientnet": _efficientnet}
     with tempfile.TemporaryDirectory(prefix="trtmix-sens-bench-") as folder:
-        header = ["model".ljust(14), "units", "kl", "hessian", "A", "B", "C", "H+A", "total"]
+        header = ["model".ljust(14), "units", "kl", "hessian", "probes", "s/probe", "A", "B", "C", "H+A", "total"]
         print(" ".join(f"{h:>6}" for h in header) + "  (seconds)")
         for name in args.models:
             _row(name, run(name, builders[name], methods, Path(folder)))
@@ -77,14 +78,26 @@ def main() -> None:
                 result = run(f"minilm-{layers}", lambda n=layers: _minilm(n), ("augmented-a",), Path(folder))
                 timings = result["timings_seconds"]
                 hessian_a = timings["hessian"] + timings["a"]
-                units = result["unit_count"]
-                print(f"  {layers} layers, {units:>2} units: hessian+A {hessian_a:6.1f} s, kl {timings['kl']:6.1f} s")
+                units, probes = result["unit_count"], int(timings["hessian_probes"])
+                per_probe = timings["hessian"] / probes
+                print(
+                    f"  {layers} layers, {units:>2} units: hessian+A {hessian_a:6.1f} s "
+                    f"({probes} probes, {per_probe:.2f} s/probe), kl {timings['kl']:6.1f} s"
+                )
 
 
 def _row(name: str, result: dict) -> None:
     t = result["timings_seconds"]
-    print(f"{name:<14} {result['unit_count']:>5} {t['kl']:>6.1f} {t['hessian']:>8.1f} {t['a']:>6.1f} {t['b']:>6.1f} "
-          f"{t['c']:>6.1f} {t['hessian'] + t['a']:>6.1f} {result['wall']:>6.1f}")  # fmt: skip
+    probes = int(t.get("hessian_probes", 0))
+    per_probe = t["hessian"] / probes if probes else float("nan")
+    values = [t.get("kl", float("nan")), t["hessian"]]
+    tail = [t.get(k, float("nan")) for k in ("a", "b", "c")] + [t["hessian"] + t.get("a", 0.0), result["wall"]]
+    text = (
+        " ".join(f"{v:>6.1f}" for v in values)
+        + f" {probes:>6} {per_probe:>7.2f} "
+        + " ".join(f"{v:>6.1f}" for v in tail)
+    )
+    print(f"{name:<14} {result['unit_count']:>6} {text}")
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ def _add_sensitivity(commands: argparse._SubParsersAction) -> None:  # type: ign
         help="flavour of the measured variants (default: tensorrt)",
     )
     parser.add_argument("--sensitivity-batches", type=int, default=4, help="calibration batches used (default: 4)")
-    parser.add_argument("--max-probes", type=int, default=30, help="Hutchinson probe limit (default: 30)")
+    parser.add_argument("--max-probes", type=int, default=20, help="Hutchinson probe limit (default: 20)")
     parser.add_argument(
         "--tol", type=float, default=0.05, help="stop when every trace changes less than this (default: 0.05)"
     )

@@ -57,7 +57,7 @@ class SensitivitySettings:
     metric: str = "agreement"
     flavour: str = "tensorrt"
     batches: int = 4
-    max_probes: int = 30
+    max_probes: int = 20
     tol: float = 0.05
     seed: int = 0
     augment_weight: float = 0.5
@@ -167,6 +167,8 @@ def _torch_methods(
     scores["hessian"] = {name: weight_term(traces[name], deltas[name]) + act[name] for name in deltas}
     timings["hessian"] = time.perf_counter() - start
     scores["hessian_trace"] = {name: traces[name].mean for name in deltas}
+    scores["hessian_trace_stderr"] = {name: traces[name].stderr for name in deltas}
+    timings["hessian_probes"] = float(max(trace.probes for trace in traces.values()))
     wanted = set(settings.methods)
     batch_indices = list(range(len(problem.batches)))
     if "augmented-a" in wanted:
