@@ -15,16 +15,12 @@ import logging
 import tempfile
 from pathlib import Path
 
+from trtmix.commands import DEMOS
 from trtmix.job import run_compile
 from trtmix.pipeline import CompileConfig
 from trtmix.search import Budget
 
-MODELS = {
-    "minilm": ("trtmix.models.minilm:minilm", "trtmix.models.minilm:load_data", "cosine", "1%",
-               ("input_ids", "attention_mask")),
-    "efficientnet-lite0": ("trtmix.models.efficientnet:efficientnet_lite0", "trtmix.models.efficientnet:load_data",
-                           "agreement", "0.1%", ("input",)),
-}  # fmt: skip
+MODELS = DEMOS  # model → (factory, data recipe, metric, max drop, input names), shared with `trtmix demo`
 
 
 def main() -> None:

@@ -138,3 +138,33 @@ def test_accuracy_metric_needs_labels(recipe, tmp_path, capsys):
     ]
     assert main(["-q", *args]) == 2
     assert "load_labels" in capsys.readouterr().err
+
+
+LABELLED_RECIPE = """
+import numpy as np
+import torch
+from trtmix.models import tiny
+
+def _split(split):
+    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
+    return [rng.standard_normal((2, 3, 16, 16)).astype(np.float32) for _ in range(4)]
+
+def load_data(split="calibration"):
+    for batch in _split(split):
+        yield {"input": batch}
+
+def load_labels(split="calibration"):
+    model, _ = tiny.convnet()  # the float model's own predictions: real labels it gets 100% on
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(b)).argmax(-1).numpy() for b in _split(split)])
+"""
+
+
+def test_accuracy_metric_uses_the_recipe_labels(tmp_path, capsys):
+    (tmp_path / "labelled.py").write_text(LABELLED_RECIPE)
+    args = ["compile", "trtmix.models.tiny:convnet", "--data", str(tmp_path / "labelled.py"), "--metric", "accuracy",
+            "--max-drop", "50%", "--runs", "3", "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(["-q", *args]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["baseline"]["accuracy"] == 1.0 and report["baseline"]["holdout"] == 1.0
+    assert report["holdout"]["relative"] >= 0.5

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from trtmix.errors import TrtmixError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -26,3 +30,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """UTF-8 text version of ``atomic_write_bytes``."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path, what: str, error: type[TrtmixError], missing_fix: str) -> Any:
+    """Parse a JSON file, raising ``error`` that names ``what`` the file is when it is missing or malformed."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist.", fix=missing_fix) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{what} {path} is not valid JSON: {err}.") from err

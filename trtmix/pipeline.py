@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from tqdm import tqdm
 
 from trtmix import api
@@ -334,8 +333,3 @@ def holdout_check(pipeline: Pipeline, plan: PrecisionPlan, baseline: dict[str, A
 def iter_orderings(config: CompileConfig) -> Iterable[str]:
     """The primary ordering, then the comparison ones (each once)."""
     return dict.fromkeys([config.ordering, *config.compare])
-
-
-def load_model_for_report(path: Path) -> onnx.ModelProto:
-    """The float model (for unit metadata in the report)."""
-    return load_onnx(path)

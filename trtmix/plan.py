@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from trtmix.errors import PlanError
-from trtmix.io import atomic_write_text
+from trtmix.io import atomic_write_text, read_json
 
 
 class Precision(str, enum.Enum):
@@ -110,12 +110,7 @@ class PrecisionPlan:
     @classmethod
     def load(cls, path: str | Path) -> PrecisionPlan:
         """Read a plan file written by ``save`` or by hand."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise PlanError(f"Plan file {path} does not exist.", fix="check the path passed to --plan") from None
-        except json.JSONDecodeError as err:
-            raise PlanError(f"Plan file {path} is not valid JSON: {err}.") from err
+        data = read_json(path, "Plan file", PlanError, "check the path passed to --plan")
         return cls.from_dict(data, source=f"plan file {path}")
 
     def validate(self, unit_names: Iterable[str]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trtmix.errors import CalibrationError, CompileError
-from trtmix.io import atomic_write_text
+from trtmix.io import atomic_write_text, read_json
 
 FORMAT = "trtmix-ranges/1"
 
@@ -74,12 +74,7 @@ class Ranges:
     @classmethod
     def load(cls, path: str | Path) -> Ranges:
         """Read a ranges file written by ``save``."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise CalibrationError(f"Ranges file {path} does not exist.", fix="run `trtmix calibrate` first") from None
-        except json.JSONDecodeError as err:
-            raise CalibrationError(f"Ranges file {path} is not valid JSON: {err}.") from err
+        data = read_json(path, "Ranges file", CalibrationError, "run `trtmix calibrate` first")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CalibrationError(f"{path} is not a trtmix ranges file.", expected=f'"format": "{FORMAT}"')
         tensors = {}
