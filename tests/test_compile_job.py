@@ -60,6 +60,7 @@ def test_compile_writes_report_and_meets_budget_on_holdout(recipe, tmp_path, cap
     assert (output / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert "--stronglyTyped" in (output / "trtexec.txt").read_text()
     assert "data:image/png;base64," in (output / "report.html").read_text()
+    assert "--stronglyTyped" in (output / "report.html").read_text()
     plan = json.loads((output / "plan.json").read_text())
     assert len([p for p in plan["units"].values() if p == "int8"]) == report["chosen_k"]
 

@@ -128,6 +128,9 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
         lines.append(f"<b>No probe met the budget</b>: {escape(report['stop_reason'])}.")
     if report["violations"]:
         lines.append(f"Accuracy was not monotone in k: {escape(str(report['violations']))}.")
+    files = report.get("files") or {}
+    if files.get("trtexec"):
+        lines.append(f"On a TensorRT host: <code>{escape(files['trtexec'])}</code> (also in trtexec.txt).")
     return "".join(f"<p>{line}</p>" for line in lines)
 
 
