@@ -169,3 +169,14 @@ def test_accuracy_metric_uses_the_recipe_labels(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["baseline"]["accuracy"] == 1.0 and report["baseline"]["holdout"] == 1.0
     assert report["holdout"]["relative"] >= 0.5
+
+
+def test_compile_an_onnx_source(recipe, tmp_path, capsys):
+    assert main(["-q", "export", "trtmix.models.tiny:convnet", "-o", str(tmp_path / "convnet.onnx")]) == 0
+    args = ["compile", str(tmp_path / "convnet.onnx"), "--data", recipe, "--metric", "cosine", "--max-drop", "1%",
+            "--runs", "3", "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(["-q", *args]) == 0
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["chosen"]
+    capsys.readouterr()
+    assert main(["-q", *args, "--ordering", "hessian", "--fresh"]) == 2
+    assert "needs the torch model" in capsys.readouterr().err
