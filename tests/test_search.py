@@ -111,3 +111,13 @@ def test_budget_parsing():
 def test_pareto():
     points = [(10.0, 0.99), (8.0, 0.98), (12.0, 0.995), (11.0, 0.97), (8.0, 0.98)]
     assert pareto(points) == [True, True, True, False, True]
+
+
+def test_hypervolume():
+    from trtmix.search import hypervolume
+
+    # One point at (0.5, 1.0) with reference (1.0, 0.9): a 0.5 × 0.1 rectangle.
+    assert hypervolume([(0.5, 1.0)], (1.0, 0.9)) == pytest.approx(0.05)
+    # A second, faster but less accurate point adds its own strip; a dominated point adds nothing.
+    assert hypervolume([(0.5, 1.0), (0.25, 0.95), (0.6, 0.99)], (1.0, 0.9)) == pytest.approx(0.05 + 0.25 * 0.05)
+    assert hypervolume([(1.5, 1.0), (0.5, 0.8)], (1.0, 0.9)) == 0.0

@@ -14,6 +14,7 @@ from trtmix.errors import TrtmixError
 from trtmix.feeds import parse_dims, tensorrt_settings, timing_feeds
 from trtmix.graph import load_onnx
 from trtmix.orderings import ALL_ORDERINGS as ORDERINGS
+from trtmix.orderings import known_ordering
 from trtmix.pipeline import CompileConfig
 from trtmix.ranges import Ranges
 from trtmix.search import Budget
@@ -197,10 +198,11 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         else Budget.parse("1%")
     )
     compare = tuple(name.strip() for name in args.compare_orderings.split(",") if name.strip())
-    unknown = [name for name in compare if name not in ORDERINGS]
+    unknown = [name for name in compare if not known_ordering(name)]
     if unknown:
         raise TrtmixError(
-            f"Unknown ordering(s) {', '.join(unknown)} in --compare-orderings.", expected=", ".join(ORDERINGS)
+            f"Unknown ordering(s) {', '.join(unknown)} in --compare-orderings.",
+            expected=", ".join(ORDERINGS) + ", random-N",
         )
     return CompileConfig(
         data=args.data,

@@ -6,7 +6,7 @@
   Hessian-based orderings land.
 * ``noise`` — data-free: relative weight quantization noise ‖Q(W) − W‖² / ‖W‖² with exactly the quantizer
   ``compile`` writes; units without a weight (attention) are placed at the median.
-* ``random`` — a seeded permutation, the baseline any real ordering must beat.
+* ``random`` — a seeded permutation, the baseline any real ordering must beat; ``random-N`` uses seed N.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def order_units(
     seed: int = 0,
 ) -> tuple[list[str], dict[str, float]]:
     """Unit names least sensitive first, and the score of each (lower = less sensitive)."""
-    if name == "random":
+    if name == "random" or is_random(name):
+        seed = int(name.split("-", 1)[1]) if is_random(name) else seed
         permutation = np.random.default_rng(seed).permutation(len(units))
         scores = {units[i].name: float(rank) for rank, i in enumerate(permutation)}
     elif name == "noise":
@@ -47,6 +48,17 @@ def order_units(
     position = {unit.name: i for i, unit in enumerate(units)}
     order = sorted(scores, key=lambda n: (scores[n], position[n]))
     return order, scores
+
+
+def is_random(name: str) -> bool:
+    """True for ``random-N`` (a random ordering with seed N)."""
+    prefix, _, seed = name.partition("-")
+    return prefix == "random" and seed.isdigit()
+
+
+def known_ordering(name: str) -> bool:
+    """True for every ordering name ``compile`` accepts."""
+    return name in ALL_ORDERINGS or is_random(name)
 
 
 def _weight_noise(units: list[Unit], model: onnx.ModelProto) -> dict[str, float]:

@@ -254,3 +254,19 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
         )
         flags.append(not dominated)
     return flags
+
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """Area dominated by (latency, accuracy) points up to ``reference`` = (worst latency, worst accuracy).
+
+    Lower latency and higher accuracy are better.  With latency normalised by the float model's and accuracy relative
+    to it, this is the normalised frontier area used to compare orderings: larger is a better frontier.
+    """
+    worst_latency, worst_accuracy = reference
+    useful = sorted((lat, acc) for lat, acc in points if lat < worst_latency and acc > worst_accuracy)
+    area, best_accuracy = 0.0, worst_accuracy
+    for index, (latency, accuracy) in enumerate(useful):
+        best_accuracy = max(best_accuracy, accuracy)
+        next_latency = useful[index + 1][0] if index + 1 < len(useful) else worst_latency
+        area += (next_latency - latency) * (best_accuracy - worst_accuracy)
+    return area
