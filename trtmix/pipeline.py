@@ -26,7 +26,7 @@ from trtmix.calibrate import CalibrationConfig
 from trtmix.compile import compile_plan
 from trtmix.data import checked_batches, load_batches
 from trtmix.errors import TrtmixError
-from trtmix.evaluate import divergence, score
+from trtmix.evaluate import score
 from trtmix.graph import load_onnx, model_sha256
 from trtmix.io import atomic_write_bytes, atomic_write_text
 from trtmix.journal import Journal
@@ -34,9 +34,10 @@ from trtmix.orderings import order_units
 from trtmix.plan import Precision, PrecisionPlan
 from trtmix.ranges import Ranges
 from trtmix.search import BisectionSearch, Budget
+from trtmix.sensitivity.measured import PlanScorer, single_unit_scores
 from trtmix.sensitivity.run import TORCH_METHODS
 from trtmix.trtexec import trtexec_command
-from trtmix.units import Unit
+from trtmix.units import require_units
 from trtmix.user_code import import_module_or_file, split_spec
 
 LOG = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class Pipeline:
         self.artifacts.mkdir(exist_ok=True)
         self.model_path = self._float_model(fresh)
         self.model = load_onnx(self.model_path)
-        self.units = api.list_units(self.model_path)
+        self.units = require_units(self.model, str(self.model_path))
         tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
         self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt)
         self.oracle = OnnxRuntimeBackend(threads=config.threads)  # float references and measured orderings
@@ -244,23 +245,18 @@ class Pipeline:
                 load_batches(self.config.data, "calibration", **dict(self.config.data_args)), self.model, limit=2
             )
         )
-        session = self.oracle.session(self.model_path)
-        reference = np.concatenate([session.run(None, feed)[0] for feed in calibration])
-        progress = tqdm(total=len(self.units), desc=f"ordering {name}", unit="unit", disable=name != "kl")
-
-        def single_unit(unit: Unit) -> float:
-            plan = PrecisionPlan.with_int8([unit.name], default=self.config.default)
-            compiled = compile_plan(self.model, plan, self.ranges, self.config.flavour)
-            quantized = self.oracle.session(compiled.SerializeToString())
-            outputs = np.concatenate([quantized.run(None, feed)[0] for feed in calibration])
-            progress.update()
-            return divergence(self.config.metric, outputs, reference)
-
         if name in TORCH_METHODS:
             order, scores = self._torch_order(name, calibration)
+        elif name == "kl":
+            scorer = PlanScorer(
+                self.model, self.ranges, self.config.flavour, self.config.metric, calibration, self.config.default
+            )
+            progress = tqdm(total=len(self.units), desc="ordering kl", unit="unit")
+            kl_scores = single_unit_scores(scorer, self.units, lambda: progress.update())
+            progress.close()
+            order, scores = order_units(name, self.units, self.model, lambda unit: kl_scores[unit.name])
         else:
-            order, scores = order_units(name, self.units, self.model, single_unit)
-        progress.close()
+            order, scores = order_units(name, self.units, self.model)
         self.journal.store(f"ordering:{name}", {"order": order, "scores": scores})
         return order, scores
 
