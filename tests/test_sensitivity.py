@@ -116,6 +116,11 @@ def test_compute_sensitivity_all_methods_and_errors(calibrated):
     assert set(result["unscored_by_hessian"]) == {u.name for u in units if u.kind == "attention"}
     again = compute_sensitivity(model, units, ranges, feeds, settings, tiny.transformer()[0], progress=False)
     assert again["orderings"] == result["orderings"]
+    kl_scores = {name: unit["scores"]["kl"] for name, unit in result["units"].items()}
+    reused = compute_sensitivity(
+        model, units, ranges, feeds, settings, tiny.transformer()[0], progress=False, kl_scores=kl_scores
+    )
+    assert reused["orderings"] == result["orderings"] and "kl" not in reused["timings_seconds"]
     with pytest.raises(SensitivityError, match="need the torch model"):
         compute_sensitivity(
             model, units, ranges, feeds, SensitivitySettings(methods=("hessian",)), None, progress=False
@@ -186,3 +191,8 @@ def test_compile_with_augmented_ordering(tmp_path, capsys):
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["orderings"]) == {"augmented-a", "hessian"}
+    # One computation serves both: hessian's cost is kl + traces, augmented-a's adds variant A on top.
+    seconds = report["ordering_seconds"]
+    assert seconds["augmented-a"] > seconds["hessian"] > 0
+    unit_ranks = [unit["ranks"] for unit in report["units"]]
+    assert sorted(r["hessian"] for r in unit_ranks) == list(range(1, len(unit_ranks) + 1))

@@ -77,6 +77,7 @@ def _report(
         "baseline": baseline,
         "all_int8": all_int8 and {"latency": all_int8["latency"], "relative": all_int8["relative"]},
         "orderings": orderings,
+        "ordering_seconds": {name: pipeline.ordering_seconds(name) for name in searches},
         "probes": probes,
         "chosen": chosen_plan.stable_hash() if chosen_plan else None,
         "chosen_k": len(chosen_plan.int8_units()) if chosen_plan else None,

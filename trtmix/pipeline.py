@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,6 +194,7 @@ class Pipeline:
         if recorded is not None:
             return recorded
         record: dict[str, Any] = {"plan_hash": plan_hash, "k": k, "plan": plan.to_dict()}
+        start = time.perf_counter()
         try:
             artifact = self.build(plan)
             value = self.evaluation.score("search", self.outputs(artifact, "search"))
@@ -204,6 +206,7 @@ class Pipeline:
         except TrtmixError as err:
             LOG.warning("probe k=%d failed: %s", k, err)
             record.update(status="failed", error=str(err), accuracy=None, latency=None, artifact=None)
+        record["seconds"] = time.perf_counter() - start
         self.journal.record(plan_hash, record)
         self.measured += 1
         return record
@@ -236,52 +239,84 @@ class Pipeline:
         return result
 
     def order(self, name: str) -> tuple[list[str], dict[str, float]]:
-        """An ordering of the units (cached in the journal: the ``kl`` one costs a build per unit)."""
+        """An ordering of the units, cached in the journal with the seconds it took (``kl`` costs a build per unit).
+
+        The Hessian-based orderings are computed together: every one this job asks for comes from one set of
+        Hutchinson traces, and they reuse the ``kl`` scores (which place the units the Hessian cannot score).
+        """
         cached = self.journal.cached(f"ordering:{name}")
         if cached is not None:
             return cached["order"], cached["scores"]
-        calibration = list(
-            checked_batches(
-                load_batches(self.config.data, "calibration", **dict(self.config.data_args)), self.model, limit=2
-            )
-        )
         if name in TORCH_METHODS:
-            order, scores = self._torch_order(name, calibration)
-        elif name == "kl":
+            wanted = {name, *(other for other in iter_orderings(self.config) if other in TORCH_METHODS)}
+            for method, ordering in self._torch_orders(sorted(wanted)).items():
+                self.journal.store(f"ordering:{method}", ordering)
+            return self.order(name)
+        start = time.perf_counter()
+        if name == "kl":
             scorer = PlanScorer(
-                self.model, self.ranges, self.config.flavour, self.config.metric, calibration, self.config.default
-            )
+                self.model, self.ranges, self.config.flavour, self.config.metric, self._calibration_feeds(),
+                self.config.default,
+            )  # fmt: skip
             progress = tqdm(total=len(self.units), desc="ordering kl", unit="unit")
             kl_scores = single_unit_scores(scorer, self.units, lambda: progress.update())
             progress.close()
             order, scores = order_units(name, self.units, self.model, lambda unit: kl_scores[unit.name])
         else:
             order, scores = order_units(name, self.units, self.model)
-        self.journal.store(f"ordering:{name}", {"order": order, "scores": scores})
+        self.journal.store(
+            f"ordering:{name}", {"order": order, "scores": scores, "seconds": time.perf_counter() - start}
+        )
         return order, scores
 
-    def _torch_order(self, name: str, calibration: list[dict[str, np.ndarray]]) -> tuple[list[str], dict[str, float]]:
-        """A Hessian-based ordering: needs the torch model, so the source must be MODULE:FUNCTION."""
+    def ordering_seconds(self, name: str) -> float | None:
+        """Seconds ``name`` cost when it was computed (the Hessian ones include their share: kl, traces, variant)."""
+        cached = self.journal.cached(f"ordering:{name}")
+        return cached.get("seconds") if cached else None
+
+    def _calibration_feeds(self) -> list[dict[str, np.ndarray]]:
+        batches = load_batches(self.config.data, "calibration", **dict(self.config.data_args))
+        return list(checked_batches(batches, self.model, limit=2))
+
+    def _torch_orders(self, methods: list[str]) -> dict[str, dict[str, Any]]:
+        """Hessian-based orderings (they need the torch model, so the source must be MODULE:FUNCTION)."""
         if self.source.endswith(".onnx"):
             raise TrtmixError(
-                f"--ordering {name} needs the torch model, but the source is an ONNX file.",
+                f"--ordering {methods[0]} needs the torch model, but the source is an ONNX file.",
                 fix="pass MODULE:FUNCTION, or use --ordering kl, noise or random",
             )
         from trtmix.sensitivity.run import SensitivitySettings, compute_sensitivity
         from trtmix.user_code import load_model_factory
 
+        _, kl_scores = self.order("kl")
+        kl_seconds = self.ordering_seconds("kl") or 0.0
         torch_model, _ = load_model_factory(self.source)
         settings = SensitivitySettings(
-            methods=(name,), metric=self.config.metric, flavour=self.config.flavour, batches=2
+            methods=tuple(methods), metric=self.config.metric, flavour=self.config.flavour, batches=2
         )
-        result = compute_sensitivity(self.model, self.units, self.ranges, calibration, settings, torch_model)
-        order = result["orderings"][name]
-        return order, {unit: float(i) for i, unit in enumerate(order)}
+        result = compute_sensitivity(
+            self.model, self.units, self.ranges, self._calibration_feeds(), settings, torch_model, kl_scores=kl_scores
+        )
+        timings = result["timings_seconds"]
+        variant = {"augmented-a": "a", "augmented-b": "b", "augmented-c": "c"}
+        orderings = {}
+        for method in methods:
+            order = result["orderings"][method]
+            seconds = kl_seconds + timings["hessian"] + timings.get(variant.get(method, ""), 0.0)
+            orderings[method] = {
+                "order": order,
+                "scores": {u: float(i) for i, u in enumerate(order)},
+                "seconds": seconds,
+            }
+        return orderings
 
-    def search(self, ordering: str, baseline_accuracy: float) -> BisectionSearch:
-        """Run one bisection along ``ordering`` to its end, measuring (or replaying) each probe."""
+    def search(self, ordering: str, baseline_accuracy: float, budget: Budget | None = None) -> BisectionSearch:
+        """Run one bisection along ``ordering`` to its end, measuring (or replaying) each probe.
+
+        ``budget`` overrides the configured one: probes do not depend on it, so one job can search several.
+        """
         order, _ = self.order(ordering)
-        search = BisectionSearch(order, self.config.budget, self.config.default, self.config.frontier)
+        search = BisectionSearch(order, budget or self.config.budget, self.config.default, self.config.frontier)
         progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({ordering})", unit="probe")
         while (k := search.ask()) is not None:
             record = self.measure(search.plan_for(k), k)

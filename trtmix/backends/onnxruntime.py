@@ -18,6 +18,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -60,6 +61,7 @@ class OnnxRuntimeBackend:
 
         self.threads = threads or default_threads()
         self.version = onnxruntime.__version__
+        self._loaded: tuple[tuple[str, int, int], Any] | None = None  # the artifact run() used last, and its session
 
     def _options(self, optimize: bool):  # type: ignore[no-untyped-def]
         import onnxruntime as ort
@@ -106,8 +108,17 @@ class OnnxRuntimeBackend:
         return artifact_path
 
     def run(self, artifact: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs of one run (the artifact is already optimised, so no further optimisation is applied)."""
-        return [np.asarray(o) for o in self.session(artifact, optimize=False).run(None, feeds)]
+        """Outputs of one run (the artifact is already optimised, so no further optimisation is applied).
+
+        The session is kept for the next call on the same file (same path, size and mtime): evaluating a split
+        runs one artifact on many batches, and loading a quantized transformer costs more than one run.
+        """
+        stat = artifact.stat()
+        key = (str(artifact), stat.st_size, stat.st_mtime_ns)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = None  # release the previous session before loading the next one
+            self._loaded = (key, self.session(artifact, optimize=False))
+        return [np.asarray(o) for o in self._loaded[1].run(None, feeds)]
 
     def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3) -> LatencyStats:
         """Median latency of ``runs`` synchronous runs after ``warmup`` discarded ones."""

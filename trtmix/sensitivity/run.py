@@ -79,21 +79,28 @@ def compute_sensitivity(
     torch_model: torch.nn.Module | None = None,
     labels: list[np.ndarray] | None = None,
     progress: bool = True,
+    kl_scores: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Scores, ranks and orderings of every requested method, with timings and the units the Hessian could not score."""
+    """Scores, ranks and orderings of every requested method, with timings and the units the Hessian could not score.
+
+    ``kl_scores``, when the caller already measured them on the same feeds (``trtmix compile`` does for its ``kl``
+    ordering), are used instead of measuring every unit again; ``timings_seconds`` then has no ``kl`` entry.
+    """
     scores: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
     feeds = list(checked_batches(feeds, model, limit=settings.batches))
     wanted = set(settings.methods)
     needs_torch = bool(wanted & TORCH_METHODS)
-    needs_measured = "kl" in wanted or "augmented-b" in wanted or needs_torch
+    needs_measured = (("kl" in wanted or needs_torch) and kl_scores is None) or "augmented-b" in wanted
     if needs_torch and torch_model is None:
         raise SensitivityError(
             "The Hessian-based methods need the torch model, but only an ONNX file was given.",
             fix="pass MODULE:FUNCTION instead of the .onnx, or use --method kl, noise or random",
         )
     scorer = PlanScorer(model, ranges, settings.flavour, settings.metric, feeds) if needs_measured else None
-    if needs_measured:
+    if kl_scores is not None:
+        scores["kl"] = dict(kl_scores)
+    elif needs_measured:
         scores["kl"] = _timed(
             timings, "kl", lambda: single_unit_scores(scorer, units, _ticker(progress, len(units), "kl"))
         )
