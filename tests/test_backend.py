@@ -6,7 +6,15 @@ import pytest
 from trtmix.backends import get_backend
 from trtmix.backends.base import LatencyStats
 from trtmix.errors import BackendError, BackendUnavailableError
-from trtmix.evaluate import cosine, fidelity, mean_kl, top1_accuracy, top1_agreement
+from trtmix.evaluate import (
+    cosine,
+    fidelity,
+    mean_kl,
+    nearest_neighbour_agreement,
+    nearest_neighbours,
+    top1_accuracy,
+    top1_agreement,
+)
 
 from .conftest import batches_for, run_ort
 
@@ -49,3 +57,16 @@ def test_metrics_on_known_values():
     assert cosine(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]))[0] == pytest.approx(0.0)
     result = fidelity(logits + 0.01, logits)
     assert result.top1_agreement == 1.0 and result.cosine_min > 0.99 and result.max_abs_diff == pytest.approx(0.01)
+
+
+def test_nearest_neighbour_agreement():
+    # Three clusters of two (a, b, c); each row's neighbour is its cluster mate.
+    reference = np.array([[1, 0, 0], [0.95, 0.05, 0], [0, 1, 0], [0, 0.95, 0.05], [0, 0, 1], [0.05, 0, 0.95]])
+    assert nearest_neighbours(reference).tolist() == [1, 0, 3, 2, 5, 4]
+    assert nearest_neighbour_agreement(reference * 3.0, reference) == 1.0  # scale does not change cosine
+    moved = reference.copy()
+    moved[3] = [0.9, 0.1, 0]  # b2 lands in cluster a: it now points at a2, while b1 still points at it
+    assert nearest_neighbours(moved).tolist() == [1, 0, 3, 1, 5, 4]
+    assert nearest_neighbour_agreement(moved, reference) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="two equal sets"):
+        nearest_neighbour_agreement(reference[:1], reference[:1])

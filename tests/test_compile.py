@@ -112,6 +112,8 @@ def test_mixed_plan_quantizes_exactly_the_planned_units(calibrated, flavour):
             # after it reads dequantized data too; it still has a float weight.
             planned_conv_outputs = {u.output for u in units if u.name in planned and u.kind == "conv"}
             expected |= {u.name for u in units if u.inputs[0] in planned_conv_outputs}
+            if name == "convnet":  # the residual Add reads two INT8 outputs, so it runs as QLinearAdd and writes u8
+                expected.add("/down/Conv")
         assert _quantized_units(compiled, units) == expected
         index = GraphIndex(compiled)
         weighted = {u.name for u in units if u.weight is not None and _reads_dq(index, u.name, 1)}
@@ -130,6 +132,22 @@ def test_ort_cpu_runs_real_int8_kernels(calibrated, tmp_path):
     kernels = Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
     assert kernels["QLinearConv"] == 4 and kernels["Conv"] == 0
     assert kernels["QGemm"] == 1
+    # The residual Add runs in int8 and its Relu is gone (the u8 output's zero point 0 clamps instead).
+    assert kernels["QLinearAdd"] == 1 and kernels["Add"] == 0 and kernels["Relu"] == 0
+
+
+def test_ort_cpu_residual_add_stays_float_next_to_a_float_unit(calibrated):
+    model, ranges = calibrated["convnet"]
+    units = find_units(model)
+    second_conv = next(u for u in units if u.name.startswith("/block_conv2"))
+    plan = PrecisionPlan.with_int8(u.name for u in units if u is not second_conv)
+    compiled = _compile_checked(model, plan, ranges, "ort-cpu")
+    index = GraphIndex(compiled)
+    add = next(n for n in compiled.graph.node if n.op_type == "Add")
+    assert [n.op_type for n in index.consumers[add.output[0]]] == ["Relu"], "an Add with a float input keeps its Relu"
+    assert not _reads_dq(index, add.name, 0) or not _reads_dq(index, add.name, 1)
+    feed = batches_for("convnet", 1, seed=7)[0]
+    assert cosine(run_ort(compiled, feed), run_ort(model, feed)).min() > 0.99
 
 
 @pytest.mark.parametrize("name", ["convnet", "transformer"])

@@ -71,3 +71,18 @@ def test_minilm_mixed_plan_keeps_embeddings_close(minilm_onnx, tmp_path):
     assert similarity["mixed"] > similarity["all"]
     assert similarity["mixed"] > 0.98
     assert np.isfinite(list(similarity.values())).all()
+
+
+def test_polarity_words_are_disjoint_labelled_and_seeded():
+    from trtmix.models.minilm import polarity_words
+
+    train_words, train_labels = polarity_words("train")
+    test_words, test_labels = polarity_words("test")
+    assert not set(train_words) & set(test_words)
+    assert len(test_words) == pytest.approx(0.2 * (len(train_words) + len(test_words)), abs=1)
+    assert len(set(train_words)) == len(train_words) and set(np.unique(train_labels)) == {0, 1}
+    labels = dict(zip(train_words + test_words, [*train_labels, *test_labels], strict=True))
+    assert labels["good"] == 1 and labels["terrible"] == 0  # VADER's human ratings: +1.9 and -2.1
+    assert polarity_words("test")[0] == test_words  # seeded
+    with pytest.raises(ValueError, match="unknown split"):
+        polarity_words("holdout")

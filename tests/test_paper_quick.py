@@ -1,5 +1,6 @@
-"""Smoke test of the paper benchmark: `python benchmarks/paper.py --quick` runs and prints its table."""
+"""Smoke test of the paper benchmark: `python benchmarks/paper.py --quick` runs and prints its tables."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,18 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper.py"
 
 
 def test_paper_quick(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--output", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    command = [sys.executable, str(SCRIPT), "--quick", "--output", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.splitlines()
-    rows = [line for line in lines if line.strip().startswith("99%")]
-    assert {row.split()[1] for row in rows} == {"kl", "random"}
-    assert any(line.startswith("normalised frontier area") for line in lines)
-    assert any(line.startswith("ORT quantize_static all-INT8") for line in lines)
-    assert (tmp_path / "digits-resnet" / "report.json").is_file()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines() if line[:1] == "|"]
+    searched = {row[1]: row for row in cells if row[0] == "99%"}
+    assert set(searched) == {"augmented-a", "kl", "random"}
+    references = {row[1] for row in cells if row[0] == "ref"}
+    assert {"float (FP32)", "all-INT8 (trtmix)", "ORT quantize_static, default ops"} <= references
+    areas = {row[0]: float(row[3]) for row in cells if row[0] in searched and len(row) == 4}
+    assert set(areas) == set(searched) and all(0.0 <= area <= 1.0 for area in areas.values())
+    (model,) = json.loads((tmp_path / "r.json").read_text())
+    float_row = next(row for row in model["references"] if row["name"] == "float (FP32)")
+    assert float_row["test acc"] > 0.95  # the digits ResNet really learned its labels
+    for row in model["rows"]:  # every search met its budget on real labels, and says what it cost
+        assert row["search"] >= 0.99 and row["probes"] >= 1 and row["alone_seconds"] > 0

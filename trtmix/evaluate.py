@@ -41,6 +41,26 @@ def cosine(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
 
 
+def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
+    """For each row, the index of the most cosine-similar other row."""
+    rows = np.asarray(embeddings, dtype=np.float64)
+    rows = rows / (np.linalg.norm(rows, axis=-1, keepdims=True) + 1e-12)
+    similarity = rows @ rows.T
+    np.fill_diagonal(similarity, -np.inf)
+    return similarity.argmax(axis=-1)
+
+
+def nearest_neighbour_agreement(embeddings: np.ndarray, reference: np.ndarray) -> float:
+    """Fraction of rows whose nearest neighbour (cosine, among the other rows) is the float model's.
+
+    Retrieval cares about this rather than cosine to the float embedding: a uniform error leaves rankings intact,
+    a small one that lands between two close sentences swaps them.
+    """
+    if len(embeddings) != len(reference) or len(reference) < 2:
+        raise ValueError(f"need two equal sets of at least 2 rows (got {len(embeddings)} and {len(reference)})")
+    return float((nearest_neighbours(embeddings) == nearest_neighbours(reference)).mean())
+
+
 @dataclass(frozen=True)
 class Fidelity:
     """How closely a quantized model's outputs follow the float model's."""

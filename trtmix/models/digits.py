@@ -62,8 +62,20 @@ def small_resnet(seed: int = 0, epochs: int = 15, batch: int = 32) -> tuple[Any,
     """A ResNet (16-32-64 channels, two BasicBlocks per stage) trained on the ``train`` split, in eval mode.
 
     Trains in a few seconds on 2 cores (AdamW, one-cycle schedule, ±1 pixel random shifts); real labels, so its
-    test accuracy is a real accuracy.  Returns ``(model, (sample batch,))`` like every factory.
+    test accuracy is a real accuracy.  Returns ``(model, (sample batch,))`` like every factory.  The trained model
+    is kept for the process (a copy is returned), so the export and the Hessian see the very same weights.
     """
+    import copy
+
+    import torch
+
+    images, _ = _digits()
+    sample = torch.from_numpy(images[split_rows("calibration", seed)[:batch]])
+    return copy.deepcopy(_trained_resnet(seed, epochs, batch)), (sample,)
+
+
+@functools.lru_cache(maxsize=2)
+def _trained_resnet(seed: int, epochs: int, batch: int) -> Any:
     import torch
 
     from trtmix.models.resnet import BasicBlock
@@ -94,4 +106,4 @@ def small_resnet(seed: int = 0, epochs: int = 15, batch: int = 32) -> tuple[Any,
             loss.backward()
             optimizer.step()
             schedule.step()
-    return model.eval(), (torch.from_numpy(images[split_rows("calibration", seed)[:batch]]),)
+    return model.eval()

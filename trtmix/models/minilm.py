@@ -90,6 +90,40 @@ def load_data(
         yield tokenize(texts[start : start + batch], seq)
 
 
+POLARITY_SPLITS = ("train", "test")
+
+
+@functools.lru_cache(maxsize=1)
+def _polarity_lexicon() -> tuple[tuple[str, ...], np.ndarray]:
+    """VADER's alphabetic words with |mean valence| ≥ 1 (ten human ratings each), and 1 for positive, 0 negative."""
+    try:
+        import vaderSentiment
+    except ImportError as err:
+        raise ModelLoadError(
+            "The word-polarity labels need the VADER lexicon.", fix="pip install 'trtmix[demo]'"
+        ) from err
+    from pathlib import Path
+
+    polarity: dict[str, int] = {}  # the lexicon lists a few tokens twice: the first entry counts
+    lexicon = Path(vaderSentiment.__file__).with_name("vader_lexicon.txt")
+    for line in lexicon.read_text(encoding="utf-8").splitlines():
+        token, valence, *_ = line.split("\t")
+        if token.isalpha() and token.islower() and abs(float(valence)) >= 1.0:
+            polarity.setdefault(token, int(float(valence) > 0))
+    return tuple(polarity), np.asarray(list(polarity.values()), dtype=np.int64)
+
+
+def polarity_words(split: str, seed: int = 0, test_fraction: float = 0.2) -> tuple[list[str], np.ndarray]:
+    """Words of one split of the VADER polarity set (a seeded shuffle: ``test_fraction`` for test) and labels."""
+    if split not in POLARITY_SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {POLARITY_SPLITS}")
+    words, labels = _polarity_lexicon()
+    order = np.random.default_rng(seed).permutation(len(words))
+    cut = int(round(len(words) * test_fraction))
+    chosen = order[cut:] if split == "train" else order[:cut]
+    return [words[i] for i in chosen], labels[chosen]
+
+
 def minilm(batch: int = 8, seq: int = 128) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """The embedder in eval mode, and one tokenized batch of calibration sentences as the sample input."""
     from transformers import AutoModel
