@@ -65,6 +65,21 @@ def test_compile_writes_report_and_meets_budget_on_holdout(recipe, tmp_path, cap
     assert len([p for p in plan["units"].values() if p == "int8"]) == report["chosen_k"]
 
 
+def test_summary_warns_when_the_chosen_plan_is_slower_than_float(recipe, tmp_path):
+    from trtmix.job import summary_lines
+
+    output = tmp_path / "out"
+    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "50%")]) == 0
+    report = json.loads((output / "report.json").read_text())
+    chosen_ms = next(p for p in report["probes"] if p["plan_hash"] == report["chosen"])["latency"]["median_ms"]
+    for float_ms, warned in ((chosen_ms / 2, True), (chosen_ms * 2, False)):
+        report["baseline"]["latency"]["median_ms"] = float_ms
+        lines = summary_lines(report, output)
+        assert (
+            any(line.startswith("warning: the chosen plan is slower than the float model") for line in lines) == warned
+        )
+
+
 def test_rerun_resumes_without_measuring_again(recipe, tmp_path, capsys):
     output = tmp_path / "out"
     args = _compile_args(recipe, output, "--max-drop", "0.001%")

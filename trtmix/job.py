@@ -133,4 +133,9 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
     ]
     if report["violations"]:
         lines.append(f"note: accuracy was not monotone in k for probe pairs {report['violations']}")
+    if ms > base:
+        lines.append(
+            f"warning: the chosen plan is slower than the float model ({ms:.2f} vs {base:.2f} ms): INT8 does not pay "
+            "on this backend at these shapes; consider shipping the float model"
+        )
     return lines
