@@ -120,7 +120,7 @@ def run_model(name: str, output: Path, orderings: tuple[str, ...], budgets: dict
     pipeline = Pipeline(spec.source, output / name, config)
     baseline = pipeline.baseline()
     quality = spec.quality()
-    quality.prepare(_runner(pipeline, pipeline.artifacts / f"float.{pipeline.backend.name}.onnx"))
+    quality.prepare(_runner(pipeline, pipeline.float_artifact))
     result = ModelResult(name, spec, len(pipeline.units), baseline, quality.columns)
     measured: dict[str, dict[str, Any]] = {}  # plan hash → holdout and quality of a chosen plan
     if spec.quality is NoQuality:  # random weights: only latency means something
@@ -246,9 +246,8 @@ def _references(
 ) -> list[dict[str, Any]]:
     """Rows for the float model, trtmix's all-INT8 plan and ONNX Runtime's quantize_static model."""
     float_ms = baseline["latency"]["median_ms"]
-    float_artifact = pipeline.artifacts / f"float.{pipeline.backend.name}.onnx"
     rows = [{"name": "float (FP32)", "ms": float_ms, "search": 1.0, "holdout": 1.0,
-             **quality.measure(_runner(pipeline, float_artifact))}]  # fmt: skip
+             **quality.measure(_runner(pipeline, pipeline.float_artifact))}]  # fmt: skip
     all_int8 = PrecisionPlan.with_int8([unit.name for unit in pipeline.units])
     record = pipeline.measure(all_int8, len(pipeline.units))
     rows.append({"name": "all-INT8 (trtmix)", "ms": record["latency"]["median_ms"],
@@ -265,19 +264,17 @@ def _references(
 
 def _tensorrt_flavour(pipeline: Pipeline, plan: PrecisionPlan, baseline: dict[str, Any]) -> dict[str, Any]:
     """The plan as it would ship to TensorRT (fp16 + symmetric Q/DQ), its metrics run by ORT CPU; no latency."""
-    from trtmix.compile import compile_plan
-    from trtmix.io import atomic_write_bytes
-
-    onnx_path, artifact = pipeline.artifact_paths(plan, "tensorrt")
-    if not artifact.is_file():
-        atomic_write_bytes(
-            onnx_path, compile_plan(pipeline.model, plan, pipeline.ranges, "tensorrt").SerializeToString()
-        )
-        pipeline.backend.build(onnx_path, artifact)
-    search = pipeline.evaluation.score("search", pipeline.outputs(artifact, "search"))
-    holdout = pipeline.evaluation.score("holdout", pipeline.outputs(artifact, "holdout"))
+    artifact = pipeline.build(plan, "tensorrt")
     return {"name": "all-INT8, tensorrt flavour (latency needs TensorRT)", "ms": None,
-            "search": search / baseline["accuracy"], "holdout": holdout / baseline["holdout"]}  # fmt: skip
+            **_relative_scores(pipeline, artifact, baseline)}  # fmt: skip
+
+
+def _relative_scores(pipeline: Pipeline, artifact: Path, baseline: dict[str, Any]) -> dict[str, float]:
+    """The search metric of ``artifact`` on the search and holdout splits, relative to the float model's."""
+    scores = {
+        split: pipeline.evaluation.score(split, pipeline.outputs(artifact, split)) for split in ("search", "holdout")
+    }
+    return {"search": scores["search"] / baseline["accuracy"], "holdout": scores["holdout"] / baseline["holdout"]}
 
 
 def _ort_quantize_static(
@@ -303,13 +300,11 @@ def _ort_quantize_static(
                     reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     **restrict)  # fmt: skip
     artifact = pipeline.backend.build(quantized, pipeline.output / f"{stem}.built.onnx")
-    search = pipeline.evaluation.score("search", pipeline.outputs(artifact, "search"))
-    holdout = pipeline.evaluation.score("holdout", pipeline.outputs(artifact, "holdout"))
     config = pipeline.config
     stats = pipeline.backend.time(artifact, pipeline.evaluation.feeds["search"][0], config.runs, config.warmup)
     name = "ORT quantize_static, " + ("default ops" if op_types is None else "/".join(op_types) + " only")
-    return {"name": name, "ms": stats.median_ms, "search": search / baseline["accuracy"],
-            "holdout": holdout / baseline["holdout"], **quality.measure(_runner(pipeline, artifact))}  # fmt: skip
+    return {"name": name, "ms": stats.median_ms, **_relative_scores(pipeline, artifact, baseline),
+            **quality.measure(_runner(pipeline, artifact))}  # fmt: skip
 
 
 def _cell(value: Any, digits: int = 4) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,14 +116,10 @@ def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tup
     The input already quantized for another INT8 unit (the skip branch) is chosen; if neither is, the output of the
     unit with fewer MACs, so the bigger conv keeps the residual fusion.
     """
-    index = GraphIndex(model)
     produced_by = {u.output: u for u in int8_units}
     quantized_inputs = {t for u in int8_units for t in u.inputs}
     chosen = []
-    for node in model.graph.node:
-        activations = [t for t in node.input if t and not index.is_constant(t)]
-        if node.op_type != "Add" or len(activations) != 2:
-            continue
+    for node, activations in _two_activation_adds(model):
         if not all(t in produced_by or t in quantized_inputs for t in activations):
             continue
         picks = [t for t in activations if t in quantized_inputs or t not in produced_by]
@@ -154,9 +151,8 @@ def _ort_residual_adds(model: onnx.ModelProto, sites: QuantizationSites, ranges:
     """Quantize the inputs and output of Adds whose two activation inputs already have a Q/DQ (QLinearAdd)."""
     index = GraphIndex(model)
     graph_outputs = {output.name for output in model.graph.output}
-    for node in model.graph.node:
-        activations = [t for t in node.input if t and not index.is_constant(t)]
-        if node.op_type != "Add" or len(activations) != 2 or not all(t in sites.activations for t in activations):
+    for node, activations in _two_activation_adds(model, index):
+        if not all(t in sites.activations for t in activations):
             continue
         readers = index.consumers.get(node.output[0], [])
         output = node.output[0]
@@ -170,6 +166,17 @@ def _ort_residual_adds(model: onnx.ModelProto, sites: QuantizationSites, ranges:
             if ALL_READERS not in sites.activations[tensor]:
                 sites.activations[tensor].add(node.name)
         sites.activations[output] = {ALL_READERS}
+
+
+def _two_activation_adds(
+    model: onnx.ModelProto, index: GraphIndex | None = None
+) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
+    """Add nodes with two non-constant inputs (residual joins), in graph order, with those two inputs."""
+    index = index or GraphIndex(model)
+    for node in model.graph.node:
+        activations = [t for t in node.input if t and not index.is_constant(t)]
+        if node.op_type == "Add" and len(activations) == 2:
+            yield node, activations
 
 
 def _drop_relus(graph: gs.Graph, dropped: dict[str, str]) -> None:

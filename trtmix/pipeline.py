@@ -178,11 +178,16 @@ class Pipeline:
         artifact = self.artifacts / f"{stem}.{self.backend.name}-{self.backend.version}.{suffix}"
         return self.artifacts / f"{stem}.onnx", artifact
 
-    def build(self, plan: PrecisionPlan) -> Path:
-        """Compile and build ``plan`` (reusing artifacts already on disk)."""
-        onnx_path, artifact = self.artifact_paths(plan)
+    @property
+    def float_artifact(self) -> Path:
+        """The float model as the backend built it for the baseline."""
+        return self.artifacts / f"float.{self.backend.name}.onnx"
+
+    def build(self, plan: PrecisionPlan, flavour: str | None = None) -> Path:
+        """Compile and build ``plan`` in ``flavour`` (default: the job's), reusing artifacts already on disk."""
+        onnx_path, artifact = self.artifact_paths(plan, flavour)
         if not artifact.is_file():
-            compiled = compile_plan(self.model, plan, self.ranges, self.config.flavour)
+            compiled = compile_plan(self.model, plan, self.ranges, flavour or self.config.flavour)
             atomic_write_bytes(onnx_path, compiled.SerializeToString())
             self.backend.build(onnx_path, artifact)
         return artifact
@@ -228,8 +233,7 @@ class Pipeline:
         cached = self.journal.cached("baseline")
         if cached is not None:
             return cached
-        artifact = self.artifacts / f"float.{self.backend.name}.onnx"
-        self.backend.build(self.model_path, artifact)
+        artifact = self.backend.build(self.model_path, self.float_artifact)
         baseline = {
             split: self.evaluation.score(split, self.evaluation.reference[split]) for split in ("search", "holdout")
         }
