@@ -29,10 +29,10 @@ RECIPES = {"minilm": str(CALIB / "minilm.py"), "efficientnet": str(CALIB / "effi
 
 def worker(model_path: str, recipe: str, method: str, batches: int, output: str) -> None:
     """Calibrate once and write timing, memory and ranges (run in its own process)."""
-    from trtmix.calibrate import CalibrationConfig, calibrate
-    from trtmix.data import load_batches
-    from trtmix.graph import load_onnx
-    from trtmix.units import find_units
+    from trtmix.calibration.calibrate import CalibrationConfig, calibrate
+    from trtmix.data.recipes import load_batches
+    from trtmix.ir.graph import load_onnx
+    from trtmix.ir.units import find_units
 
     model = load_onnx(model_path)
     units = find_units(model)
@@ -60,7 +60,7 @@ def _status_mb(field: str) -> float:
 
 
 def export(name: str, folder: Path) -> Path:
-    from trtmix.export import export_onnx
+    from trtmix.ir.export import export_onnx
 
     if name == "minilm":
         from trtmix.models.minilm import minilm
@@ -79,17 +79,16 @@ def export(name: str, folder: Path) -> Path:
 
 def fidelity(name: str, model_path: Path, ranges_path: Path, folder: Path) -> dict[str, float]:
     from trtmix import api
-    from trtmix.backends.onnxruntime import OnnxRuntimeBackend
-    from trtmix.data import load_batches
+    from trtmix.calibration.ranges import Ranges
+    from trtmix.data.recipes import load_batches
     from trtmix.evaluate import cosine, mean_kl, top1_agreement
-    from trtmix.ranges import Ranges
+    from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
-    backend = OnnxRuntimeBackend()
     holdout = list(load_batches(RECIPES[name], "holdout", batches="8" if name == "minilm" else "16"))
 
     def outputs(path: Path) -> np.ndarray:
-        session = backend.session(path)
-        return np.concatenate([session.run(None, feed)[0] for feed in holdout])
+        with OnnxRuntimeRunner(path, optimize=True) as runner:
+            return np.concatenate([runner.infer(feed)[0] for feed in holdout])
 
     reference = outputs(model_path)
     result = {}

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from trtmix import api
-from trtmix.backends.onnxruntime import OnnxRuntimeBackend, kernel_counts
 from trtmix.evaluate import cosine
-from trtmix.export import export_onnx
+from trtmix.ir.export import export_onnx
+from trtmix.runtime.onnxruntime import OnnxRuntimeBackend, kernel_counts
 
 
 def _minilm(folder: Path) -> tuple[Path, Callable[[str], Iterator[dict[str, np.ndarray]]], str]:
@@ -53,9 +53,9 @@ MODELS = {"minilm": _minilm, "resnet18": _resnet18}
 
 
 def _row(backend: OnnxRuntimeBackend, artifact: Path, feeds: list[dict[str, np.ndarray]], reference, runs: int) -> dict:
-    session = backend.session(artifact, optimize=False)
-    outputs = np.concatenate([session.run(None, feed)[0] for feed in feeds])
-    stats = backend.time(artifact, feeds[0], runs=runs, warmup=3)
+    with backend.open(artifact) as runner:
+        outputs = np.concatenate([runner.infer(feed)[0] for feed in feeds])
+        stats = runner.time(feeds[0], runs=runs, warmup=3)
     int8 = {k: v for k, v in kernel_counts(artifact).items() if "Integer" in k or k.startswith(("QLinear", "QGemm"))}
     similarity = cosine(outputs, reference) if reference is not None else np.ones(1)
     return {
@@ -72,8 +72,8 @@ def bench(name: str, runs: int, threads: int | None, folder: Path) -> None:
     path, batches, note = MODELS[name](folder)
     units = api.list_units(path)
     calibration = list(batches("calibration"))
-    from trtmix.calibrate import calibrate_max, tensors_to_calibrate
-    from trtmix.graph import load_onnx
+    from trtmix.calibration.calibrate import calibrate_max, tensors_to_calibrate
+    from trtmix.ir.graph import load_onnx
 
     model = load_onnx(path)
     ranges = calibrate_max(model, calibration, tensors_to_calibrate(model, units), progress=False)

@@ -41,9 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import DigitsQuality, EfficientNetQuality, MiniLMQuality, NoQuality, Quality  # noqa: E402
 
-from trtmix.pipeline import CompileConfig, Pipeline, holdout_check  # noqa: E402
-from trtmix.plan import PrecisionPlan  # noqa: E402
-from trtmix.search import BisectionSearch, Budget, hypervolume  # noqa: E402
+from trtmix.job.config import CompileConfig  # noqa: E402
+from trtmix.job.evaluation import split_feeds  # noqa: E402
+from trtmix.job.outputs import holdout_check  # noqa: E402
+from trtmix.job.pipeline import Pipeline  # noqa: E402
+from trtmix.quant.plan import PrecisionPlan  # noqa: E402
+from trtmix.search.bisection import BisectionSearch, Budget, hypervolume  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,8 @@ def _latency_scaling(pipeline: Pipeline, baseline: dict[str, Any]) -> list[dict[
 
 
 def _runner(pipeline: Pipeline, artifact: Path) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
-    return lambda feed: pipeline.backend.run(artifact, feed)[0]
+    runner = pipeline.backend.open(artifact)  # one session for every batch the quality checks run
+    return lambda feed: runner.infer(feed)[0]
 
 
 def _plan_quality(
@@ -168,8 +172,8 @@ def _plan_quality(
     """Holdout metric and quality checks of a plan already built by the search (once per plan)."""
     key = plan.stable_hash()
     if key not in measured:
-        _, artifact = pipeline.artifact_paths(plan)
-        measured[key] = {"holdout": holdout_check(pipeline, plan, baseline)["relative"],
+        artifact = pipeline.build(plan)
+        measured[key] = {"holdout": holdout_check(pipeline.driver, plan, baseline)["relative"],
                          **quality.measure(_runner(pipeline, artifact))}  # fmt: skip
     return measured[key]
 
@@ -287,7 +291,7 @@ def _ort_quantize_static(
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    batches = iter(pipeline._feeds("calibration")[: pipeline.config.calibration.batches])
+    batches = iter(split_feeds(pipeline.config, pipeline.model, "calibration", pipeline.config.calibration.batches))
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def get_next(self) -> dict[str, np.ndarray] | None:

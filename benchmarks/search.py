@@ -15,10 +15,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from trtmix.commands import DEMOS
-from trtmix.job import run_compile
-from trtmix.pipeline import CompileConfig
-from trtmix.search import Budget
+from trtmix.cli.commands import DEMOS
+from trtmix.job.config import CompileConfig
+from trtmix.job.run import run_compile
+from trtmix.search.bisection import Budget
 
 MODELS = DEMOS  # model → (factory, data recipe, metric, max drop, input names), shared with `trtmix demo`
 

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from trtmix import api
-from trtmix.calibrate import CalibrationConfig
-from trtmix.data import checked_batches
-from trtmix.export import export_onnx
-from trtmix.graph import load_onnx
+from trtmix.calibration.calibrate import CalibrationConfig
+from trtmix.data.recipes import checked_batches
+from trtmix.ir.export import export_onnx
+from trtmix.ir.graph import load_onnx
 from trtmix.sensitivity.run import SensitivitySettings, compute_sensitivity
 
 

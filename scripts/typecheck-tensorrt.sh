@@ -26,4 +26,4 @@ ignore_missing_imports = True
 [mypy-tensorrt,tensorrt.*,tensorrt_bindings,tensorrt_bindings.*]
 ignore_errors = True
 INI
-MYPYPATH="$stubs" "$PY" -m mypy --config-file "$stubs/mypy.ini" "${@:-trtmix/backends/tensorrt.py}"
+MYPYPATH="$stubs" "$PY" -m mypy --config-file "$stubs/mypy.ini" "${@:-trtmix/runtime/tensorrt.py}"

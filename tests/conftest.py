@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
-from trtmix.calibrate import calibrate_max, tensors_to_calibrate
-from trtmix.export import export_onnx
-from trtmix.graph import load_onnx
+from trtmix.calibration.calibrate import calibrate_max, tensors_to_calibrate
+from trtmix.calibration.ranges import Ranges
+from trtmix.ir.export import export_onnx
+from trtmix.ir.graph import load_onnx
+from trtmix.ir.units import find_units
 from trtmix.models import tiny
-from trtmix.ranges import Ranges
-from trtmix.units import find_units
 
 SHAPES = {"convnet": (2, 3, 16, 16), "transformer": (2, 8, 16)}
 
@@ -57,7 +57,7 @@ def calibrated(exported: dict[tuple[str, str], Path]) -> dict[str, tuple[onnx.Mo
 
 def run_ort(model: onnx.ModelProto, feed: dict[str, np.ndarray], optimize: bool = True) -> np.ndarray:
     """First output of ``model`` on ``feed`` with the ONNX Runtime backend (1 thread)."""
-    from trtmix.backends.onnxruntime import OnnxRuntimeBackend
+    from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
-    session = OnnxRuntimeBackend(threads=1).session(model.SerializeToString(), optimize=optimize)
-    return np.asarray(session.run(None, feed)[0], dtype=np.float32)
+    with OnnxRuntimeRunner(model, threads=1, optimize=optimize) as runner:
+        return np.asarray(runner.infer(feed)[0], dtype=np.float32)

@@ -3,8 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from trtmix.backends import get_backend
-from trtmix.backends.base import LatencyStats
 from trtmix.errors import BackendError, BackendUnavailableError
 from trtmix.evaluate import (
     cosine,
@@ -15,6 +13,8 @@ from trtmix.evaluate import (
     top1_accuracy,
     top1_agreement,
 )
+from trtmix.runtime import get_backend
+from trtmix.runtime.base import LatencyStats
 
 from .conftest import batches_for, run_ort
 

@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from trtmix.calibrate import (
+from trtmix.calibration.calibrate import (
     CalibrationConfig,
     calibrate,
     calibrate_cached,
@@ -12,16 +12,22 @@ from trtmix.calibrate import (
     ranges_from_histograms,
     tensors_to_calibrate,
 )
-from trtmix.compile import compile_plan
-from trtmix.data import SPLITS, check_feed, checked_batches, load_batches, model_input_specs, split_indices
+from trtmix.calibration.histogram import (
+    TensorHistogram,
+    entropy_threshold,
+    mse_threshold,
+    mse_weight_amax,
+    percentile_threshold,
+)
+from trtmix.calibration.ranges import Ranges
+from trtmix.calibration.tensorrt_cache import parse_tensorrt_cache, ranges_from_tensorrt_cache
+from trtmix.data.recipes import SPLITS, check_feed, checked_batches, load_batches, model_input_specs, split_indices
 from trtmix.errors import CalibrationError
-from trtmix.graph import load_onnx
-from trtmix.histogram import TensorHistogram, entropy_threshold, mse_threshold, mse_weight_amax, percentile_threshold
-from trtmix.plan import PrecisionPlan
-from trtmix.qdq import fake_quantize_weight
-from trtmix.ranges import Ranges
-from trtmix.tensorrt_cache import parse_tensorrt_cache, ranges_from_tensorrt_cache
-from trtmix.units import find_units
+from trtmix.ir.graph import load_onnx
+from trtmix.ir.units import find_units
+from trtmix.quant.compile import compile_plan
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.quant.qdq import fake_quantize_weight
 
 from .conftest import batches_for, run_ort
 
@@ -102,7 +108,10 @@ def test_clipping_methods_beat_max_on_outliers(calibrated):
         ranges = calibrate(model, units, (), CalibrationConfig(method=method), histograms=histograms)
         compiled = compile_plan(model, plan, ranges, "tensorrt")
         errors[method] = float(np.abs(run_ort(compiled, test_feed) - reference).mean())
-    assert min(errors["entropy"], errors["percentile"]) < errors["max"], errors
+    # entropy and mse choose their threshold against the error; percentile 99.99 keeps the outliers here (measured:
+    # 0.00229 vs max 0.00214), so it is only required to stay near max.
+    assert errors["entropy"] < errors["max"] and errors["mse"] < errors["max"], errors
+    assert errors["percentile"] < 1.2 * errors["max"], errors
 
 
 def test_cache_hit_does_not_touch_the_data(exported, tmp_path):

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import onnx
 import pytest
 
@@ -191,4 +190,3 @@ def test_profile_random_inputs_with_symbolic_dims(tmp_path, capsys):
     capsys.readouterr()
     assert main(["profile", str(tmp_path / "t.onnx"), "--runs", "2", "--dim", "batch=3"]) == 0
     assert "input (3, 8, 16)" in capsys.readouterr().out
-    assert np.isfinite(1.0)

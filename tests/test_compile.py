@@ -5,13 +5,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from trtmix.compile import compile_plan
+from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError, PlanError
 from trtmix.evaluate import cosine
-from trtmix.graph import GraphIndex, opset_version
-from trtmix.plan import Precision, PrecisionPlan
-from trtmix.ranges import Ranges
-from trtmix.units import find_units
+from trtmix.ir.graph import GraphIndex, opset_version
+from trtmix.ir.units import find_units
+from trtmix.quant.compile import compile_plan
+from trtmix.quant.plan import Precision, PrecisionPlan
 
 from .conftest import batches_for, run_ort
 

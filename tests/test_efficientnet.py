@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from trtmix.calibrate import calibrate_max, tensors_to_calibrate
-from trtmix.compile import compile_plan
-from trtmix.export import export_onnx
-from trtmix.graph import load_onnx
-from trtmix.plan import PrecisionPlan
-from trtmix.units import find_units
+from trtmix.calibration.calibrate import calibrate_max, tensors_to_calibrate
+from trtmix.ir.export import export_onnx
+from trtmix.ir.graph import load_onnx
+from trtmix.ir.units import find_units
+from trtmix.quant.compile import compile_plan
+from trtmix.quant.plan import PrecisionPlan
 
 from .conftest import run_ort
 

@@ -1,15 +1,13 @@
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from trtmix.data.user_code import load_model_factory
 from trtmix.errors import ExportError, ModelLoadError
-from trtmix.export import export_onnx
+from trtmix.ir.export import export_onnx
+from trtmix.ir.units import MODULE_KEY
 from trtmix.models import tiny
-from trtmix.units import MODULE_KEY
-from trtmix.user_code import load_model_factory
 
 from .conftest import run_ort
 
@@ -58,7 +56,7 @@ class Unexportable(torch.nn.Module):
 
 def test_export_failure_is_a_clear_error(tmp_path):
     # dynamo refuses it; legacy bakes the numpy result in as a constant and drops the input: both are caught.
-    with pytest.raises(ExportError, match="has no graph input 'input'"):
+    with pytest.raises(ExportError, match="has no graph input 'x'"):  # named after forward(self, x)
         export_onnx(Unexportable(), (torch.randn(3),), tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
     with pytest.raises(ExportError, match="torch.onnx.export failed: dynamo"):
@@ -79,4 +77,6 @@ def test_factory_loading_errors(tmp_path):
     with pytest.raises(ModelLoadError, match="Expected: a tuple"):
         load_model_factory(f"{script}:build")
     assert load_model_factory("trtmix.models.tiny:convnet")[1][0].shape == (2, 3, 16, 16)
-    assert isinstance(Path(script), Path)
+    script.write_text("import torch\ndef build():\n    return torch.nn.Linear(2, 3), torch.zeros(1, 2)\n")
+    model, samples = load_model_factory(f"{script}:build")  # a bare tensor becomes a 1-tuple of sample inputs
+    assert isinstance(model, torch.nn.Linear) and len(samples) == 1 and samples[0].shape == (1, 2)

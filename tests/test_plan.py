@@ -3,7 +3,7 @@ import json
 import pytest
 
 from trtmix.errors import PlanError
-from trtmix.plan import Precision, PrecisionPlan
+from trtmix.quant.plan import Precision, PrecisionPlan
 
 
 def test_round_trip(tmp_path):

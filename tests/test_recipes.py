@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trtmix.data import SPLITS, load_batches
+from trtmix.data.recipes import SPLITS, load_batches
 
 CALIB = Path(__file__).resolve().parents[1] / "calib"
 
@@ -23,7 +23,7 @@ def test_digits_recipe_and_splits():
 
 def test_efficientnet_recipe_and_splits():
     pytest.importorskip("skimage")
-    from trtmix.data import split_indices
+    from trtmix.data.recipes import split_indices
     from trtmix.models import efficientnet
 
     batches = list(load_batches(str(CALIB / "efficientnet_lite0.py"), "holdout", batches="2"))

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from trtmix.errors import TrtmixError
-from trtmix.search import BisectionSearch, Budget, pareto
+from trtmix.search.bisection import BisectionSearch, Budget, pareto
 
 
 def drive(search, accuracy_of_k, latency_of_k=lambda k: 100.0 - k, failing=()):
@@ -114,7 +114,7 @@ def test_pareto():
 
 
 def test_hypervolume():
-    from trtmix.search import hypervolume
+    from trtmix.search.bisection import hypervolume
 
     # One point at (0.5, 1.0) with reference (1.0, 0.9): a 0.5 × 0.1 rectangle.
     assert hypervolume([(0.5, 1.0)], (1.0, 0.9)) == pytest.approx(0.05)

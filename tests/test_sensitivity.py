@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from trtmix.errors import CalibrationError
-from trtmix.graph import load_onnx
+from trtmix.ir.graph import load_onnx
+from trtmix.ir.units import find_units
 from trtmix.models import tiny
 from trtmix.sensitivity.hessian import SensitivityError, TorchProblem, hutchinson_traces
 from trtmix.sensitivity.interlayer import combine_by_rank, cross_layer_terms, graph_neighbours
 from trtmix.sensitivity.mapping import map_units
 from trtmix.sensitivity.run import METHODS, SensitivitySettings, compute_sensitivity
-from trtmix.units import find_units
 
 from .conftest import batches_for
 

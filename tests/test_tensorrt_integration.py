@@ -4,11 +4,11 @@ precisions against its plan, and compare outputs with ONNX Runtime.  Skipped whe
 import numpy as np
 import pytest
 
-from trtmix.backends.tensorrt import tensorrt_available
-from trtmix.compile import compile_plan
-from trtmix.engine_report import check_plan, describe, mismatches
-from trtmix.plan import Precision, PrecisionPlan
-from trtmix.units import find_units
+from trtmix.ir.units import find_units
+from trtmix.quant.compile import compile_plan
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.runtime.engine_report import check_plan, describe, mismatches
+from trtmix.runtime.tensorrt import tensorrt_available
 
 from .conftest import batches_for, run_ort
 
@@ -20,7 +20,7 @@ pytestmark = [
 
 @pytest.mark.parametrize("plan_kind", ["fp16", "int8", "mixed"])
 def test_engine_runs_the_plan_and_matches_onnxruntime(calibrated, tmp_path, plan_kind):
-    from trtmix.backends.tensorrt import BuildSettings, TensorRTBackend
+    from trtmix.runtime.tensorrt import BuildSettings, TensorRTBackend
 
     model, ranges = calibrated["convnet"]
     units = find_units(model)

@@ -12,12 +12,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from trtmix.compile import compile_plan
-from trtmix.engine_report import check_plan, datatype, describe, engine_layers, mismatches
-from trtmix.plan import Precision, PrecisionPlan
-from trtmix.trtexec import trtexec_command
-from trtmix.units import find_units
-from trtmix.validate import validate_tensorrt_graph
+from trtmix.ir.units import find_units
+from trtmix.quant.compile import compile_plan
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.rules import tensorrt_issues as validate_tensorrt_graph
+from trtmix.runtime.engine_report import check_plan, datatype, describe, engine_layers, mismatches
+from trtmix.runtime.trtexec import trtexec_command
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -147,7 +147,7 @@ def _cli(*args):
 
 
 def test_missing_tensorrt_is_one_clear_error(exported, tmp_path):
-    from trtmix.backends.tensorrt import tensorrt_available
+    from trtmix.runtime.tensorrt import tensorrt_available
 
     if tensorrt_available():
         pytest.skip("TensorRT is installed here")
@@ -169,8 +169,8 @@ def test_trtexec_cmd_cli(capsys):
 
 
 def test_trt_shape_profiles_parse():
+    from trtmix.data.feeds import parse_profiles
     from trtmix.errors import TrtmixError
-    from trtmix.feeds import parse_profiles
 
     assert parse_profiles(["input:1x3x8x8:2x3x8x8:4x3x8x8"]) == {"input": ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))}
     for bad in ("input:1x3:2x3", "input:ax3:2x3:4x3"):

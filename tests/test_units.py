@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from trtmix.errors import ModelLoadError
-from trtmix.graph import load_onnx
-from trtmix.units import find_units, require_units
+from trtmix.ir.graph import load_onnx
+from trtmix.ir.units import find_units, require_units
 
 
 def test_convnet_units(exported):
@@ -42,7 +42,7 @@ def test_transformer_units(exported):
 
 
 def test_unit_names_are_stable_across_exports(exported, tmp_path):
-    from trtmix.export import export_onnx
+    from trtmix.ir.export import export_onnx
     from trtmix.models import tiny
 
     model, samples = tiny.transformer()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from trtmix.plan import Precision, PrecisionPlan  # noqa: E402
+from trtmix.quant.plan import Precision, PrecisionPlan  # noqa: E402
 
-_API_NAMES = frozenset({"list_units", "resolve_plan", "collect_ranges", "build", "profile", "BuildResult"})
+_API_NAMES = frozenset(
+    {"list_units", "resolve_plan", "collect_ranges", "build", "profile", "compile", "BuildResult", "CompileConfig"}
+)
 
 
 def __getattr__(name: str) -> object:
@@ -23,11 +25,13 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "BuildResult",
+    "CompileConfig",
     "Precision",
     "PrecisionPlan",
     "__version__",
     "build",
     "collect_ranges",
+    "compile",
     "list_units",
     "profile",
     "resolve_plan",

@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from trtmix.backends import LatencyStats, get_backend
-
-__all__ = ["BuildResult", "build", "collect_ranges", "get_backend", "list_units", "profile", "resolve_plan"]
-from trtmix.calibrate import CalibrationConfig, calibrate, calibrate_cached
-from trtmix.compile import compile_plan
-from trtmix.data import load_batches
-from trtmix.errors import CompileError, PlanError
-from trtmix.graph import QDQ_OPS, load_onnx
+from trtmix.calibration.collect import collect_ranges, default_cache_dir
+from trtmix.calibration.ranges import Ranges
+from trtmix.errors import PlanError
 from trtmix.io import atomic_write_bytes
-from trtmix.plan import Precision, PrecisionPlan
-from trtmix.ranges import Ranges
-from trtmix.units import Unit, require_units
-from trtmix.validate import validate_tensorrt_graph
+from trtmix.ir.graph import QDQ_OPS, load_onnx
+from trtmix.ir.units import Unit, require_units
+from trtmix.job.config import CompileConfig
+from trtmix.quant.flavours import get_flavour
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.runtime import LatencyStats, get_backend
+from trtmix.runtime.build import Builder
 
+__all__ = [
+    "BuildResult", "CompileConfig", "build", "collect_ranges", "compile", "default_cache_dir", "get_backend",
+    "list_units", "profile", "resolve_plan",
+]  # fmt: skip
 LOG = logging.getLogger(__name__)
 PLAN_SHORTHANDS = {"int8": Precision.INT8, "fp16": Precision.FP16, "fp32": Precision.FP32}
 
@@ -66,47 +67,6 @@ def resolve_plan(spec: str | PrecisionPlan, units: list[Unit]) -> PrecisionPlan:
     return PrecisionPlan.load(spec)
 
 
-def default_cache_dir() -> Path:
-    """The calibration cache folder: ``$TRTMIX_CACHE``, else ``$XDG_CACHE_HOME/trtmix`` or ``~/.cache/trtmix``."""
-    if os.environ.get("TRTMIX_CACHE"):
-        return Path(os.environ["TRTMIX_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trtmix"
-
-
-def collect_ranges(
-    model_path: str | Path,
-    data: str | Iterable[dict[str, np.ndarray]],
-    split: str = "calibration",
-    config: CalibrationConfig | None = None,
-    *,
-    data_args: dict[str, str] | None = None,
-    cache_dir: Path | None = None,
-    progress: bool = True,
-) -> Ranges:
-    """Activation (and optionally weight) ranges of every tensor a plan may quantize.
-
-    Args:
-        model_path: the float ONNX model.
-        data: a recipe spec (``recipe.py[:func]``, ``module:func``, ``data.npz``, an image folder) or feeds.
-        split: the split a recipe is asked for.
-        config: method, percentile, batch count, weight method (default: max over 8 batches).
-        data_args: keyword arguments for the recipe or loader.
-        cache_dir: cache folder (a recipe spec only); None disables the cache.
-        progress: show a progress bar.
-    """
-    model = load_onnx(model_path)
-    units = require_units(model, str(model_path))
-    config = config or CalibrationConfig()
-    if not isinstance(data, str):
-        return calibrate(model, units, data, config, progress=progress)
-    spec_id = data + "".join(f" {k}={v}" for k, v in sorted((data_args or {}).items()))
-
-    def load() -> Iterable[object]:
-        return load_batches(data, split, **(data_args or {}))
-
-    return calibrate_cached(model, units, spec_id, load, split, config, cache_dir, progress=progress)
-
-
 def build(
     model_path: str | Path,
     plan: str | PrecisionPlan,
@@ -117,19 +77,16 @@ def build(
     artifact: str | Path | None = None,
     tensorrt: dict[str, object] | None = None,
 ) -> BuildResult:
-    """Compile ``plan`` into ``output`` (atomically); with ``artifact``, also build it with ``backend``."""
+    """Compile ``plan`` into ``output`` (atomically, checked by the flavour's rules); with ``artifact``, also build it.
+
+    An unknown flavour, or a ``backend`` that cannot run the flavour's graphs, is an error before any work.
+    """
+    get_flavour(flavour).check_backend(backend)
     model = load_onnx(model_path)
     units = require_units(model, str(model_path))
     resolved = resolve_plan(plan, units)
-    compiled = compile_plan(model, resolved, ranges, flavour)
+    compiled = Builder(model, units, ranges, flavour).compile(resolved, check=True)
     onnx.checker.check_model(compiled, full_check=True)
-    if flavour == "tensorrt":
-        issues = validate_tensorrt_graph(compiled, units, resolved)
-        if issues:
-            raise CompileError(
-                "The compiled graph breaks TensorRT's Q/DQ or typing rules:\n  " + "\n  ".join(issues),
-                fix="this is a trtmix bug; please report it with the model and plan",
-            )
     atomic_write_bytes(output, compiled.SerializeToString())
     built = None
     if artifact is not None:
@@ -154,3 +111,15 @@ def profile(
     with tempfile.TemporaryDirectory(prefix="trtmix-profile-") as folder:
         artifact = engine.build(Path(model_path), Path(folder) / "artifact.onnx")
         return engine.time(artifact, feeds, runs=runs, warmup=warmup)
+
+
+def compile(source: str, output: str | Path, config: CompileConfig, fresh: bool = False) -> dict[str, Any]:  # noqa: A001
+    """The whole job ``trtmix compile`` runs: the fastest measured plan inside ``config.budget``.
+
+    ``source`` is ``MODULE:FUNCTION`` (a torch model factory) or an ``.onnx`` file.  Writes the chosen ONNX, the
+    built artifact, plan.json, the trtexec command and the report into ``output``; rerunning resumes from its
+    journal, ``fresh`` starts over.  Returns the report (also written as report.json / .html / .png).
+    """
+    from trtmix.job.run import run_compile
+
+    return run_compile(source, Path(output), config, fresh=fresh)

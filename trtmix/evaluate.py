@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from trtmix import registry
+
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -88,7 +90,7 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> Fidelity:
     )
 
 
-METRICS = ("agreement", "accuracy", "cosine")
+METRICS = tuple(registry.METRICS)
 
 
 def score(metric: str, outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None = None) -> float:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trtmix.data import split_indices
+from trtmix.data.recipes import split_indices
 from trtmix.errors import ModelLoadError
 
 # (repeats, kernel, stride, expansion, in, out) per stage: EfficientNet-B0's, which Lite0 keeps.
@@ -77,8 +77,8 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, 1000)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.relu6(self._bn0(self._conv_stem(x)))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the graph input's name, as in torch.nn
+        x = nn.functional.relu6(self._bn0(self._conv_stem(input)))
         for block in self._blocks:
             x = block(x)
         x = nn.functional.relu6(self._bn1(self._conv_head(x)))

@@ -74,8 +74,8 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(channels, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.stages(self.stem(x)).mean(dim=(2, 3)))
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - the graph input's name, as in torch.nn
+        return self.fc(self.stages(self.stem(input)).mean(dim=(2, 3)))
 
 
 def _prepared(model: ResNet, batch: int, size: int, seed: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:

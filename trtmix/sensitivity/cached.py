@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from trtmix import api
-from trtmix.calibrate import CalibrationConfig, data_identity
-from trtmix.data import checked_batches, load_batches
-from trtmix.graph import load_onnx, model_sha256
+from trtmix.calibration.calibrate import CalibrationConfig, data_identity
+from trtmix.data.recipes import checked_batches, load_batches
+from trtmix.data.user_code import import_module_or_file, load_model_factory, split_spec
 from trtmix.io import atomic_write_text
+from trtmix.ir.graph import load_onnx, model_sha256
 from trtmix.sensitivity.run import TORCH_METHODS, SensitivitySettings, compute_sensitivity
-from trtmix.user_code import import_module_or_file, load_model_factory, split_spec
 
 
 def sensitivity_for(
@@ -34,7 +34,7 @@ def sensitivity_for(
     if source.endswith(".onnx"):
         model_path = Path(source)
     else:
-        from trtmix.export import export_once
+        from trtmix.ir.export import export_once
 
         model_path = export_once(source, output.with_suffix(".model.onnx"), input_names=input_names)
     model = load_onnx(model_path)

@@ -21,9 +21,9 @@ from collections.abc import Callable
 import onnx
 import torch
 
-from trtmix.graph import GraphIndex
+from trtmix.ir.graph import GraphIndex
+from trtmix.ir.units import Unit
 from trtmix.sensitivity.hessian import TorchProblem
-from trtmix.units import Unit
 
 
 def cross_layer_terms(problem: TorchProblem, deltas: dict[str, torch.Tensor], batches: list[int]) -> dict[str, float]:

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import torch
 
-from trtmix.graph import GraphIndex
-from trtmix.units import Unit
+from trtmix.ir.graph import GraphIndex
+from trtmix.ir.units import Unit
 
 
 @dataclass(frozen=True)

@@ -13,41 +13,34 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from trtmix.backends.onnxruntime import OnnxRuntimeBackend
-from trtmix.compile import compile_plan
 from trtmix.evaluate import divergence
-from trtmix.plan import Precision, PrecisionPlan
-from trtmix.ranges import Ranges
-from trtmix.units import Unit
+from trtmix.ir.units import Unit
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.runtime.build import Builder
+from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
 
 class PlanScorer:
-    """Distance of a plan's outputs to the float model's, on fixed feeds."""
+    """Distance of a plan's outputs to the float model's, on fixed feeds; plans compile through ``builder``."""
 
     def __init__(
         self,
-        model: onnx.ModelProto,
-        ranges: Ranges,
-        flavour: str,
+        builder: Builder,
         metric: str,
         feeds: list[dict[str, np.ndarray]],
         default: Precision = Precision.FP16,
     ) -> None:
-        self.model, self.ranges, self.flavour, self.metric, self.feeds, self.default = (
-            model, ranges, flavour, metric, feeds, default,
-        )  # fmt: skip
-        self.reference = self._outputs(model)
+        self.builder, self.metric, self.feeds, self.default = builder, metric, feeds, default
+        self.reference = self._outputs(builder.model)
 
     def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
-        session = OnnxRuntimeBackend().session(model.SerializeToString())
-        return np.concatenate([session.run(None, feed)[0] for feed in self.feeds])
+        with OnnxRuntimeRunner(model, optimize=True) as runner:
+            return np.concatenate([runner.infer(feed)[0] for feed in self.feeds])
 
     def distance(self, int8_units: list[str]) -> float:
         """Divergence of the plan with ``int8_units`` in INT8 (the rest in the default precision)."""
         plan = PrecisionPlan.with_int8(int8_units, default=self.default)
-        return divergence(
-            self.metric, self._outputs(compile_plan(self.model, plan, self.ranges, self.flavour)), self.reference
-        )
+        return divergence(self.metric, self._outputs(self.builder.compile(plan, check=False)), self.reference)
 
 
 def single_unit_scores(

@@ -22,10 +22,13 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from trtmix.data import checked_batches, model_input_specs
-from trtmix.orderings import order_units
-from trtmix.qdq import fake_quantize_weight
-from trtmix.ranges import Ranges
+from trtmix import registry
+from trtmix.calibration.ranges import Ranges
+from trtmix.data.recipes import checked_batches, model_input_specs
+from trtmix.ir.units import Unit
+from trtmix.quant.qdq import fake_quantize_weight
+from trtmix.runtime.build import Builder
+from trtmix.search.orderings import order_units
 from trtmix.sensitivity.hessian import (
     SensitivityError,
     TorchProblem,
@@ -37,11 +40,10 @@ from trtmix.sensitivity.hessian import (
 from trtmix.sensitivity.interlayer import combine_by_rank, cross_layer_terms, graph_neighbours, neighbour_terms, ranks
 from trtmix.sensitivity.mapping import map_units
 from trtmix.sensitivity.measured import PlanScorer, context_scores, single_unit_scores
-from trtmix.units import Unit
 
 LOG = logging.getLogger(__name__)
-METHODS = ("hessian", "augmented-a", "augmented-b", "augmented-c", "kl", "noise", "random")
-TORCH_METHODS = frozenset({"hessian", "augmented-a", "augmented-b", "augmented-c"})
+METHODS = tuple(registry.SENSITIVITY_METHODS)
+TORCH_METHODS = frozenset(registry.TORCH_SENSITIVITY)
 LOSS_FOR_METRIC = {"agreement": "kl", "cosine": "mse", "accuracy": "ce"}
 
 
@@ -97,7 +99,8 @@ def compute_sensitivity(
             "The Hessian-based methods need the torch model, but only an ONNX file was given.",
             fix="pass MODULE:FUNCTION instead of the .onnx, or use --method kl, noise or random",
         )
-    scorer = PlanScorer(model, ranges, settings.flavour, settings.metric, feeds) if needs_measured else None
+    builder = Builder(model, units, ranges, settings.flavour)
+    scorer = PlanScorer(builder, settings.metric, feeds) if needs_measured else None
     if kl_scores is not None:
         scores["kl"] = dict(kl_scores)
     elif needs_measured:
@@ -205,7 +208,7 @@ def _weight_deltas(
     model: onnx.ModelProto, units: list[Unit], mapping: Any, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """ΔW = Q(W) − W with the compile quantizer, in each torch parameter's coordinates."""
-    from trtmix.graph import GraphIndex
+    from trtmix.ir.graph import GraphIndex
 
     index = GraphIndex(model)
     deltas = {}

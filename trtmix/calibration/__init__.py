@@ -1,0 +1,1 @@
+"""Activation ranges: streaming histograms, range methods, the cache, TensorRT calibration-cache import."""

@@ -1,0 +1,141 @@
+"""Flag groups shared by several subcommands, with choices and help taken from ``trtmix.registry``.
+
+Each group is declared once, so a flag is spelled, defaulted and documented the same in every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from trtmix import registry
+
+
+class DeprecatedAlias(argparse.Action):
+    """Store the value like the new flag, and say once on stderr that the old spelling is going away."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        print(f"trtmix: warning: {option_string} is deprecated and goes in the next release; use {self.new}",
+              file=sys.stderr)  # fmt: skip
+        setattr(namespace, self.dest, values)
+
+
+def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help_text: str) -> None:
+    """A flag taking one or more ``metavar`` items (default: none)."""
+    parser.add_argument(flag, nargs="+", default=[], metavar=metavar, help=help_text)
+
+
+def add_data_flags(parser: argparse.ArgumentParser, required: bool, split: bool = False, help_text: str = "") -> None:
+    """``--data`` (recipe, folder or .npz), ``--data-arg``, and with ``split`` the ``--split`` a recipe is given."""
+    parser.add_argument(
+        "--data",
+        required=required,
+        metavar="RECIPE",
+        help=help_text
+        or "data recipe (recipe.py[:func] or module:func yielding {input name: array}), an image folder, or a .npz",
+    )
+    add_list_flag(parser, "--data-arg", "KEY=VALUE", "keyword arguments for the recipe or loader")
+    if split:
+        parser.add_argument(
+            "--split", default="calibration", help="split passed to recipes that take one (default: calibration)"
+        )
+
+
+def add_source_and_data(parser: argparse.ArgumentParser, source_help: str, data_help: str) -> None:
+    """The ``MODEL`` positional (a torch factory or an ONNX file) and the required ``--data`` of a job."""
+    parser.add_argument("source", metavar="MODEL", help=source_help)
+    add_data_flags(parser, required=True, help_text=data_help)
+
+
+def add_calibration_flags(parser: argparse.ArgumentParser, method_alias: bool = True) -> None:
+    """Range method and its settings, batch count, weight method and the calibration cache.
+
+    With ``method_alias``, ``--method`` is kept as a deprecated spelling of ``--calibration-method``.
+    """
+    add_choice_flag(parser, "--calibration-method", registry.CALIBRATION_METHODS, "max", "activation range method")
+    if method_alias:
+        parser.add_argument(
+            "--method", dest="calibration_method", choices=tuple(registry.CALIBRATION_METHODS),
+            action=DeprecatedAlias, new="--calibration-method", help="deprecated spelling of --calibration-method",
+        )  # fmt: skip
+    parser.add_argument(
+        "--percentile", type=float, default=99.99, help="percentile for the percentile method (default: 99.99)"
+    )
+    parser.add_argument("--batches", type=int, default=8, help="at most this many calibration batches (default: 8)")
+    add_choice_flag(parser, "--weights", registry.WEIGHT_METHODS, "max", "per-channel weight amax")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="calibration cache folder (default: $TRTMIX_CACHE or ~/.cache/trtmix); results are keyed by model, data, "
+        "split, batches, method and the cache format",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the calibration cache")
+
+
+def add_choice_flag(
+    parser: argparse.ArgumentParser, flag: str, table: dict[str, str], default: str, what: str, **kwargs: Any
+) -> None:
+    """``flag`` choosing one name of a registry ``table``; the help lists every choice with its description."""
+    parser.add_argument(flag, choices=tuple(table), default=default,
+                        help=f"{what}: {registry.describe(table)} (default: {default})", **kwargs)  # fmt: skip
+
+
+def add_flavour_flag(parser: argparse.ArgumentParser, default: str, what: str) -> None:
+    """``--flavour``: how the plan is written into the graph."""
+    add_choice_flag(parser, "--flavour", registry.FLAVOURS, default, what)
+
+
+def add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    """``--backend``: the engine that builds, runs and times."""
+    add_choice_flag(parser, "--backend", registry.BACKENDS, "onnxruntime", "engine backend")
+
+
+def add_metric_flag(parser: argparse.ArgumentParser, what: str = "the accuracy metric") -> None:
+    """``--metric``: how a plan's outputs are scored against the float model's."""
+    add_choice_flag(parser, "--metric", registry.METRICS, "agreement", what)
+
+
+def add_timing_flags(parser: argparse.ArgumentParser, what: str = "per probe") -> None:
+    """``--runs``, ``--warmup`` and ``--threads`` of latency measurements."""
+    parser.add_argument("--runs", type=int, default=20, help=f"timed runs {what} (default: 20)")
+    parser.add_argument("--warmup", type=int, default=3, help=f"discarded warm-up runs {what} (default: 3)")
+    parser.add_argument("--threads", type=int, help="backend threads (default: all usable cores)")
+
+
+def add_export_flags(parser: argparse.ArgumentParser) -> None:
+    """``--exporter`` and ``--input-names`` of a torch export."""
+    add_choice_flag(parser, "--exporter", registry.EXPORTERS, "auto", "torch exporter")
+    parser.add_argument(
+        "--input-names",
+        nargs="+",
+        metavar="NAME",
+        help="graph input names, one per sample input (default: the names of forward()'s parameters)",
+    )
+
+
+def add_tensorrt_flags(parser: argparse.ArgumentParser, strict: bool = True) -> None:
+    """TensorRT build options (used with ``--backend tensorrt``); ``strict`` adds ``--strict-precision``."""
+    example = "input:1x3x224x224:8x3x224x224:32x3x224x224"
+    add_list_flag(parser, "--trt-shapes", "NAME:MIN:OPT:MAX", f"tensorrt: profile of a dynamic input, e.g. {example}")
+    parser.add_argument(
+        "--workspace-mb", type=int, help="tensorrt: workspace memory pool limit in MiB (default: TensorRT's)"
+    )
+    parser.add_argument(
+        "--builder-optimization-level",
+        type=int,
+        choices=range(6),
+        help="tensorrt: builder optimisation level 0-5 (default: 3)",
+    )
+    if strict:
+        parser.add_argument(
+            "--strict-precision",
+            action="store_true",
+            help="tensorrt: fail when the engine runs any unit in another precision than the plan",
+        )

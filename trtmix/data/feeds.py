@@ -1,0 +1,78 @@
+"""Input feeds for timing: the first batch of a data recipe, or seeded random tensors shaped like the inputs."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from trtmix.data.recipes import checked_batches, load_batches, model_input_specs
+from trtmix.errors import TrtmixError
+
+LOG = logging.getLogger(__name__)
+
+
+def parse_profiles(items: list[str] | None) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """``["input:1x3x8x8:2x3x8x8:4x3x8x8"]`` → ``{"input": ((1, 3, 8, 8), (2, 3, 8, 8), (4, 3, 8, 8))}``."""
+    profiles = {}
+    for item in items or []:
+        parts = item.split(":")
+        try:
+            shapes = [tuple(int(d) for d in part.split("x")) for part in parts[1:]]
+        except ValueError:
+            shapes = []
+        if len(parts) != 4 or len(shapes) != 3:
+            raise TrtmixError(
+                f"Bad --trt-shapes {item!r}.",
+                expected="NAME:MIN:OPT:MAX, e.g. input:1x3x224x224:8x3x224x224:32x3x224x224",
+            )
+        profiles[parts[0]] = (shapes[0], shapes[1], shapes[2])
+    return profiles
+
+
+def tensorrt_settings(args: object) -> dict[str, object]:
+    """BuildSettings fields from the --trt-shapes / --workspace-mb / --builder-optimization-level flags."""
+    return {
+        "profiles": parse_profiles(getattr(args, "trt_shapes", None)),
+        "workspace_mb": getattr(args, "workspace_mb", None),
+        "optimization_level": getattr(args, "builder_optimization_level", None),
+    }
+
+
+def parse_dims(items: list[str] | None) -> dict[str, int]:
+    """``["batch=8", "seq=128"]`` → ``{"batch": 8, "seq": 128}``."""
+    dims = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit() or int(value) < 1:
+            raise TrtmixError(f"Bad --dim {item!r}.", expected="NAME=POSITIVE_INT, e.g. batch=8")
+        dims[name] = int(value)
+    return dims
+
+
+def timing_feeds(
+    model: onnx.ModelProto, data: str | None, dims: dict[str, int], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """One feed: the first batch of ``data`` if given, else random normal floats / 0-1 integers.
+
+    Symbolic dimensions take their value from ``dims`` and default to 1.
+    """
+    if data:
+        return next(iter(checked_batches(load_batches(data, "calibration"), model, limit=1)))
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, (dtype, shape) in model_input_specs(model).items():
+        concrete = []
+        for dim in shape:
+            if isinstance(dim, int):
+                concrete.append(dim)
+            else:
+                concrete.append(dims.get(dim, 1))
+                if dim not in dims:
+                    LOG.info("input %s: dimension %r set to 1 (use --dim %s=N)", name, dim, dim)
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(concrete).astype(dtype)
+        else:
+            feeds[name] = rng.integers(0, 2, size=concrete).astype(dtype)
+    return feeds

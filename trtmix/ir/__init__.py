@@ -1,0 +1,1 @@
+"""The model as a graph: ONNX loading and indexing, quantizable units, and torch → ONNX export."""

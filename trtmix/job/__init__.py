@@ -1,0 +1,1 @@
+"""One ``trtmix compile`` job: configuration, workspace, evaluation, orderings, search driver, outputs, report."""

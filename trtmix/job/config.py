@@ -1,0 +1,72 @@
+"""What one ``trtmix compile`` job is asked to do, and the identity its journal is kept under."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from trtmix import registry
+from trtmix.calibration.calibrate import CalibrationConfig
+from trtmix.data.user_code import source_identity
+from trtmix.errors import TrtmixError
+from trtmix.quant.flavours import get_flavour
+from trtmix.quant.plan import Precision
+from trtmix.search.bisection import Budget
+
+# The settings that change what a probe measures; the journal refuses to mix runs that differ in any of them.
+MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
+                     "warmup", "threads", "default", "tensorrt")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Everything ``trtmix compile`` needs besides the model and the output folder."""
+
+    data: str
+    budget: Budget
+    metric: str = "agreement"
+    flavour: str = "ort-cpu"
+    backend: str = "onnxruntime"
+    ordering: str = "kl"
+    compare: tuple[str, ...] = ()
+    frontier: int = 0
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    data_args: tuple[tuple[str, str], ...] = ()
+    eval_batches: int = 8
+    runs: int = 20
+    warmup: int = 3
+    threads: int | None = None
+    default: Precision = Precision.FP16
+    exporter: str = "auto"
+    input_names: tuple[str, ...] = ()
+    strict_precision: bool = False
+    tensorrt: tuple[tuple[str, str], ...] = ()
+
+    def validate(self) -> None:
+        """Refuse unknown names and a backend that cannot run the flavour, before any work is done."""
+        if self.metric not in registry.METRICS:
+            raise TrtmixError(f"Unknown metric {self.metric!r}.", expected=f"one of {', '.join(registry.METRICS)}")
+        unknown = [name for name in self.orderings() if not registry.known_ordering(name)]
+        if unknown:
+            raise TrtmixError(
+                f"Unknown ordering(s) {', '.join(unknown)}.", expected=", ".join(registry.ORDERINGS) + ", random-N"
+            )
+        if self.backend not in registry.BACKENDS:
+            raise TrtmixError(f"Unknown backend {self.backend!r}.", expected=f"one of {', '.join(registry.BACKENDS)}")
+        get_flavour(self.flavour).check_backend(self.backend)
+
+    def orderings(self) -> Iterable[str]:
+        """The primary ordering, then the comparison ones (each once)."""
+        return dict.fromkeys([self.ordering, *self.compare])
+
+    def identity(self, model_hash: str, engine: dict[str, Any]) -> str:
+        """Hash of what makes measurements comparable: the model, these settings, the data's content, the engine.
+
+        ``engine`` holds the flavour's options and the backend's name, version and settings.
+        """
+        settings = {key: asdict(self)[key] for key in MEASURED_SETTINGS}
+        identity = {"model": model_hash, "data_content": source_identity(self.data), "engine": engine, **settings}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,108 @@
+"""The search driver: builds, scores and times each probe the bisection asks for, and journals it at once.
+
+Every probe is compiled, built by the backend and timed for real; latency is never estimated.  A probe already in
+the journal is replayed, not measured again, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from trtmix.errors import TrtmixError
+from trtmix.job.config import CompileConfig
+from trtmix.job.evaluation import SPLITS, Evaluation
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.runtime.build import Builder
+from trtmix.search.bisection import BisectionSearch, Budget
+from trtmix.search.journal import Journal
+
+LOG = logging.getLogger(__name__)
+
+
+class SearchDriver:
+    """Measures plans with ``builder``'s backend against ``evaluation``; see the module docstring."""
+
+    def __init__(
+        self, config: CompileConfig, builder: Builder, evaluation: Evaluation, journal: Journal, float_path: Path
+    ) -> None:
+        self.config, self.builder, self.evaluation, self.journal = config, builder, evaluation, journal
+        self.float_path = float_path
+        self.backend = builder.require_backend()
+        self.measured = 0
+
+    def outputs(self, artifact: Path, split: str) -> Any:
+        """The first output of ``artifact`` on every evaluated batch of ``split``."""
+        return self.evaluation.outputs(self.backend, artifact, split)
+
+    def measure(self, plan: PrecisionPlan, k: int) -> dict[str, Any]:
+        """The journal record of ``plan``: measured now unless a previous run already did."""
+        plan_hash = plan.stable_hash()
+        recorded = self.journal.get(plan_hash)
+        if recorded is not None:
+            return recorded
+        record: dict[str, Any] = {"plan_hash": plan_hash, "k": k, "plan": plan.to_dict()}
+        start = time.perf_counter()
+        try:
+            artifact = self.builder.build(plan).artifact
+            value = self.evaluation.score("search", self.outputs(artifact, "search"))
+            stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs,
+                                      self.config.warmup)  # fmt: skip
+            record.update(status="ok", accuracy=value, latency=stats.to_dict(), artifact=str(artifact))
+            record.update(self._precision_check(plan, artifact))
+        except TrtmixError as err:
+            LOG.warning("probe k=%d failed: %s", k, err)
+            record.update(status="failed", error=str(err), accuracy=None, latency=None, artifact=None)
+        record["seconds"] = time.perf_counter() - start
+        self.journal.record(plan_hash, record)
+        self.measured += 1
+        return record
+
+    def _precision_check(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
+        """On TensorRT: the units whose engine precision differs from the plan; fatal with --strict-precision."""
+        engine_information = getattr(self.backend, "engine_information", None)
+        if engine_information is None:
+            return {}
+        from trtmix.runtime.engine_report import check_plan, describe, mismatches
+
+        wrong = mismatches(check_plan(engine_information(artifact), self.builder.units, plan))
+        if wrong and self.config.strict_precision:
+            raise TrtmixError(f"--strict-precision: the engine does not run the plan:\n{describe(wrong)}")
+        return {"precision_mismatches": [asdict(m) for m in wrong]}
+
+    def float_artifact(self) -> Path:
+        """The float model as the backend built it for the baseline."""
+        return self.builder.build(None, float_path=self.float_path).artifact
+
+    def baseline(self) -> dict[str, Any]:
+        """The float model: metric on both splits and latency on the backend (cached in the journal)."""
+        cached = self.journal.cached("baseline")
+        if cached is not None:
+            return cached
+        artifact = self.float_artifact()
+        scores = {split: self.evaluation.score(split, self.evaluation.reference[split]) for split in SPLITS}
+        stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs, self.config.warmup)
+        result = {"accuracy": scores["search"], "holdout": scores["holdout"], "latency": stats.to_dict()}
+        self.journal.store("baseline", result)
+        return result
+
+    def search(self, order: list[str], label: str, baseline_accuracy: float, budget: Budget) -> BisectionSearch:
+        """Run one bisection along ``order`` to its end, measuring (or replaying) each probe."""
+        search = BisectionSearch(order, budget, self.config.default, self.config.frontier)
+        progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
+        while (k := search.ask()) is not None:
+            record = self.measure(search.plan_for(k), k)
+            relative = record["accuracy"] / baseline_accuracy if record["status"] == "ok" else None
+            latency = record["latency"]["median_ms"] if record["status"] == "ok" else None
+            search.tell(k, relative, latency, record["status"])
+            progress.update()
+            progress.set_postfix_str(
+                f"k={k}/{search.units} " + (f"{relative:.4%} {latency:.1f} ms" if relative else "failed")
+            )
+        progress.close()
+        return search

@@ -1,0 +1,73 @@
+"""The data a job scores plans on: the search and holdout feeds, the float model's outputs on them, the labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from trtmix.data.recipes import checked_batches, load_batches
+from trtmix.data.user_code import import_module_or_file, split_spec
+from trtmix.errors import TrtmixError
+from trtmix.evaluate import score
+from trtmix.job.config import CompileConfig
+from trtmix.runtime.base import Backend
+from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+Feed = dict[str, np.ndarray]
+SPLITS = ("search", "holdout")
+
+
+@dataclass
+class Evaluation:
+    """The search and holdout feeds, the float model's outputs on them, labels, and the metric."""
+
+    metric: str
+    feeds: dict[str, list[Feed]]
+    reference: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray | None]
+
+    def score(self, split: str, outputs: np.ndarray) -> float:
+        """The metric of ``outputs`` on ``split``."""
+        return score(self.metric, outputs, self.reference[split], self.labels[split])
+
+    def outputs(self, backend: Backend, artifact: Path, split: str) -> np.ndarray:
+        """The first output of ``artifact`` on every evaluated batch of ``split`` (one runner for all batches)."""
+        with backend.open(artifact) as runner:
+            return np.concatenate([runner.infer(feed)[0] for feed in self.feeds[split]])
+
+
+def split_feeds(config: CompileConfig, model: onnx.ModelProto, split: str, limit: int) -> list[Feed]:
+    """At most ``limit`` checked batches of ``split`` from the job's data."""
+    batches = load_batches(config.data, split, **dict(config.data_args))
+    return list(checked_batches(batches, model, limit=limit))
+
+
+def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: Path) -> Evaluation:
+    """Feeds of both splits, the float model's outputs on them (ONNX Runtime, the oracle) and labels."""
+    feeds = {split: split_feeds(config, model, split, config.eval_batches) for split in SPLITS}
+    with OnnxRuntimeRunner(model_path, config.threads, optimize=True) as oracle:
+        reference = {split: np.concatenate([oracle.infer(f)[0] for f in batches]) for split, batches in feeds.items()}
+    labels = {split: _labels(config, split, len(reference[split])) for split in feeds}
+    return Evaluation(config.metric, feeds, reference, labels)
+
+
+def _labels(config: CompileConfig, split: str, rows: int) -> np.ndarray | None:
+    """Labels of the evaluated rows of ``split`` from the recipe's ``load_labels(split)`` (metric accuracy)."""
+    if config.metric != "accuracy":
+        return None
+    module_name, _ = split_spec(config.data, default_function="load_data")
+    labels_function = (
+        None if config.data.endswith(".npz") else getattr(import_module_or_file(module_name), "load_labels", None)
+    )
+    if labels_function is None:
+        raise TrtmixError(
+            "--metric accuracy needs labels, but the data recipe has no load_labels(split) function.",
+            fix="add load_labels(split) returning the labels in load_data order, or use --metric agreement",
+        )
+    labels = np.asarray(labels_function(split=split))
+    if len(labels) < rows:
+        raise TrtmixError(f"load_labels({split!r}) returned {len(labels)} labels for {rows} evaluated samples.")
+    return labels[:rows]

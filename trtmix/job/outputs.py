@@ -1,0 +1,47 @@
+"""What a job ships for its chosen plan, and the holdout check that scores it on data the search never saw.
+
+Every ONNX file written here is compiled anew and checked by its flavour's rules before it is written: the file a
+user ships is never one the rules have not seen.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from trtmix.io import atomic_write_bytes, atomic_write_text
+from trtmix.job.driver import SearchDriver
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.runtime.build import Builder
+from trtmix.runtime.trtexec import trtexec_command
+
+
+def holdout_check(driver: SearchDriver, plan: PrecisionPlan, baseline: dict[str, Any]) -> dict[str, float]:
+    """The chosen plan on the holdout split, which the search never saw, beside its search-split figure."""
+    artifact = driver.builder.build(plan).artifact
+    value = driver.evaluation.score("holdout", driver.outputs(artifact, "holdout"))
+    return {"accuracy": value, "relative": value / baseline["holdout"] if baseline["holdout"] else float("nan")}
+
+
+def write_plan_outputs(output: Path, builder: Builder, plan: PrecisionPlan) -> dict[str, str]:
+    """Write the chosen plan's files into ``output``.
+
+    They are plan.json, the ONNX in the search flavour and in the tensorrt flavour, the built artifact, and the
+    equivalent trtexec command.
+    """
+    plan.save(output / "plan.json")
+    flavour, backend = builder.flavour.name, builder.require_backend().name
+    built = builder.build(plan)
+    chosen = {"plan": "plan.json", "onnx": f"chosen.{flavour}.onnx",
+              "artifact": f"chosen.{flavour}.{backend}{built.artifact.suffix}"}  # fmt: skip
+    atomic_write_bytes(output / chosen["onnx"], builder.compile(plan, check=True).SerializeToString())
+    shutil.copyfile(built.artifact, output / chosen["artifact"])
+    tensorrt_onnx = output / "chosen.tensorrt.onnx"
+    if flavour != "tensorrt":
+        tensorrt = Builder(builder.model, builder.units, builder.ranges, "tensorrt")
+        atomic_write_bytes(tensorrt_onnx, tensorrt.compile(plan, check=True).SerializeToString())
+    command = trtexec_command(tensorrt_onnx.name, "chosen.engine", "timing.cache")
+    atomic_write_text(output / "trtexec.txt", command + "\n")
+    chosen.update(tensorrt_onnx=tensorrt_onnx.name, trtexec=command)
+    return chosen

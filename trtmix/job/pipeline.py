@@ -1,0 +1,96 @@
+"""One compile job, assembled from parts that each do one job.
+
+``Workspace`` (folder, export, journal) → ranges → ``Builder`` (the one build path) → ``Evaluation`` (feeds and
+float references) → ``JobOrderings`` → ``SearchDriver`` (probes) → outputs.  ``Pipeline`` wires them together in
+that order, checks the flavour × backend pair before anything runs, and offers the handful of calls that
+``trtmix.job.run`` and the benchmarks use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trtmix.calibration.collect import collect_ranges, default_cache_dir
+from trtmix.calibration.ranges import Ranges
+from trtmix.ir.graph import model_sha256
+from trtmix.job.config import CompileConfig
+from trtmix.job.driver import SearchDriver
+from trtmix.job.evaluation import load_evaluation
+from trtmix.job.orderings import JobOrderings
+from trtmix.job.workspace import Workspace
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.runtime import get_backend
+from trtmix.runtime.build import Builder
+from trtmix.search.bisection import BisectionSearch, Budget
+
+
+class Pipeline:
+    """One compile job in ``output``; see the module docstring."""
+
+    def __init__(self, source: str, output: Path, config: CompileConfig, fresh: bool = False) -> None:
+        config.validate()
+        self.source, self.output, self.config = source, output, config
+        tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
+        self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt)
+        self.workspace = Workspace(source, output, config, fresh)
+        self.model_path, self.model, self.units = self.workspace.model_path, self.workspace.model, self.workspace.units
+        self.ranges = self._ranges()
+        self.builder = self._builder(config.flavour)
+        engine = {"flavour": self.builder.flavour.options(), "backend": self.backend.name,
+                  "version": self.backend.version, "options": self.backend.options()}  # fmt: skip
+        self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
+        self.evaluation = load_evaluation(config, self.model, self.model_path)
+        self.orderings = JobOrderings(source, config, self.builder, self.journal)
+        self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal, self.model_path)
+
+    def _ranges(self) -> Ranges:
+        config = self.config
+        ranges = collect_ranges(self.model_path, config.data, "calibration", config.calibration,
+                                data_args=dict(config.data_args), cache_dir=default_cache_dir())  # fmt: skip
+        ranges.save(self.output / "ranges.json")
+        return ranges
+
+    def _builder(self, flavour: str) -> Builder:
+        return Builder(self.model, self.units, self.ranges, flavour, self.backend, self.workspace.artifacts)
+
+    @property
+    def measured(self) -> int:
+        """Probes measured (not replayed) by this run."""
+        return self.driver.measured
+
+    @property
+    def float_artifact(self) -> Path:
+        """The float model as the backend built it for the baseline."""
+        return self.driver.float_artifact()
+
+    def build(self, plan: PrecisionPlan, flavour: str | None = None) -> Path:
+        """``plan`` compiled in ``flavour`` (default: the job's) and built; reuses artifacts already on disk."""
+        builder = self.builder if flavour in (None, self.config.flavour) else self._builder(flavour)  # type: ignore[arg-type]
+        return builder.build(plan).artifact
+
+    def outputs(self, artifact: Path, split: str) -> Any:
+        """The first output of ``artifact`` on every evaluated batch of ``split``."""
+        return self.driver.outputs(artifact, split)
+
+    def baseline(self) -> dict[str, Any]:
+        """The float model's metric on both splits and its latency (cached in the journal)."""
+        return self.driver.baseline()
+
+    def measure(self, plan: PrecisionPlan, k: int) -> dict[str, Any]:
+        """The journal record of ``plan``, measured now unless a previous run already did."""
+        return self.driver.measure(plan, k)
+
+    def order(self, name: str) -> tuple[list[str], dict[str, float]]:
+        """An ordering of the units, least sensitive first (cached in the journal)."""
+        return self.orderings.order(name)
+
+    def ordering_seconds(self, name: str) -> float | None:
+        """Seconds ``name`` cost when it was computed."""
+        return self.orderings.seconds(name)
+
+    def search(self, ordering: str, baseline_accuracy: float, budget: Budget | None = None) -> BisectionSearch:
+        """One bisection along ``ordering``; ``budget`` overrides the configured one (probes do not depend on it)."""
+        order, _ = self.order(ordering)
+        return self.driver.search(order, ordering, baseline_accuracy, budget or self.config.budget)

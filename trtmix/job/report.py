@@ -1,0 +1,142 @@
+"""The report of a compile: ``report.json``, a self-contained ``report.html`` and ``frontier.png``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from trtmix.io import atomic_write_bytes, atomic_write_text
+from trtmix.search.bisection import pareto
+
+
+def mark_pareto(probes: list[dict[str, Any]]) -> None:
+    """Set ``pareto`` on every probe: no other probe (of any ordering) is both faster and more accurate."""
+    measured = [p for p in probes if p["status"] == "ok"]
+    flags = pareto([(p["latency"]["median_ms"], p["relative"]) for p in measured])
+    for probe, flag in zip(measured, flags, strict=True):
+        probe["pareto"] = flag
+    for probe in probes:
+        probe.setdefault("pareto", False)
+
+
+def plot_frontier(report: dict[str, Any], path: Path) -> None:
+    """Latency vs relative accuracy of every probe, one colour per ordering; Pareto set, budget and choice marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    for ordering, probes in report["orderings"].items():
+        points = sorted((p["latency"]["median_ms"], p["relative"] * 100, p["k"]) for p in probes if p["status"] == "ok")
+        if points:
+            axes.scatter([x for x, _, _ in points], [y for _, y, _ in points], label=f"{ordering} ordering", alpha=0.8)
+    frontier = sorted((p["latency"]["median_ms"], p["relative"] * 100) for p in report["probes"] if p.get("pareto"))
+    if frontier:
+        axes.step(
+            [x for x, _ in frontier], [y for _, y in frontier], where="post", color="grey", lw=1, label="Pareto set"
+        )
+    axes.axhline(report["budget"]["lower"] * 100, color="red", ls="--", lw=1, label="budget")
+    baseline = report["baseline"]["latency"]["median_ms"]
+    axes.scatter([baseline], [100.0], marker="*", s=140, color="black", label="float model")
+    chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
+    if chosen:
+        axes.scatter([chosen["latency"]["median_ms"]], [chosen["relative"] * 100], s=220, facecolors="none",
+                     edgecolors="green", lw=2, label="chosen")  # fmt: skip
+    axes.set_xlabel(f"median latency, ms ({report['backend']}, {report['flavour']} flavour)")
+    axes.set_ylabel(f"{report['metric']} on the search split, % of float")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_report(report: dict[str, Any], output: Path) -> None:
+    """report.json, frontier.png and report.html (the PNG inlined) in ``output``."""
+    atomic_write_text(output / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    plot_frontier(report, output / "frontier.png")
+    image = base64.b64encode((output / "frontier.png").read_bytes()).decode()
+    atomic_write_text(output / "report.html", _html(report, image))
+
+
+def _html(report: dict[str, Any], image: str) -> str:
+    escape = html.escape
+    chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
+    rows = "".join(
+        _probe_row(p, report["chosen"]) for p in sorted(report["probes"], key=lambda p: (p["k"], p["plan_hash"]))
+    )
+    units = "".join(
+        f"<tr><td><code>{escape(u['name'])}</code></td><td>{escape(u['kind'])}</td><td>{escape(u['precision'])}</td>"
+        f"<td>{escape(str(u.get('module') or ''))}</td>"
+        + "".join(f"<td>{u['ranks'].get(name, '')}</td>" for name in report["orderings"])
+        + "</tr>"
+        for u in report["units"]
+    )
+    rank_headers = "".join(f"<th>rank ({escape(name)})</th>" for name in report["orderings"])
+    summary = _summary_html(report, chosen)
+    versions = escape(json.dumps(report["versions"]))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>trtmix report</title><style>
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}tr.chosen{{background:#e6f4e6}}code{{font-size:90%}}
+</style></head><body><h1>trtmix report</h1>{summary}
+<img alt="accuracy-latency frontier" src="data:image/png;base64,{image}">
+<h2>Probes</h2><table><tr><th>orderings</th><th>k (INT8 units)</th><th>status</th>
+<th>{escape(report["metric"])}, % of float</th><th>median ms</th><th>Pareto</th><th>plan</th></tr>{rows}</table>
+<h2>Chosen plan, unit by unit</h2><table><tr><th>unit</th><th>kind</th><th>precision</th><th>torch module</th>
+{rank_headers}</tr>{units}</table><p>Versions: <code>{versions}</code></p></body></html>
+"""
+
+
+def _probe_row(probe: dict[str, Any], chosen: str | None) -> str:
+    escape = html.escape
+    cells = [
+        escape(", ".join(probe["orderings"])),
+        str(probe["k"]),
+        escape(probe["status"]),
+        _pct(probe.get("relative")),
+        _ms(probe.get("latency")),
+        "yes" if probe.get("pareto") else "",
+        f"<code>{escape(probe['plan_hash'])}</code>",
+    ]
+    marker = " class=chosen" if probe["plan_hash"] == chosen else ""
+    return f"<tr{marker}>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
+
+
+def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
+    escape = html.escape
+    lines = [
+        f"Model <code>{escape(report['model'])}</code>, {report['unit_count']} units; "
+        f"backend {escape(report['backend'])}, flavour {escape(report['flavour'])}; "
+        f"metric {escape(report['metric'])}; budget {escape(report['budget_text'])}.",
+        f"Float model: {_ms(report['baseline']['latency'])} ms.",
+    ]
+    if chosen:
+        holdout = report["holdout"]
+        lines.append(
+            f"Chosen: {chosen['k']} INT8 units, {_ms(chosen['latency'])} ms; {_pct(chosen['relative'])} of float "
+            f"on the search split, {_pct(holdout.get('relative'))} on the holdout split (never seen by the search)."
+        )
+    else:
+        lines.append(f"<b>No probe met the budget</b>: {escape(report['stop_reason'])}.")
+    if report["violations"]:
+        lines.append(f"Accuracy was not monotone in k: {escape(str(report['violations']))}.")
+    files = report.get("files") or {}
+    if files.get("trtexec"):
+        lines.append(f"On a TensorRT host: <code>{escape(files['trtexec'])}</code> (also in trtexec.txt).")
+    return "".join(f"<p>{line}</p>" for line in lines)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.3f}%"
+
+
+def _ms(latency: dict[str, Any] | None) -> str:
+    return "–" if not latency else f"{latency['median_ms']:.2f}"

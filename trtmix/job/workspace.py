@@ -1,0 +1,53 @@
+"""The output folder of one job: the float model (exported once per stamp), the artifact folder and the journal."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import onnx
+
+from trtmix.ir.graph import load_onnx
+from trtmix.ir.units import Unit, require_units
+from trtmix.job.config import CompileConfig
+from trtmix.search.journal import Journal
+
+LOG = logging.getLogger(__name__)
+
+
+class Workspace:
+    """``output`` for the job on ``source``; ``fresh`` discards the journal, the artifacts and the export stamp."""
+
+    def __init__(self, source: str, output: Path, config: CompileConfig, fresh: bool = False) -> None:
+        self.source, self.output, self.config = source, output, config
+        output.mkdir(parents=True, exist_ok=True)
+        self.artifacts = output / "artifacts"
+        self.journal_path = output / "journal.sqlite"
+        self.export_path = output / "model.onnx"
+        if fresh:
+            self.clear()
+        self.artifacts.mkdir(exist_ok=True)
+        self.model_path = self._float_model()
+        self.model: onnx.ModelProto = load_onnx(self.model_path)
+        self.units: list[Unit] = require_units(self.model, str(self.model_path))
+
+    def clear(self) -> None:
+        """Forget every measurement and build of a previous run: journal, artifacts and the export stamp."""
+        LOG.info("--fresh: discarding the journal, artifacts and export stamp in %s", self.output)
+        self.journal_path.unlink(missing_ok=True)
+        shutil.rmtree(self.artifacts, ignore_errors=True)
+        self.export_path.with_suffix(".source").unlink(missing_ok=True)
+
+    def _float_model(self) -> Path:
+        """The float ONNX: the given file, or the torch factory exported into the output folder (once per stamp)."""
+        if self.source.endswith(".onnx"):
+            return Path(self.source)
+        from trtmix.ir.export import export_once
+
+        names = list(self.config.input_names) or None
+        return export_once(self.source, self.export_path, exporter=self.config.exporter, input_names=names)
+
+    def journal(self, identity: str) -> Journal:
+        """The job's journal, refusing one written under another identity."""
+        return Journal(self.journal_path, identity)

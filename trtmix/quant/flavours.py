@@ -1,0 +1,222 @@
+"""Flavours: how one precision plan is written into a graph for one kind of engine.
+
+A flavour owns everything that differs between engines: where Q/DQ go (its sites), how many integer levels weights
+use, the opset, the float base of the graph, the rules a compiled graph must pass, and the backends that run it as
+intended.  ``trtmix.quant.compile`` does the graph surgery and asks the flavour every engine-specific question, so
+adding an engine means adding a flavour here, not another if-branch across the code base.
+
+* ``tensorrt`` — TensorRT's explicit quantization: symmetric int8 (zero point 0), per-tensor activations,
+  per-output-channel weights as Q→DQ on the float weight, a float16 graph, opset ≥ 19 (float16 Q/DQ scales).  At a
+  residual Add whose inputs both come from INT8 units, the skip input is quantized too so TensorRT can fuse the Add
+  into the conv (the ModelOpt placement).
+* ``ort-cpu`` — what ONNX Runtime's CPU kernels fuse into int8 kernels: uint8 asymmetric activations, int8
+  per-channel weights stored as int8 initializers within ±63 (ORT's ``reduce_range``), a float32 base, conv outputs
+  quantized (QLinearConv), Gemm biases as int32 (QGemm), and residual Adds between quantized tensors quantized on
+  both inputs and the output (QLinearAdd), a Relu after them folded into the uint8 zero point.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import onnx
+
+from trtmix import registry
+from trtmix.calibration.ranges import Ranges
+from trtmix.errors import CompileError
+from trtmix.ir.graph import GraphIndex
+from trtmix.ir.units import KIND_CONV, Unit
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.qdq import INT8_MAX, REDUCED_INT8_MAX
+from trtmix.quant.rules import ort_cpu_issues, tensorrt_issues
+
+ALL_READERS = "*"
+
+
+@dataclass
+class QuantizationSites:
+    """Where Q/DQ go.
+
+    ``activations`` maps a tensor to the names of the nodes to reroute through its Q/DQ (or ALL_READERS);
+    ``weight_units`` lists the units whose weights are quantized.
+    """
+
+    activations: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    weight_units: list[Unit] = field(default_factory=list)
+    dropped_relus: dict[str, str] = field(default_factory=dict)  # Relu node → the Add node that takes its output
+
+
+class Flavour(ABC):
+    """One way of writing a plan into a graph; see the module docstring."""
+
+    name: ClassVar[str]
+    opset: ClassVar[int]
+    symmetric: ClassVar[bool]  # activations: signed int8 with zero point 0, else uint8 asymmetric
+    float_base: ClassVar[Precision]  # the precision of everything outside INT8 and fp32 units
+    backends: ClassVar[tuple[str, ...]]  # the backends that run this flavour as intended
+    weight_levels: ClassVar[int]  # largest |q| of an int8 weight
+    float_weights: ClassVar[bool]  # weights stay float behind Q→DQ (else int8 initializers → DQ)
+    int32_gemm_bias: ClassVar[bool]  # Gemm biases as int32 → DQ
+
+    @abstractmethod
+    def sites(self, model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
+        """Where the Q/DQ of ``int8_units`` go in ``model``."""
+
+    @abstractmethod
+    def issues(self, model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> list[str]:
+        """Every rule of this flavour that the compiled ``model`` breaks (empty when it is fit to ship)."""
+
+    def options(self) -> dict[str, object]:
+        """Everything about this flavour that changes a compiled graph: part of every artifact's key."""
+        return {"name": self.name, "opset": self.opset, "weight_levels": self.weight_levels}
+
+    def check_backend(self, backend: str) -> None:
+        """Refuse, before any work, a backend that cannot run this flavour's graphs as planned."""
+        if backend in self.backends or backend == "auto":
+            return
+        fits = [name for name, flavour in FLAVOURS.items() if backend in flavour.backends]
+        raise CompileError(
+            f"The {self.name} flavour cannot run on the {backend} backend: "
+            f"{registry.FLAVOURS[self.name]}, which {backend} does not run as planned.",
+            expected=f"--backend {' or '.join(self.backends)} with --flavour {self.name}",
+            fix=f"use --flavour {' or '.join(fits)} with --backend {backend}" if fits else "choose another backend",
+        )
+
+
+class TensorRTFlavour(Flavour):
+    """TensorRT strongly typed explicit quantization (ONNX Runtime runs it too, as a numerics simulation)."""
+
+    name = "tensorrt"
+    opset = 19
+    symmetric = True
+    float_base = Precision.FP16
+    backends = ("tensorrt", "onnxruntime")
+    weight_levels = INT8_MAX
+    float_weights = True
+    int32_gemm_bias = False
+
+    def sites(self, model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
+        """Inputs of every INT8 unit, plus the skip input of residual Adds fed by INT8 units."""
+        return _tensorrt_sites(model, int8_units)
+
+    def issues(self, model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> list[str]:
+        """TensorRT's Q/DQ and typing rules (``trtmix.quant.rules``)."""
+        return tensorrt_issues(model, units, plan)
+
+
+class OrtCpuFlavour(Flavour):
+    """ONNX Runtime's CPU int8 kernels."""
+
+    name = "ort-cpu"
+    opset = 13
+    symmetric = False
+    float_base = Precision.FP32
+    backends = ("onnxruntime",)
+    weight_levels = REDUCED_INT8_MAX
+    float_weights = False
+    int32_gemm_bias = True
+
+    def sites(self, model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
+        """Unit inputs, conv outputs, and residual Adds between quantized tensors (QLinearAdd)."""
+        return _ort_sites(model, int8_units, ranges)
+
+    def issues(self, model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> list[str]:
+        """The plan's Q/DQ, uint8 activations and int8 weights within ±``weight_levels``."""
+        return ort_cpu_issues(model, units, plan, self.weight_levels)
+
+
+FLAVOURS: dict[str, Flavour] = {flavour.name: flavour for flavour in (TensorRTFlavour(), OrtCpuFlavour())}
+assert set(FLAVOURS) == set(registry.FLAVOURS), "every flavour is named in trtmix.registry"
+
+
+def get_flavour(flavour: str | Flavour) -> Flavour:
+    """The flavour object called ``flavour`` (or ``flavour`` itself)."""
+    if isinstance(flavour, Flavour):
+        return flavour
+    if flavour not in FLAVOURS:
+        raise CompileError(f"Unknown flavour {flavour!r}.", expected=f"one of {', '.join(FLAVOURS)}")
+    return FLAVOURS[flavour]
+
+
+def _tensorrt_sites(model: onnx.ModelProto, int8_units: list[Unit]) -> QuantizationSites:
+    """Inputs of every INT8 unit, plus the skip input of residual Adds fed by INT8 units."""
+    sites = QuantizationSites(weight_units=[u for u in int8_units if u.weight is not None])
+    for unit in int8_units:
+        for tensor in unit.inputs:
+            sites.activations[tensor].add(unit.name)
+    for node_name, tensor in _residual_inputs(model, int8_units):
+        sites.activations[tensor].add(node_name)
+    return sites
+
+
+def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tuple[str, str]]:
+    """(Add node, input tensor) pairs to quantize at residual Adds whose two inputs both come from INT8 units.
+
+    The input already quantized for another INT8 unit (the skip branch) is chosen; if neither is, the output of the
+    unit with fewer MACs, so the bigger conv keeps the residual fusion.
+    """
+    produced_by = {u.output: u for u in int8_units}
+    quantized_inputs = {t for u in int8_units for t in u.inputs}
+    chosen = []
+    for node, activations in _two_activation_adds(model):
+        if not all(t in produced_by or t in quantized_inputs for t in activations):
+            continue
+        picks = [t for t in activations if t in quantized_inputs or t not in produced_by]
+        if not picks:
+            picks = [min(activations, key=lambda t: produced_by[t].macs)]
+        chosen.extend((node.name, t) for t in picks)
+    return chosen
+
+
+def _ort_sites(model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
+    """Where ORT's CPU kernels want Q/DQ.
+
+    Inputs of every INT8 unit (rerouting that unit), the output of INT8 convs (rerouting every reader), and the
+    residual Adds whose inputs are both quantized already (see the module docstring).
+    """
+    sites = QuantizationSites(weight_units=[u for u in int8_units if u.weight is not None])
+    for unit in int8_units:
+        for tensor in unit.inputs:
+            sites.activations[tensor].add(unit.name)
+    for unit in int8_units:
+        if unit.kind == KIND_CONV:
+            sites.activations[unit.output] = {ALL_READERS}
+    if ranges is not None:
+        _ort_residual_adds(model, sites, ranges)
+    return sites
+
+
+def _ort_residual_adds(model: onnx.ModelProto, sites: QuantizationSites, ranges: Ranges) -> None:
+    """Quantize the inputs and output of Adds whose two activation inputs already have a Q/DQ (QLinearAdd)."""
+    index = GraphIndex(model)
+    graph_outputs = {output.name for output in model.graph.output}
+    for node, activations in _two_activation_adds(model, index):
+        if not all(t in sites.activations for t in activations):
+            continue
+        readers = index.consumers.get(node.output[0], [])
+        output = node.output[0]
+        relu_output = readers[0].output[0] if len(readers) == 1 and readers[0].op_type == "Relu" else None
+        if relu_output in ranges.tensors and relu_output not in graph_outputs and ranges.tensors[relu_output].min >= 0:
+            sites.dropped_relus[readers[0].name] = node.name
+            output = relu_output
+        elif output not in ranges.tensors:
+            continue
+        for tensor in activations:
+            if ALL_READERS not in sites.activations[tensor]:
+                sites.activations[tensor].add(node.name)
+        sites.activations[output] = {ALL_READERS}
+
+
+def _two_activation_adds(
+    model: onnx.ModelProto, index: GraphIndex | None = None
+) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
+    """Add nodes with two non-constant inputs (residual joins), in graph order, with those two inputs."""
+    index = index or GraphIndex(model)
+    for node in model.graph.node:
+        activations = [t for t in node.input if t and not index.is_constant(t)]
+        if node.op_type == "Add" and len(activations) == 2:
+            yield node, activations

@@ -1,0 +1,133 @@
+"""The one build path: every compiled graph and every built artifact trtmix makes comes from a ``Builder``.
+
+``compile``, ``build``, the measured orderings and the output writer all compile through it, and every artifact on
+disk is named by a key that holds everything it depends on: the float model's hash, the ranges' hash (method,
+settings and values), the plan, the flavour and its options, the backend's name, version and settings.  So a
+changed calibration, model, flavour or backend setting can never be served an artifact built for another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from trtmix.calibration.ranges import Ranges
+from trtmix.errors import CompileError
+from trtmix.io import atomic_write_bytes
+from trtmix.ir.graph import model_sha256
+from trtmix.ir.units import Unit
+from trtmix.quant.compile import compile_plan
+from trtmix.quant.flavours import Flavour, get_flavour
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.runtime.base import Backend
+
+LOG = logging.getLogger(__name__)
+FLOAT = "float"  # the plan key of the float model as exported, outside any flavour
+
+
+@dataclass(frozen=True)
+class BuildKey:
+    """Everything a built artifact depends on; ``digest`` names it on disk."""
+
+    model: str
+    ranges: str
+    plan: str
+    flavour: dict[str, Any]
+    backend: str
+    backend_version: str
+    backend_options: dict[str, Any]
+
+    def digest(self) -> str:
+        """A 20-hex-digit hash of the whole key."""
+        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A plan compiled (``onnx_path``) and built by the backend (``artifact``), under ``key``."""
+
+    onnx_path: Path
+    artifact: Path
+    key: BuildKey
+
+
+class Builder:
+    """Compiles plans of one float model with one set of ranges in one flavour, and builds them with one backend."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        units: list[Unit],
+        ranges: Ranges | None,
+        flavour: str | Flavour,
+        backend: Backend | None = None,
+        folder: Path | None = None,
+    ) -> None:
+        self.model, self.units, self.ranges = model, units, ranges
+        self.flavour = get_flavour(flavour)
+        if backend is not None:
+            self.flavour.check_backend(backend.name)
+        self.backend, self.folder = backend, folder
+        self.model_hash = model_sha256(model)
+
+    def compile(self, plan: PrecisionPlan, check: bool = True) -> onnx.ModelProto:
+        """``plan`` written into the graph; with ``check``, refused unless it passes the flavour's rules."""
+        compiled = compile_plan(self.model, plan, self.ranges, self.flavour)
+        if check:
+            issues = self.flavour.issues(compiled, self.units, plan)
+            if issues:
+                raise CompileError(
+                    f"The compiled graph breaks the {self.flavour.name} flavour's rules:\n  " + "\n  ".join(issues),
+                    fix="this is a trtmix bug; please report it with the model and plan",
+                )
+        return compiled
+
+    def key(self, plan: PrecisionPlan | None) -> BuildKey:
+        """The key of ``plan`` (None: the float model) built by this builder's backend."""
+        backend = self.require_backend()
+        return BuildKey(
+            model=self.model_hash,
+            ranges=self.ranges.stable_hash() if self.ranges is not None and plan is not None else "none",
+            plan=plan.stable_hash() if plan is not None else FLOAT,
+            flavour=self.flavour.options() if plan is not None else {},
+            backend=backend.name,
+            backend_version=backend.version,
+            backend_options=backend.options(),
+        )
+
+    def paths(self, plan: PrecisionPlan | None) -> tuple[Path, Path]:
+        """Where ``plan``'s compiled ONNX and its artifact live: named by the plan, the flavour and the key."""
+        if self.folder is None:
+            raise CompileError("Internal error: this builder has no artifact folder.")
+        key = self.key(plan)
+        flavour = self.flavour.name if plan is not None else FLOAT
+        stem = f"{key.plan}.{flavour}.{key.digest()}"
+        suffix = "engine" if key.backend == "tensorrt" else "onnx"
+        return self.folder / f"{stem}.onnx", self.folder / f"{stem}.{key.backend}.{suffix}"
+
+    def build(self, plan: PrecisionPlan | None, float_path: Path | None = None) -> Built:
+        """Compile (checked) and build ``plan``, or the float model at ``float_path``; reuses what is on disk."""
+        onnx_path, artifact = self.paths(plan)
+        if not artifact.is_file():
+            if plan is None:
+                if float_path is None:
+                    raise CompileError("Internal error: building the float model needs its path.")
+                onnx_path = float_path
+            else:
+                atomic_write_bytes(onnx_path, self.compile(plan).SerializeToString())
+            LOG.debug("building %s", artifact.name)
+            self.require_backend().build(onnx_path, artifact)
+        return Built(onnx_path if plan is not None else (float_path or onnx_path), artifact, self.key(plan))
+
+    def require_backend(self) -> Backend:
+        """The backend, which building (not compiling) needs."""
+        if self.backend is None:
+            raise CompileError("Internal error: this builder has no backend.")
+        return self.backend

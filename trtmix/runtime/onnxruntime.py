@@ -1,0 +1,183 @@
+"""The ONNX Runtime backend: the embedded engine, and the oracle every test compares against.
+
+``build`` runs ORT's full graph optimisation once and saves the optimised model, so what is timed is what the
+report's kernel list shows (QLinearConv, MatMulIntegerToFloat, ...).  On graphs with Q/DQ, ORT's MatMulAddFusion is
+disabled: it rewrites 3-D MatMul+bias into Reshape→Gemm→Reshape before the QDQ fusions run, and then a third of
+MiniLM's INT8 MatMuls stayed float (measured: all-INT8 MiniLM 190 ms with it, 117 ms without; FP32 185 ms).
+On graphs whose Q/DQ scales are float16 (the ``tensorrt`` flavour), ORT's WeightBiasQuantization is disabled too: it
+rewrites conv biases wrongly there (measured: EfficientNet-Lite0 with its first two units INT8 went from 100% to 0%
+top-1 agreement; with the rewrite disabled, or no optimisation at all, it stays at 100%).
+Every session trtmix opens comes from ``ort_session``; a runner keeps one open for many inferences.  Timing uses a
+fixed intra-op thread count and inputs allocated once; ``time.perf_counter`` brackets each synchronous ``run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from trtmix.errors import BackendError
+from trtmix.io import atomic_write_bytes
+from trtmix.ir.graph import has_qdq
+from trtmix.runtime.base import LatencyStats, cpu_name, time_calls
+
+LOG = logging.getLogger(__name__)
+QDQ_DISABLED_OPTIMIZERS = ["MatMulAddFusion"]
+FP16_QDQ_DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
+
+
+def disabled_optimizers(model: onnx.ModelProto) -> list[str]:
+    """The ORT graph rewrites that must not run on ``model`` (see the module docstring)."""
+    if not has_qdq(model.graph.node):
+        return []
+    initializers = {init.name: init.data_type for init in model.graph.initializer}
+    fp16_scales = any(
+        initializers.get(node.input[1]) == onnx.TensorProto.FLOAT16
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear" and len(node.input) > 1
+    )
+    return QDQ_DISABLED_OPTIMIZERS + (FP16_QDQ_DISABLED_OPTIMIZERS if fp16_scales else [])
+
+
+def default_threads() -> int:
+    """Intra-op threads: all cores this process may use (2 on the project's machines)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def ort_session(
+    model: Path | bytes | onnx.ModelProto,
+    threads: int | None = None,
+    optimize: bool = True,
+    optimized_path: Path | None = None,
+):  # type: ignore[no-untyped-def]
+    """The one way trtmix opens an ONNX Runtime session: CPU provider, fixed threads, the rewrites it must not run.
+
+    Export checks, calibration, measured orderings, the float reference and the backend all come here, so every
+    session runs with the same options.  ``optimized_path`` saves the optimised graph (what ``build`` ships).
+    """
+    import onnxruntime as ort
+
+    graph = model if isinstance(model, onnx.ModelProto) else _load_graph(model)
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    disabled = disabled_optimizers(graph) if optimize else []
+    try:
+        return ort.InferenceSession(
+            str(source) if isinstance(source, Path) else source,
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=disabled,
+        )
+    except Exception as err:  # noqa: BLE001 - ORT raises its own untyped errors
+        raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(err)}") from err
+
+
+class OnnxRuntimeRunner:
+    """One session on one model, opened once for many inferences (Polygraphy's runner idea): infer, time, close."""
+
+    def __init__(self, model: Path | bytes | onnx.ModelProto, threads: int | None = None, optimize: bool = False):
+        self.threads = threads or default_threads()
+        self._session = ort_session(model, self.threads, optimize=optimize)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs on ``feeds``, in graph order."""
+        try:
+            return [np.asarray(output) for output in self._session.run(None, feeds)]
+        except Exception as err:  # noqa: BLE001
+            raise BackendError(f"ONNX Runtime failed to run the model: {_first_line(err)}") from err
+
+    def time(self, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> LatencyStats:
+        """Median latency of ``runs`` synchronous runs after ``warmup`` discarded ones, inputs allocated once."""
+        import onnxruntime as ort
+
+        bound = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
+        samples = time_calls(lambda: self._session.run(None, bound), runs, warmup)
+        return LatencyStats.from_samples(
+            samples,
+            warmup=warmup,
+            threads=self.threads,
+            provider="CPUExecutionProvider",
+            device=cpu_name(),
+            versions={"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+        )
+
+    def close(self) -> None:
+        """Release the session."""
+        self._session = None
+
+    def __enter__(self) -> OnnxRuntimeRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime on the CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, threads: int | None = None) -> None:
+        import onnxruntime
+
+        self.threads = threads or default_threads()
+        self.version = onnxruntime.__version__
+
+    def options(self) -> dict[str, object]:
+        """What changes a built artifact or its timing: part of every artifact key."""
+        return {"threads": self.threads}
+
+    def build(self, onnx_path: Path, artifact_path: Path) -> Path:
+        """Optimise with ORT's full graph optimisation and save the optimised model (atomically)."""
+        temp = artifact_path.with_name(f".{artifact_path.name}.tmp.onnx")
+        try:
+            ort_session(onnx_path, self.threads, optimize=True, optimized_path=temp)
+            atomic_write_bytes(artifact_path, temp.read_bytes())
+        except BackendError as err:
+            raise BackendError(f"ONNX Runtime failed to build {onnx_path}: {err}") from err
+        finally:
+            temp.unlink(missing_ok=True)
+        return artifact_path
+
+    def open(self, artifact: Path) -> OnnxRuntimeRunner:
+        """A runner on the built artifact (already optimised, so no further optimisation is applied)."""
+        return OnnxRuntimeRunner(artifact, self.threads, optimize=False)
+
+    def run(self, artifact: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs of one run (opens and closes a runner: for many runs, use ``open``)."""
+        with self.open(artifact) as runner:
+            return runner.infer(feeds)
+
+    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3) -> LatencyStats:
+        """Median latency of ``runs`` synchronous runs after ``warmup`` discarded ones."""
+        with self.open(artifact) as runner:
+            return runner.time(feeds, runs, warmup)
+
+
+def _load_graph(model: Path | bytes) -> onnx.ModelProto:
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    return onnx.load(str(model), load_external_data=False)
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def kernel_counts(artifact: Path) -> Counter[str]:
+    """How many nodes of each op type the optimised model runs (QLinearConv, MatMulIntegerToFloat, ...)."""
+    return Counter(node.op_type for node in onnx.load(str(artifact)).graph.node)

@@ -1,0 +1,63 @@
+"""Orderings of units, least sensitive first: what the bisection walks along.
+
+* ``kl`` — measured: each unit alone in INT8 (the search's flavour), the rest float, on calibration data; the
+  distance of the outputs to the float model's (KL for classifiers, 1 − cosine for embeddings).  One compile and
+  one short run per unit.  It sees activation quantization and fusion effects; it is ``compile``'s default, on the
+  paper benchmark's evidence (README).
+* ``noise`` — data-free: relative weight quantization noise ‖Q(W) − W‖² / ‖W‖² with exactly the quantizer
+  ``compile`` writes; units without a weight (attention) are placed at the median.
+* ``random`` — a seeded permutation, the baseline any real ordering must beat; ``random-N`` uses seed N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from trtmix import registry
+from trtmix.errors import TrtmixError
+from trtmix.ir.graph import GraphIndex
+from trtmix.ir.units import Unit
+from trtmix.quant.qdq import fake_quantize_weight
+from trtmix.registry import is_random_ordering
+
+
+def order_units(
+    name: str,
+    units: list[Unit],
+    model: onnx.ModelProto,
+    single_unit_divergence: Callable[[Unit], float] | None = None,
+    seed: int = 0,
+) -> tuple[list[str], dict[str, float]]:
+    """Unit names least sensitive first, and the score of each (lower = less sensitive)."""
+    if name == "random" or is_random_ordering(name):
+        seed = int(name.split("-", 1)[1]) if is_random_ordering(name) else seed
+        permutation = np.random.default_rng(seed).permutation(len(units))
+        scores = {units[i].name: float(rank) for rank, i in enumerate(permutation)}
+    elif name == "noise":
+        scores = _weight_noise(units, model)
+    elif name == "kl":
+        if single_unit_divergence is None:
+            raise TrtmixError("The kl ordering needs a way to measure single-unit divergence.")
+        scores = {unit.name: single_unit_divergence(unit) for unit in units}
+    else:
+        raise TrtmixError(f"Unknown ordering {name!r}.", expected=f"one of {', '.join(registry.ONNX_ORDERINGS)}")
+    position = {unit.name: i for i, unit in enumerate(units)}
+    order = sorted(scores, key=lambda n: (scores[n], position[n]))
+    return order, scores
+
+
+def _weight_noise(units: list[Unit], model: onnx.ModelProto) -> dict[str, float]:
+    index = GraphIndex(model)
+    scores: dict[str, float] = {}
+    for unit in units:
+        weight = index.constant_value(unit.weight) if unit.weight else None
+        if weight is None or unit.weight_axis is None:
+            continue
+        weight = weight.astype(np.float32)
+        noise = float(((fake_quantize_weight(weight, unit.weight_axis) - weight) ** 2).sum())
+        scores[unit.name] = noise / max(float((weight**2).sum()), 1e-30)
+    median = float(np.median(list(scores.values()))) if scores else 0.0
+    return {unit.name: scores.get(unit.name, median) for unit in units}
