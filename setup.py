@@ -17,6 +17,7 @@ CORE = [
     "onnx-graphsurgeon==0.6.1",
     "polygraphy==0.53.6",
     "tqdm==4.70.1",
+    "openvino==2026.4.1",
 ]
 EXTRAS = {
     # TensorRT itself and the CUDA binding; installable only on a host with an NVIDIA driver.

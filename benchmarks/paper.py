@@ -119,7 +119,8 @@ def run_model(name: str, output: Path, orderings: tuple[str, ...], budgets: dict
     first_budget = Budget.parse(next(iter(budgets.values())))
     config = CompileConfig(data=spec.data, budget=first_budget, metric=spec.metric, ordering=orderings[0],
                            compare=orderings[1:], runs=runs, input_names=spec.inputs,
-                           eval_batches=spec.eval_batches)  # fmt: skip
+                           eval_batches=spec.eval_batches, flavour="ort-cpu", backend="onnxruntime",
+                           relative_to="fp32")  # fmt: skip
     pipeline = Pipeline(spec.source, output / name, config)
     baseline = pipeline.baseline()
     quality = spec.quality()

@@ -35,9 +35,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trtmix-search-bench-") as folder:
         for name in args.models:
             source, data, metric, drop, inputs = MODELS[name]
-            config = CompileConfig(
-                data=data, budget=Budget.parse(drop), metric=metric, runs=args.runs, input_names=inputs
-            )
+            config = CompileConfig(data=data, budget=Budget.parse(drop), metric=metric, runs=args.runs,
+                                   input_names=inputs, flavour="ort-cpu", backend="onnxruntime",
+                                   relative_to="fp32")  # fmt: skip
             report = run_compile(source, Path(folder) / name, config)
             rows.append((name, metric, drop, report))
     print(f"\n{'model':<19} {'metric':<9} {'budget':>7} {'k/U':>6} {'chosen ms':>9} {'/all-INT8':>9} {'/FP32':>6} "

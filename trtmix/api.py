@@ -21,7 +21,7 @@ from trtmix.ir.units import Unit, require_units
 from trtmix.job.config import CompileConfig
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.runtime import LatencyStats, get_backend
+from trtmix.runtime import LatencyStats, get_backend, resolve_backend
 from trtmix.runtime.build import Builder
 
 __all__ = [
@@ -73,7 +73,7 @@ def build(
     output: str | Path,
     flavour: str = "tensorrt",
     ranges: Ranges | None = None,
-    backend: str = "onnxruntime",
+    backend: str = "auto",
     artifact: str | Path | None = None,
     tensorrt: dict[str, object] | None = None,
 ) -> BuildResult:
@@ -81,6 +81,7 @@ def build(
 
     An unknown flavour, or a ``backend`` that cannot run the flavour's graphs, is an error before any work.
     """
+    backend = resolve_backend(backend, flavour)
     get_flavour(flavour).check_backend(backend)
     model = load_onnx(model_path)
     units = require_units(model, str(model_path))
@@ -90,7 +91,7 @@ def build(
     atomic_write_bytes(output, compiled.SerializeToString())
     built = None
     if artifact is not None:
-        built = get_backend(backend, tensorrt=tensorrt).build(Path(output), Path(artifact))
+        built = get_backend(backend, tensorrt=tensorrt, flavour=flavour).build(Path(output), Path(artifact))
     counts = Counter(node.op_type for node in compiled.graph.node)
     int8_names = [u.name for u in units if resolved.precision_of(u.name) is Precision.INT8]
     qdq = sum(counts[op] for op in QDQ_OPS)

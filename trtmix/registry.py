@@ -40,8 +40,10 @@ FLAVOURS = {
     "ort-cpu": "u8 activations / s8 per-channel weights, float32 graph: ONNX Runtime's CPU int8 kernels",
 }
 BACKENDS = {
-    "onnxruntime": "ONNX Runtime on the CPU",
+    "auto": "a real TensorRT when one imports, else OpenVINO for the tensorrt flavour, ONNX Runtime for ort-cpu",
     "tensorrt": "TensorRT on an NVIDIA GPU (needs a TensorRT install)",
+    "openvino": "OpenVINO's CPU plugin: builds, times and verifies the tensorrt-flavour graph as it ships",
+    "onnxruntime": "ONNX Runtime on the CPU",
 }
 EXPORTERS = {
     "auto": "dynamo, falling back to legacy if it fails",

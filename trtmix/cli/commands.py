@@ -20,6 +20,7 @@ from trtmix.ir.units import units_to_json
 from trtmix.job.config import CompileConfig
 from trtmix.job.run import summary_lines
 from trtmix.quant.flavours import get_flavour
+from trtmix.runtime import resolve_backend
 from trtmix.search.bisection import Budget
 from trtmix.sensitivity.run import SensitivitySettings
 
@@ -115,6 +116,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
 
 def run_build(args: argparse.Namespace) -> None:
     """``trtmix build``."""
+    args.backend = resolve_backend(args.backend, args.flavour)
     get_flavour(args.flavour).check_backend(args.backend)  # before any calibration work
     if args.backend == "tensorrt":
         api.get_backend("tensorrt")  # says clearly, before any work, when TensorRT is missing
@@ -221,6 +223,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         input_names=tuple(args.input_names or ()),
         strict_precision=args.strict_precision,
         tensorrt=tuple(sorted((k, json.dumps(v)) for k, v in tensorrt_settings(args).items())),
+        relative_to=args.relative_to,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config
@@ -245,13 +248,15 @@ DEMOS = {
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    """``trtmix demo``: ``compile`` on an embedded model with the ONNX Runtime backend and the ort-cpu flavour."""
+    """``trtmix demo``: ``compile`` on an embedded model, tensorrt flavour, ``--backend auto``."""
     source, data, metric, max_drop, inputs = DEMOS[args.model]
     config = CompileConfig(
         data=data, budget=Budget.parse(max_drop), metric=metric, frontier=args.frontier, runs=args.runs,
         input_names=inputs, compare=(),
     )  # fmt: skip
-    print(f"trtmix demo: {args.model}, metric {metric}, budget {config.budget.describe()}, ONNX Runtime ort-cpu")
+    engine = resolve_backend(config.backend, config.flavour)
+    budget = config.budget.describe(config.reference)
+    print(f"trtmix demo: {args.model}, metric {metric}, budget {budget}, {config.flavour} flavour on {engine}")
     report = api.compile(source, args.output, config, fresh=args.fresh)
     for line in summary_lines(report, args.output):
         print(line)

@@ -92,9 +92,9 @@ def add_flavour_flag(parser: argparse.ArgumentParser, default: str, what: str) -
     add_choice_flag(parser, "--flavour", registry.FLAVOURS, default, what)
 
 
-def add_backend_flag(parser: argparse.ArgumentParser) -> None:
+def add_backend_flag(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--backend``: the engine that builds, runs and times."""
-    add_choice_flag(parser, "--backend", registry.BACKENDS, "onnxruntime", "engine backend")
+    add_choice_flag(parser, "--backend", registry.BACKENDS, default, "engine backend")
 
 
 def add_metric_flag(parser: argparse.ArgumentParser, what: str = "the accuracy metric") -> None:

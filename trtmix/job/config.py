@@ -28,8 +28,8 @@ class CompileConfig:
     data: str
     budget: Budget
     metric: str = "agreement"
-    flavour: str = "ort-cpu"
-    backend: str = "onnxruntime"
+    flavour: str = "tensorrt"
+    backend: str = "auto"
     ordering: str = "kl"
     compare: tuple[str, ...] = ()
     frontier: int = 0
@@ -44,6 +44,7 @@ class CompileConfig:
     input_names: tuple[str, ...] = ()
     strict_precision: bool = False
     tensorrt: tuple[tuple[str, str], ...] = ()
+    relative_to: str = "high"  # budgets relative to the all-high plan (the paper's 16-bit baseline) or "fp32"
 
     def validate(self) -> None:
         """Refuse unknown names and a backend that cannot run the flavour, before any work is done."""
@@ -54,9 +55,16 @@ class CompileConfig:
             raise TrtmixError(
                 f"Unknown ordering(s) {', '.join(unknown)}.", expected=", ".join(registry.ORDERINGS) + ", random-N"
             )
+        if self.relative_to not in ("high", "fp32"):
+            raise TrtmixError(f"Unknown --relative-to {self.relative_to!r}.", expected="high or fp32")
         if self.backend not in registry.BACKENDS:
             raise TrtmixError(f"Unknown backend {self.backend!r}.", expected=f"one of {', '.join(registry.BACKENDS)}")
         get_flavour(self.flavour).check_backend(self.backend)
+
+    @property
+    def reference(self) -> str:
+        """What budgets and accuracy percentages are relative to, in words."""
+        return "the all-high plan" if self.relative_to == "high" else "the FP32 model"
 
     def orderings(self) -> Iterable[str]:
         """The primary ordering, then the comparison ones (each once)."""

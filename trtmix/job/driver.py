@@ -15,10 +15,12 @@ from typing import Any
 from tqdm import tqdm
 
 from trtmix.errors import TrtmixError
+from trtmix.ir.graph import GraphIndex
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import SPLITS, Evaluation
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
+from trtmix.runtime.engine_report import UnitCheck, check_layers, describe, mismatches
 from trtmix.search.bisection import BisectionSearch, Budget
 from trtmix.search.journal import Journal
 
@@ -63,33 +65,70 @@ class SearchDriver:
         self.measured += 1
         return record
 
-    def _precision_check(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
-        """On TensorRT: the units whose engine precision differs from the plan; fatal with --strict-precision."""
-        engine_information = getattr(self.backend, "engine_information", None)
-        if engine_information is None:
-            return {}
-        from trtmix.runtime.engine_report import check_plan, describe, mismatches
+    def precision_checks(self, plan: PrecisionPlan, artifact: Path, profile: bool = False) -> list[UnitCheck] | None:
+        """Each unit's planned precision against the engine's own report (None: this engine reports nothing)."""
+        engine_layers = getattr(self.backend, "engine_layers", None)
+        if engine_layers is None:
+            return None
+        feed = self.evaluation.feeds["search"][0] if profile else None
+        consumers = {
+            tensor: [n.name for n in nodes] for tensor, nodes in GraphIndex(self.builder.model).consumers.items()
+        }
+        exact_float = self.backend.name == "tensorrt"  # strongly typed; OpenVINO picks its own float type
+        return check_layers(engine_layers(artifact, feed), self.builder.units, plan, exact_float, consumers)
 
-        wrong = mismatches(check_plan(engine_information(artifact), self.builder.units, plan))
+    def _precision_check(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
+        """The units whose engine precision differs from the plan; a failed probe with --strict-precision."""
+        checks = self.precision_checks(plan, artifact)
+        if checks is None:
+            return {}
+        wrong = mismatches(checks)
         if wrong and self.config.strict_precision:
             raise TrtmixError(f"--strict-precision: the engine does not run the plan:\n{describe(wrong)}")
-        return {"precision_mismatches": [asdict(m) for m in wrong]}
+        int8 = [c for c in checks if c.planned == "int8"]
+        return {"precision_mismatches": [asdict(m) for m in wrong],
+                "verified_int8": sum(c.verified for c in int8), "planned_int8": len(int8),
+                "unverifiable": [c.unit for c in checks if c.fused_with]}  # fmt: skip
 
     def float_artifact(self) -> Path:
         """The float model as the backend built it for the baseline."""
         return self.builder.build(None, float_path=self.float_path).artifact
 
-    def baseline(self) -> dict[str, Any]:
-        """The float model: metric on both splits and latency on the backend (cached in the journal)."""
-        cached = self.journal.cached("baseline")
+    def fp32(self) -> dict[str, Any]:
+        """The float model as exported: its metric on both splits and its latency (cached in the journal)."""
+        cached = self.journal.cached("fp32")
         if cached is not None:
             return cached
         artifact = self.float_artifact()
         scores = {split: self.evaluation.score(split, self.evaluation.reference[split]) for split in SPLITS}
         stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs, self.config.warmup)
         result = {"accuracy": scores["search"], "holdout": scores["holdout"], "latency": stats.to_dict()}
-        self.journal.store("baseline", result)
+        self.journal.store("fp32", result)
         return result
+
+    def all_high(self) -> dict[str, Any]:
+        """The all-high-precision plan (k = 0, the paper's 16-bit baseline): the search's own k = 0 probe."""
+        plan = PrecisionPlan(default=self.config.default)
+        record = self.measure(plan, 0)
+        if record["status"] != "ok":
+            raise TrtmixError(f"The all-high-precision plan could not be measured: {record['error']}",
+                              fix="use --relative-to fp32, or another --backend")  # fmt: skip
+        cached = self.journal.cached("all-high-holdout")
+        if cached is None:
+            cached = self.evaluation.score("holdout", self.outputs(Path(record["artifact"]), "holdout"))
+            self.journal.store("all-high-holdout", cached)
+        return {"accuracy": record["accuracy"], "holdout": cached, "latency": record["latency"],
+                "plan": plan.to_dict()}  # fmt: skip
+
+    def baseline(self) -> dict[str, Any]:
+        """What budgets are relative to (``--relative-to``): the all-high plan (default) or the FP32 model.
+
+        Both are in the result (``fp32``, ``all_high``) so the report can show them side by side.
+        """
+        fp32, all_high = self.fp32(), self.all_high()
+        reference = all_high if self.config.relative_to == "high" else fp32
+        return {"accuracy": reference["accuracy"], "holdout": reference["holdout"], "latency": reference["latency"],
+                "relative_to": self.config.relative_to, "fp32": fp32, "all_high": all_high}  # fmt: skip
 
     def search(self, order: list[str], label: str, baseline_accuracy: float, budget: Budget) -> BisectionSearch:
         """Run one bisection along ``order`` to its end, measuring (or replaying) each probe."""

@@ -20,6 +20,7 @@ from trtmix.job.driver import SearchDriver
 from trtmix.job.evaluation import load_evaluation
 from trtmix.job.orderings import JobOrderings
 from trtmix.job.workspace import Workspace
+from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime import get_backend
 from trtmix.runtime.build import Builder
@@ -33,7 +34,10 @@ class Pipeline:
         config.validate()
         self.source, self.output, self.config = source, output, config
         tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
-        self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt)
+        cache_dir = output / "artifacts" / "openvino-cache"
+        self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt,
+                                   flavour=config.flavour, cache_dir=cache_dir)  # fmt: skip
+        get_flavour(config.flavour).check_backend(self.backend.name)  # `auto` resolved: still before any work
         self.workspace = Workspace(source, output, config, fresh)
         self.model_path, self.model, self.units = self.workspace.model_path, self.workspace.model, self.workspace.units
         self.ranges = self._ranges()

@@ -43,13 +43,14 @@ def plot_frontier(report: dict[str, Any], path: Path) -> None:
         )
     axes.axhline(report["budget"]["lower"] * 100, color="red", ls="--", lw=1, label="budget")
     baseline = report["baseline"]["latency"]["median_ms"]
-    axes.scatter([baseline], [100.0], marker="*", s=140, color="black", label="float model")
+    reference = "all-high plan" if report.get("relative_to") == "high" else "float model"
+    axes.scatter([baseline], [100.0], marker="*", s=140, color="black", label=reference)
     chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
     if chosen:
         axes.scatter([chosen["latency"]["median_ms"]], [chosen["relative"] * 100], s=220, facecolors="none",
                      edgecolors="green", lw=2, label="chosen")  # fmt: skip
     axes.set_xlabel(f"median latency, ms ({report['backend']}, {report['flavour']} flavour)")
-    axes.set_ylabel(f"{report['metric']} on the search split, % of float")
+    axes.set_ylabel(f"{report['metric']} on the search split, % of the {reference}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
@@ -73,9 +74,11 @@ def _html(report: dict[str, Any], image: str) -> str:
     rows = "".join(
         _probe_row(p, report["chosen"]) for p in sorted(report["probes"], key=lambda p: (p["k"], p["plan_hash"]))
     )
+    engine = (report.get("engine_check") or {}).get("units", {})
     units = "".join(
         f"<tr><td><code>{escape(u['name'])}</code></td><td>{escape(u['kind'])}</td><td>{escape(u['precision'])}</td>"
-        f"<td>{escape(str(u.get('module') or ''))}</td>"
+        + _engine_cells(engine.get(u["name"]))
+        + f"<td>{escape(str(u.get('module') or ''))}</td>"
         + "".join(f"<td>{u['ranks'].get(name, '')}</td>" for name in report["orderings"])
         + "</tr>"
         for u in report["units"]
@@ -90,9 +93,23 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}tr.chosen{{back
 <img alt="accuracy-latency frontier" src="data:image/png;base64,{image}">
 <h2>Probes</h2><table><tr><th>orderings</th><th>k (INT8 units)</th><th>status</th>
 <th>{escape(report["metric"])}, % of float</th><th>median ms</th><th>Pareto</th><th>plan</th></tr>{rows}</table>
-<h2>Chosen plan, unit by unit</h2><table><tr><th>unit</th><th>kind</th><th>precision</th><th>torch module</th>
+<h2>Chosen plan, unit by unit</h2><table><tr><th>unit</th><th>kind</th><th>precision</th><th>engine runs</th>
+<th>engine kernel</th><th>layer ms</th><th>torch module</th>
 {rank_headers}</tr>{units}</table><p>Versions: <code>{versions}</code></p></body></html>
 """
+
+
+def _engine_cells(check: dict[str, Any] | None) -> str:
+    """What the engine reports for a unit: its precision (flagged when it differs), kernel and layer time."""
+    if check is None:
+        return "<td>–</td><td></td><td></td>"
+    precision = html.escape(check["engine"])
+    if check["fused_with"]:
+        precision += " (fused with " + html.escape(", ".join(check["fused_with"])) + ": not checkable)"
+    elif not check["matches"]:
+        precision = f"<b>{precision}: MISMATCH</b>"
+    ms = "" if check.get("ms") is None else f"{check['ms']:.3f}"
+    return f"<td>{precision}</td><td><code>{html.escape(check.get('primitive') or '')}</code></td><td>{ms}</td>"
 
 
 def _probe_row(probe: dict[str, Any], chosen: str | None) -> str:
@@ -116,8 +133,15 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
         f"Model <code>{escape(report['model'])}</code>, {report['unit_count']} units; "
         f"backend {escape(report['backend'])}, flavour {escape(report['flavour'])}; "
         f"metric {escape(report['metric'])}; budget {escape(report['budget_text'])}.",
-        f"Float model: {_ms(report['baseline']['latency'])} ms.",
+        _reference_line(report),
     ]
+    if report.get("flavour_note"):
+        lines.append(f"Note: {escape(report['flavour_note'])}.")
+    check = report.get("engine_check")
+    if check:
+        lines.append(f"The engine ({escape(report['backend'])}) verified {check['verified_int8']} of "
+                     f"{check['planned_int8']} INT8 units as int8; mismatches: "
+                     f"{escape(', '.join(check['mismatches'])) or 'none'}.")  # fmt: skip
     if chosen:
         holdout = report["holdout"]
         lines.append(
@@ -132,6 +156,18 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
     if files.get("trtexec"):
         lines.append(f"On a TensorRT host: <code>{escape(files['trtexec'])}</code> (also in trtexec.txt).")
     return "".join(f"<p>{line}</p>" for line in lines)
+
+
+def _reference_line(report: dict[str, Any]) -> str:
+    """FP32, all-high and all-INT8 latencies, and what budgets are relative to."""
+    baseline, int8 = report["baseline"], report.get("all_int8")
+    parts = [f"FP32 {_ms(baseline['fp32']['latency'])} ms"] if "fp32" in baseline else []
+    if "all_high" in baseline:
+        parts.append(f"all-high plan {_ms(baseline['all_high']['latency'])} ms")
+    if int8:
+        parts.append(f"all-INT8 {_ms(int8['latency'])} ms")
+    relative = "the all-high plan" if report.get("relative_to") == "high" else "the FP32 model"
+    return f"Latency: {', '.join(parts)}. Accuracy percentages are relative to {relative}. {report.get('cpu', '')}."
 
 
 def _pct(value: float | None) -> str:

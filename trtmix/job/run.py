@@ -17,6 +17,7 @@ from trtmix.job.outputs import holdout_check, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
 from trtmix.job.report import mark_pareto, write_report
 from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.runtime.cpu import cpu_features
 from trtmix.search.bisection import BisectionSearch
 
 LOG = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = 
     chosen_plan = primary.plan_for(best.k) if best else None
     report = _report(pipeline, searches, baseline, chosen_plan)
     if chosen_plan is not None:
+        report["engine_check"] = _engine_check(pipeline, chosen_plan)
         report["holdout"] = holdout_check(pipeline.driver, chosen_plan, baseline)
         report["files"] = write_plan_outputs(output, pipeline.builder, chosen_plan)
     report["builds"] = pipeline.measured
@@ -64,19 +66,30 @@ def _report(
             entry = by_hash.setdefault(record["plan_hash"], {**record, "orderings": []})
             entry["orderings"].append(name)
             orderings[name].append({**record, "k": k})
+    high = dict(pipeline.journal.get(PrecisionPlan(default=config.default).stable_hash()) or {})
+    if high and high["plan_hash"] not in by_hash:  # measured as the baseline though no search visited k = 0
+        relative = high["accuracy"] / baseline["accuracy"] if high.get("status") == "ok" else None
+        by_hash[high["plan_hash"]] = {**high, "relative": relative, "orderings": ["baseline"]}
     probes = list(by_hash.values())
     mark_pareto(probes)
     primary = searches[config.ordering]
     all_int8 = next((p for p in probes if p["k"] == len(pipeline.units) and p["status"] == "ok"), None)
+    backend = pipeline.backend
     return {
         "model": pipeline.source,
         "model_sha256": model_sha256(pipeline.model),
         "unit_count": len(pipeline.units),
-        "backend": config.backend,
+        "backend": backend.name,
+        "backend_requested": config.backend,
+        "backend_version": backend.version,
+        "backend_options": backend.options(),
         "flavour": config.flavour,
+        "flavour_note": pipeline.builder.flavour.note(backend.name),
+        "cpu": cpu_features().describe(),
+        "relative_to": config.relative_to,
         "metric": config.metric,
         "budget": asdict(config.budget),
-        "budget_text": config.budget.describe(),
+        "budget_text": config.budget.describe(config.reference),
         "baseline": baseline,
         "all_int8": all_int8 and {"latency": all_int8["latency"], "relative": all_int8["relative"]},
         "orderings": orderings,
@@ -91,6 +104,19 @@ def _report(
         "units": _unit_table(pipeline, searches, chosen_plan),
         "versions": _versions(),
     }
+
+
+def _engine_check(pipeline: Pipeline, plan: PrecisionPlan) -> dict[str, Any] | None:
+    """The chosen plan's units as the engine reports them (precision, layer, kernel, time), where it reports."""
+    artifact = pipeline.build(plan)
+    checks = pipeline.driver.precision_checks(plan, artifact, profile=True)
+    if checks is None:
+        return None
+    int8 = [c for c in checks if c.planned == "int8"]
+    return {"units": {c.unit: asdict(c) | {"verified": c.verified, "matches": c.matches} for c in checks},
+            "planned_int8": len(int8), "verified_int8": sum(c.verified for c in int8),
+            "mismatches": [c.unit for c in checks if not c.matches],
+            "unverifiable": [c.unit for c in checks if c.fused_with]}  # fmt: skip
 
 
 def _unit_table(
@@ -118,18 +144,20 @@ def _versions() -> dict[str, str]:
 def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
     """The short summary ``trtmix compile`` and ``trtmix demo`` print."""
     base = report["baseline"]["latency"]["median_ms"]
+    reference = "all-high" if report.get("relative_to", "fp32") == "high" else "FP32"
     lines = [f"report: {output / 'report.html'} (also report.json, frontier.png)"]
+    if report.get("flavour_note"):
+        lines.append(f"note: {report['flavour_note']}")
     chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
     if chosen is None:
         lines.append(f"no plan met the budget ({report['budget_text']}): {report['stop_reason']}")
         return lines
     ms = chosen["latency"]["median_ms"]
-    int8 = report["all_int8"]
-    versus_int8 = f", {ms / int8['latency']['median_ms']:.2f}x the all-INT8 latency" if int8 else ""
     lines += [
         f"chosen plan: {report['chosen_k']} of {report['unit_count']} units INT8 ({output / 'plan.json'})",
-        f"latency: {ms:.2f} ms median; float {base:.2f} ms, so a {base / ms:.2f}x speed-up{versus_int8}",
-        f"{report['metric']}: {chosen['relative']:.4%} of float on the search split, "
+        f"engine: {_engine_line(report)}",
+        f"latency: {ms:.2f} ms median; {_references(report)}; {base / ms:.2f}x the {reference} plan's speed",
+        f"{report['metric']}: {chosen['relative']:.4%} of the {reference} plan on the search split, "
         f"{report['holdout']['relative']:.4%} on the holdout split",
         f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
         f"{report['wall_seconds']:.0f} s; stop: {report['stop_reason']}",
@@ -138,7 +166,33 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         lines.append(f"note: accuracy was not monotone in k for probe pairs {report['violations']}")
     if ms > base:
         lines.append(
-            f"warning: the chosen plan is slower than the float model ({ms:.2f} vs {base:.2f} ms): INT8 does not pay "
-            "on this backend at these shapes; consider shipping the float model"
+            f"warning: the chosen plan is slower than the {reference} plan ({ms:.2f} vs {base:.2f} ms): INT8 does not "
+            "pay on this backend at these shapes; consider shipping the high-precision plan"
         )
     return lines
+
+
+def _engine_line(report: dict[str, Any]) -> str:
+    """Which engine timed the probes, with what settings, and how many INT8 units it verified as int8."""
+    settings = report["baseline"]["latency"].get("settings") or {}
+    hint = f", inference precision {settings['inference_precision']}" if "inference_precision" in settings else ""
+    line = f"{report['backend']} {report.get('backend_version', '')}{hint} on {report.get('cpu', 'this machine')}"
+    check = report.get("engine_check")
+    if check:
+        line += f"; {check['verified_int8']} of {check['planned_int8']} INT8 units verified int8 by the engine"
+        if check["mismatches"]:
+            line += f"; MISMATCHES: {', '.join(check['mismatches'])}"
+        if check["unverifiable"]:
+            line += f"; {len(check['unverifiable'])} fused with units of another precision (not checkable)"
+    return line
+
+
+def _references(report: dict[str, Any]) -> str:
+    """FP32, all-high and all-INT8 latencies side by side."""
+    baseline, int8 = report["baseline"], report.get("all_int8")
+    parts = [f"FP32 {baseline['fp32']['latency']['median_ms']:.2f} ms"] if "fp32" in baseline else []
+    if "all_high" in baseline:
+        parts.append(f"all-high {baseline['all_high']['latency']['median_ms']:.2f} ms")
+    if int8:
+        parts.append(f"all-INT8 {int8['latency']['median_ms']:.2f} ms")
+    return ", ".join(parts)

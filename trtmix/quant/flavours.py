@@ -57,7 +57,8 @@ class Flavour(ABC):
     opset: ClassVar[int]
     symmetric: ClassVar[bool]  # activations: signed int8 with zero point 0, else uint8 asymmetric
     float_base: ClassVar[Precision]  # the precision of everything outside INT8 and fp32 units
-    backends: ClassVar[tuple[str, ...]]  # the backends that run this flavour as intended
+    backends: ClassVar[tuple[str, ...]]  # the backends this flavour was made for
+    refused: ClassVar[tuple[str, ...]]  # backends that cannot run this flavour's graphs as planned
     weight_levels: ClassVar[int]  # largest |q| of an int8 weight
     float_weights: ClassVar[bool]  # weights stay float behind Q→DQ (else int8 initializers → DQ)
     int32_gemm_bias: ClassVar[bool]  # Gemm biases as int32 → DQ
@@ -74,27 +75,34 @@ class Flavour(ABC):
         """Everything about this flavour that changes a compiled graph: part of every artifact's key."""
         return {"name": self.name, "opset": self.opset, "weight_levels": self.weight_levels}
 
+    def note(self, backend: str) -> str | None:
+        """What the report says when ``backend`` runs a flavour made for another engine (None when made for it)."""
+        if backend in self.backends or backend == "auto":
+            return None
+        return f"the {self.name} flavour was made for {' and '.join(self.backends)}; {backend} runs it as a plain graph"
+
     def check_backend(self, backend: str) -> None:
         """Refuse, before any work, a backend that cannot run this flavour's graphs as planned."""
-        if backend in self.backends or backend == "auto":
+        if backend not in self.refused:
             return
         fits = [name for name, flavour in FLAVOURS.items() if backend in flavour.backends]
         raise CompileError(
             f"The {self.name} flavour cannot run on the {backend} backend: "
             f"{registry.FLAVOURS[self.name]}, which {backend} does not run as planned.",
-            expected=f"--backend {' or '.join(self.backends)} with --flavour {self.name}",
+            expected=f"--backend {' or '.join(self.backends)} (or auto) with --flavour {self.name}",
             fix=f"use --flavour {' or '.join(fits)} with --backend {backend}" if fits else "choose another backend",
         )
 
 
 class TensorRTFlavour(Flavour):
-    """TensorRT strongly typed explicit quantization (ONNX Runtime runs it too, as a numerics simulation)."""
+    """TensorRT strongly typed explicit quantization; OpenVINO builds it as it is, ONNX Runtime as a simulation."""
 
     name = "tensorrt"
     opset = 19
     symmetric = True
     float_base = Precision.FP16
-    backends = ("tensorrt", "onnxruntime")
+    backends = ("tensorrt", "openvino")
+    refused = ()
     weight_levels = INT8_MAX
     float_weights = True
     int32_gemm_bias = False
@@ -116,6 +124,7 @@ class OrtCpuFlavour(Flavour):
     symmetric = False
     float_base = Precision.FP32
     backends = ("onnxruntime",)
+    refused = ("tensorrt",)
     weight_levels = REDUCED_INT8_MAX
     float_weights = False
     int32_gemm_bias = True

@@ -20,7 +20,7 @@ class LatencyStats:
     """Latency of one artifact, measured: milliseconds per inference of the given inputs.
 
     ``warmup`` runs were discarded before the ``runs`` timed ones.  ``versions`` names the runtime and library
-    versions, ``device`` what ran it.
+    versions, ``device`` what ran it, ``settings`` the engine settings that shaped the number (precision hints).
     """
 
     median_ms: float
@@ -34,6 +34,7 @@ class LatencyStats:
     provider: str
     device: str
     versions: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_samples(cls, samples_ms: list[float], **context: Any) -> LatencyStats:
@@ -122,11 +123,7 @@ def time_calls(call: Callable[[], object], runs: int, warmup: int) -> list[float
 
 
 def cpu_name() -> str:
-    """``CPU: <model name>`` from /proc/cpuinfo, or ``CPU``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return "CPU"
+    """``CPU: <model>; VNNI .., BF16 .., AMX ..``: the device line of CPU latency stats."""
+    from trtmix.runtime.cpu import cpu_features
+
+    return cpu_features().describe()

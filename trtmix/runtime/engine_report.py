@@ -1,8 +1,13 @@
-"""What precision a built TensorRT engine really runs each unit in, compared with the plan.
+"""What precision a built engine really runs each unit in, compared with the plan: one path for every engine.
 
-Input: the engine inspector's JSON (``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` on an
-engine built with ``ProfilingVerbosity.DETAILED``).  Its documented layout (TensorRT developer guide, "Engine
-Inspector"): ``{"Layers": [{"Name": ..., "LayerType": ..., "Inputs": [{"Name", "Dimensions", "Format/Datatype"}],
+Each engine turns its own report into ``EngineLayer`` records (name, type, the ONNX nodes fused into it, precision):
+TensorRT from its inspector JSON (below), OpenVINO from its runtime model (``trtmix.runtime.openvino``).
+``check_layers`` then finds, for each unit, the layer that computes its anchor node and compares precisions.
+
+TensorRT input: the engine inspector's JSON
+(``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` on an engine built with
+``ProfilingVerbosity.DETAILED``).  Its documented layout (TensorRT developer guide, "Engine Inspector"):
+``{"Layers": [{"Name": ..., "LayerType": ..., "Inputs": [{"Name", "Dimensions", "Format/Datatype"}],
 "Outputs": [...], ...}], "Bindings": [...]}``.  A fused layer's ``Name`` joins the ONNX node names with " + ";
 TensorRT 10+ also lists them in ``Metadata`` as ``[ONNX Layer: <name>]`` entries.  ``Format/Datatype`` is text such as
 "Thirty-two wide channel vectorized row major Int8 format.", "Row major linear FP16 format" or "Float"; the layout
@@ -20,6 +25,11 @@ from trtmix.ir.units import Unit
 from trtmix.quant.plan import PrecisionPlan
 
 BOOKKEEPING = frozenset({"Reformat", "NoOp", "Constant", "Shuffle", "Identity"})
+# Layer types that compute a unit's conv or matmul; among several layers naming a unit's anchor, one of these decides.
+COMPUTE_KINDS = frozenset({
+    "Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm", "Subgraph",
+    "Matrix Multiply", "CaskConvolution", "CaskGemmConvolution", "Myelin",
+})  # fmt: skip
 ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 DATATYPES = (("int8", "int8"), ("fp8", "fp8"), ("bf16", "bf16"), ("bfloat", "bf16"), ("half", "fp16"),
              ("fp16", "fp16"), ("float", "fp32"), ("fp32", "fp32"))  # fmt: skip
@@ -33,6 +43,8 @@ class EngineLayer:
     kind: str
     onnx_nodes: tuple[str, ...]
     precision: str
+    primitive: str = ""  # the kernel, where the engine says (OpenVINO: e.g. brgconv_avx512_I8)
+    ms: float | None = None  # time per inference, where the engine was profiled
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,30 @@ class UnitCheck:
     planned: str
     engine: str
     layer: str | None
+    exact_float: bool = True
+    fused_with: tuple[str, ...] = ()  # units of another planned precision computed by the same engine layer
+    primitive: str = ""  # the engine's kernel for the layer, where it says
+    ms: float | None = None  # the layer's time per inference, where it was profiled
+
+    @property
+    def verified(self) -> bool:
+        """True when the engine's own report shows this unit running its planned precision."""
+        return self.matches and not self.fused_with
 
     @property
     def matches(self) -> bool:
-        """True when the engine runs exactly the planned precision (a strongly typed engine keeps graph types)."""
-        return self.planned == self.engine
+        """True when the engine runs the planned precision (or cannot say, for a layer fusing mixed units).
+
+        A strongly typed engine (TensorRT) keeps the graph's float types, so fp16 must run fp16.  An engine that
+        chooses its own float type (OpenVINO's precision hint) is checked for INT8 against float only.  One layer
+        that computes units of different planned precisions (OpenVINO's fused attention ``Subgraph``) reports one
+        precision for all of them: not a mismatch, but not verified either (``fused_with`` names the others).
+        """
+        if self.fused_with:
+            return True
+        if self.exact_float:
+            return self.planned == self.engine
+        return (self.planned == "int8") == (self.engine == "int8") and self.engine != "unknown"
 
 
 def datatype(text: str) -> str:
@@ -79,15 +110,61 @@ def engine_layers(information: Mapping[str, Any]) -> list[EngineLayer]:
 
 
 def check_plan(information: Mapping[str, Any], units: list[Unit], plan: PrecisionPlan) -> list[UnitCheck]:
-    """For every unit: planned precision vs the precision of the engine layer that contains its anchor node."""
-    by_node = {node: layer for layer in engine_layers(information) for node in layer.onnx_nodes}
+    """For every unit: planned precision vs the TensorRT layer that contains its anchor node."""
+    return check_layers(engine_layers(information), units, plan)
+
+
+def unit_layer(layers: list[EngineLayer], anchor: str) -> EngineLayer | None:
+    """The layer that computes ``anchor``: one naming it exactly or by a derived name (``anchor/...``).
+
+    Names of trtmix's own Q/DQ nodes (``anchor/weight/...``) do not count.  Among several layers, a conv or matmul
+    layer decides, so a bias add or a reorder split off the same node does not.
+    """
+    prefix = f"{anchor}/"
+
+    def names_it(node: str) -> bool:
+        return node == anchor or (node.startswith(prefix) and "Linear" not in node and "/weight" not in node)
+
+    candidates = [layer for layer in layers if any(names_it(node) for node in layer.onnx_nodes)]
+    compute = [layer for layer in candidates if layer.kind in COMPUTE_KINDS]
+    return (compute or candidates or [None])[0]
+
+
+def _named_after(layers: list[EngineLayer], tensor: str) -> EngineLayer | None:
+    """A compute layer named after ``tensor`` (OpenVINO names a graph's last layer after its output tensor)."""
+    return next((layer for layer in layers if tensor in layer.onnx_nodes and layer.kind in COMPUTE_KINDS), None)
+
+
+def check_layers(
+    layers: list[EngineLayer],
+    units: list[Unit],
+    plan: PrecisionPlan,
+    exact_float: bool = True,
+    consumers: Mapping[str, list[str]] | None = None,
+) -> list[UnitCheck]:
+    """For every unit: planned precision vs the precision of the engine layer that computes its anchor node.
+
+    An engine may fuse a node away under another name: OpenVINO names a graph's last layer after its output tensor,
+    and its attention ``Subgraph`` drops the Q·Kᵀ MatMul's name.  The unit is then located by a compute layer named
+    after its output tensor, or through ``consumers`` (tensor → reading node names) by the layer that computes the
+    node reading its output, as long as that node is no other unit's anchor.
+    """
+    anchors = {unit.name for unit in units}
+    located = {}
+    for unit in units:
+        layer = unit_layer(layers, unit.name) or _named_after(layers, unit.output)
+        if layer is None and consumers:
+            readers = [n for n in consumers.get(unit.output, []) if n not in anchors]
+            layer = next((found for n in readers if (found := unit_layer(layers, n)) is not None), None)
+        located[unit.name] = layer
     checks = []
     for unit in units:
-        layer = by_node.get(unit.name)
-        planned = plan.precision_of(unit.name)
-        checks.append(
-            UnitCheck(unit.name, planned.value, layer.precision if layer else "unknown", layer.name if layer else None)
-        )
+        layer, planned = located[unit.name], plan.precision_of(unit.name)
+        fused = tuple(other for other, at in located.items() if layer is not None and at is layer
+                      and other != unit.name and plan.precision_of(other) is not planned)  # fmt: skip
+        checks.append(UnitCheck(unit.name, planned.value, layer.precision if layer else "unknown",
+                                layer.name if layer else None, exact_float, fused,
+                                layer.primitive if layer else "", layer.ms if layer else None))  # fmt: skip
     return checks
 
 

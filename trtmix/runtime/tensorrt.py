@@ -33,6 +33,7 @@ import numpy as np
 from trtmix.errors import BackendError, BackendUnavailableError
 from trtmix.io import atomic_write_bytes
 from trtmix.runtime.base import LatencyStats
+from trtmix.runtime.engine_report import EngineLayer, engine_layers
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -152,6 +153,10 @@ class TensorRTBackend:
         """CUDA-event latency of ``runs`` executions after ``warmup`` (see the module docstring)."""
         with self.open(artifact) as runner:
             return runner.time(feeds, runs, warmup)
+
+    def engine_layers(self, artifact: Path, feeds: dict[str, np.ndarray] | None = None) -> list[EngineLayer]:
+        """The engine's layers with the ONNX nodes fused into each and its input precision (inspector JSON)."""
+        return engine_layers(self.engine_information(artifact))
 
     def engine_information(self, artifact: Path) -> dict[str, Any]:
         """The engine inspector's JSON (``Layers`` with names, types and tensor formats) as a dict."""

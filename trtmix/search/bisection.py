@@ -67,11 +67,11 @@ class Budget:
         """True when it lands inside the [lower, upper] range (only with an explicit range)."""
         return self.upper is not None and relative is not None and self.lower <= relative <= self.upper
 
-    def describe(self) -> str:
-        """Human form, e.g. ``>= 99.900% of float``."""
+    def describe(self, reference: str = "float") -> str:
+        """Human form, e.g. ``>= 99.900% of float`` (``reference`` names what the percentages are of)."""
         if self.upper is None:
-            return f">= {self.lower * 100:.3f}% of float"
-        return f"{self.lower * 100:.3f}%–{self.upper * 100:.3f}% of float"
+            return f">= {self.lower * 100:.3f}% of {reference}"
+        return f"{self.lower * 100:.3f}%–{self.upper * 100:.3f}% of {reference}"
 
 
 def _fraction(text: str, flag: str) -> float:

@@ -1,0 +1,195 @@
+"""The OpenVINO backend: builds, times and verifies the very ``tensorrt``-flavour graph a TensorRT host builds.
+
+OpenVINO's CPU plugin is an explicit-quantization engine like TensorRT: it reads the Q/DQ + float16 ONNX as it is,
+fuses each Q/DQ pair into int8 kernels, and its runtime model says per layer which ONNX nodes it came from
+(``originalLayersNames``) and what precision really ran (``runtimePrecision``: ``u8``/``i8`` are int8 kernels).
+The only module of trtmix that imports ``openvino``.
+
+* Build: read and compile the ONNX (so a graph OpenVINO cannot take fails at build, naming what OpenVINO names),
+  then keep the ONNX itself as the artifact; compiling again costs under a second, and an optional model cache
+  folder (``CACHE_DIR``) makes it cheaper still.
+* Latency: ``PERFORMANCE_HINT=LATENCY``, fixed threads, synchronous inferences with inputs bound once, and the
+  CPU's native 16-bit type as the inference precision where it has one (bf16 with AVX512-BF16 or AMX), f32
+  otherwise.  The hints are recorded in every ``LatencyStats``.
+* Accuracy: the float16 graph's semantics are closer to f32 than to bf16 (8 mantissa bits against float16's 11),
+  so outputs come from a separate compile with ``INFERENCE_PRECISION_HINT=f32``.  On a CPU without VNNI or AMX,
+  OpenVINO's u8×s8 kernels can saturate where TensorRT and VNNI CPUs do not (OpenVINO's docs, "Saturation
+  (overflow) Issue Workaround"), so there accuracy comes from ONNX Runtime on the same graph instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtmix.errors import BackendError
+from trtmix.io import atomic_write_bytes
+from trtmix.runtime.base import LatencyStats, cpu_name, time_calls
+from trtmix.runtime.cpu import cpu_features
+from trtmix.runtime.engine_report import EngineLayer
+
+LOG = logging.getLogger(__name__)
+INT8_PRECISIONS = frozenset({"u8", "i8", "u4", "i4"})
+PRECISION_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+SKIPPED_LAYER_TYPES = frozenset({"Input", "Output", "Const", "Parameter", "Result"})
+
+
+def timing_precision() -> str:
+    """The inference precision hint for latency: ``bf16`` where the CPU computes it natively, else ``f32``."""
+    return "bf16" if cpu_features().native_16bit else "f32"
+
+
+class OpenVinoBackend:
+    """OpenVINO's CPU plugin; see the module docstring."""
+
+    name = "openvino"
+
+    def __init__(self, threads: int | None = None, precision: str | None = None, cache_dir: Path | None = None):
+        import openvino
+
+        from trtmix.runtime.onnxruntime import default_threads
+
+        self.threads = threads or default_threads()
+        self.precision = precision or timing_precision()
+        self.cache_dir = cache_dir
+        self.version = openvino.__version__.split("-")[0]
+        self.exact_int8 = cpu_features().int8_exact
+
+    def options(self) -> dict[str, object]:
+        """What changes a timing: threads and the inference precision (part of every artifact key)."""
+        return {"threads": self.threads, "precision": self.precision}
+
+    def config(self, precision: str, profile: bool = False) -> dict[str, Any]:
+        """The compile configuration for ``precision``.
+
+        ``profile`` turns on ``PERF_COUNT`` and leaves the model cache out: a model imported from the cache keeps
+        only each layer's own name in ``originalLayersNames`` (measured, OpenVINO 2026.4), which would hide the
+        ONNX nodes fused into it from the verification.
+        """
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads,
+                                  "INFERENCE_PRECISION_HINT": precision}  # fmt: skip
+        if profile:
+            config["PERF_COUNT"] = True
+        if self.cache_dir is not None and not profile:
+            config["CACHE_DIR"] = str(self.cache_dir)
+        return config
+
+    def compile(self, path: Path, precision: str, profile: bool = False) -> Any:
+        """``path`` compiled for the CPU, or a BackendError carrying OpenVINO's own message."""
+        import openvino
+
+        try:
+            return openvino.Core().compile_model(str(path), "CPU", self.config(precision, profile))
+        except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
+            raise BackendError(f"OpenVINO cannot compile {path.name}: {_message(err)}") from err
+
+    def build(self, onnx_path: Path, artifact_path: Path) -> Path:
+        """Check that OpenVINO compiles ``onnx_path``, then keep the ONNX as the artifact (atomically)."""
+        self.compile(onnx_path, self.precision)
+        atomic_write_bytes(artifact_path, onnx_path.read_bytes())
+        return artifact_path
+
+    def open(self, artifact: Path) -> OpenVinoRunner:
+        """A runner on ``artifact``."""
+        return OpenVinoRunner(self, artifact)
+
+    def run(self, artifact: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs of one run (see ``open`` for many)."""
+        with self.open(artifact) as runner:
+            return runner.infer(feeds)
+
+    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3) -> LatencyStats:
+        """Median latency of ``runs`` synchronous inferences after ``warmup``."""
+        with self.open(artifact) as runner:
+            return runner.time(feeds, runs, warmup)
+
+    def engine_layers(self, artifact: Path, feeds: dict[str, np.ndarray] | None = None) -> list[EngineLayer]:
+        """The layers OpenVINO runs at the timing precision, with their precision, kernel and (given feeds) time."""
+        compiled = self.compile(artifact, self.precision, profile=True)
+        times: dict[str, float] = {}
+        if feeds is not None:
+            request = compiled.create_infer_request()
+            for _ in range(3):
+                request.infer(feeds)
+            times = {info.node_name: info.real_time.total_seconds() * 1e3 for info in request.get_profiling_info()}
+        return [_layer(op, times) for op in compiled.get_runtime_model().get_ordered_ops() if _computes(op)]
+
+
+class OpenVinoRunner:
+    """One artifact: ``infer`` at f32 (or on ONNX Runtime without VNNI), ``time`` at the timing precision."""
+
+    def __init__(self, backend: OpenVinoBackend, artifact: Path) -> None:
+        self.backend, self.artifact = backend, artifact
+        self._accuracy: Any = None
+        self._timing: Any = None
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs in graph order, with the float16 graph's semantics (see the module docstring)."""
+        if not self.backend.exact_int8:
+            if self._accuracy is None:
+                from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+                self._accuracy = OnnxRuntimeRunner(self.artifact, self.backend.threads, optimize=True)
+            return list(self._accuracy.infer(feeds))
+        if self._accuracy is None:
+            self._accuracy = self.backend.compile(self.artifact, "f32").create_infer_request()
+        return _outputs(self._accuracy, feeds)
+
+    def time(self, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> LatencyStats:
+        """Latency of ``runs`` synchronous inferences at the timing precision, after ``warmup``."""
+        if self._timing is None:
+            self._timing = self.backend.compile(self.artifact, self.backend.precision).create_infer_request()
+        request = self._timing
+        bound = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
+        samples = time_calls(lambda: request.infer(bound, share_inputs=True), runs, warmup)
+        accuracy = "openvino f32" if self.backend.exact_int8 else "onnxruntime (no VNNI: OpenVINO int8 may saturate)"
+        return LatencyStats.from_samples(
+            samples, warmup=warmup, threads=self.backend.threads, provider="OpenVINO CPU", device=cpu_name(),
+            versions={"openvino": self.backend.version},
+            settings={"performance_hint": "LATENCY", "inference_precision": self.backend.precision,
+                      "accuracy_engine": accuracy},
+        )  # fmt: skip
+
+    def close(self) -> None:
+        """Release the compiled models."""
+        self._accuracy = self._timing = None
+
+    def __enter__(self) -> OpenVinoRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _outputs(request: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        result = request.infer(feeds)
+    except Exception as err:  # noqa: BLE001
+        raise BackendError(f"OpenVINO failed to run the model: {_message(err)}") from err
+    return [np.array(result[output]) for output in request.model_outputs]
+
+
+def _computes(op: Any) -> bool:
+    return str(op.get_rt_info()["layerType"].astype(str)) not in SKIPPED_LAYER_TYPES
+
+
+def _layer(op: Any, times: dict[str, float]) -> EngineLayer:
+    """An ``EngineLayer`` from a runtime-model op: its ONNX nodes, precision, kernel and time."""
+    info = op.get_rt_info()
+    runtime = str(info["runtimePrecision"].astype(str))
+    precision = "int8" if runtime in INT8_PRECISIONS else PRECISION_NAMES.get(runtime, runtime)
+    nodes = tuple(n for n in str(info["originalLayersNames"].astype(str)).split(",") if n)
+    name = op.get_friendly_name()
+    return EngineLayer(name, str(info["layerType"].astype(str)), nodes, precision,
+                       primitive=str(info["primitiveType"].astype(str)), ms=times.get(name))  # fmt: skip
+
+
+def _message(err: Exception) -> str:
+    """OpenVINO's message without its C++ source locations (what it says about the graph, nodes included, is kept)."""
+    lines = [line.strip(" -") for line in str(err).splitlines()]
+    kept = [line for line in lines if line and not re.match(r"(Exception from|Check '.*' failed at) src/", line)]
+    return " ".join(kept[:6]) or type(err).__name__
