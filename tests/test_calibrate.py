@@ -167,7 +167,7 @@ def test_nan_inside_the_model_names_batch_and_tensor(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     batches = [{"x": np.ones((2, 4), np.float32)}, {"x": -np.ones((2, 4), np.float32)}]
-    with pytest.raises(CalibrationError, match="Batch 1: tensor 'l' holds NaN or Inf"):
+    with pytest.raises(CalibrationError, match="Batch 1: tensor 'l', which a unit would quantize, holds NaN or Inf"):
         calibrate_max(model, batches, ["l"], progress=False)
 
 

@@ -107,6 +107,7 @@ def test_compile_defaults_to_the_tensorrt_flavour_on_openvino(recipe, tmp_path, 
     assert (report["backend"], report["flavour"], report["relative_to"]) == ("openvino", "tensorrt", "high")
     baseline = report["baseline"]
     assert baseline["latency"] == baseline["all_high"]["latency"] and baseline["fp32"]["latency"]["median_ms"] > 0
+    assert baseline["fp32"]["latency"]["settings"]["inference_precision"] == "f32"  # FP32 is timed as FP32
     all_high = next(p for p in report["probes"] if p["k"] == 0)  # the all-high plan is the k = 0 probe itself
     assert all_high["latency"] == baseline["all_high"]["latency"]
     check = report["engine_check"]

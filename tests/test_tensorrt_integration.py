@@ -7,7 +7,7 @@ import pytest
 from trtmix.ir.units import find_units
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.runtime.engine_report import check_plan, describe, mismatches
+from trtmix.runtime.engine_report import check_layers, check_plan, describe, mismatches
 from trtmix.runtime.tensorrt import tensorrt_available
 
 from .conftest import batches_for, run_ort
@@ -37,9 +37,11 @@ def test_engine_runs_the_plan_and_matches_onnxruntime(calibrated, tmp_path, plan
     checks = check_plan(backend.engine_information(engine), units, plan)
     assert not mismatches(checks), describe(checks)
     feed = batches_for("convnet", 1, seed=11)[0]
+    with_context = check_layers(backend.engine_layers(engine, feed), units, plan)  # inspector given a context
+    assert not mismatches(with_context), describe(with_context)
     reference = run_ort(compiled, feed)
     output = backend.run(engine, feed)[0].astype(np.float32)
     np.testing.assert_allclose(output, reference, atol=0.05 * np.abs(reference).max())
     stats = backend.time(engine, feed, runs=20, warmup=5)
-    assert stats.median_ms > 0 and stats.runs == 20
+    assert stats.median_ms > 0 and stats.runs == 20 and stats.settings["cuda_graph"] == "True"
     assert (tmp_path / "timing.cache").is_file()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from trtmix.data.recipes import checked_batches
 from trtmix.data.user_code import source_identity
 from trtmix.errors import CalibrationError
 from trtmix.io import atomic_write_bytes
-from trtmix.ir.graph import GraphIndex, model_sha256
+from trtmix.ir.graph import GraphIndex, model_sha256, two_activation_adds
 from trtmix.ir.units import Unit
 
 LOG = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ METHODS = tuple(registry.CALIBRATION_METHODS)
 WEIGHT_METHODS = tuple(registry.WEIGHT_METHODS)
 # Part of every cache key: bump it whenever a fix changes what a range method or the histograms compute, so no cache
 # written before the fix is served after it.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: only tensors a plan can quantize are calibrated
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,30 @@ class CalibrationConfig:
             raise CalibrationError(f"--batches must be at least 1 (got {self.batches}).")
 
 
+def tensor_owners(model: onnx.ModelProto, units: list[Unit]) -> dict[str, list[str]]:
+    """Every tensor some plan may quantize, with the units (or residual Adds) that quantize it.
+
+    Unit inputs and outputs, and the outputs of residual Adds whose two inputs are both among those (plus the Relu
+    right after such an Add), which the ``ort-cpu`` flavour quantizes for QLinearAdd.  Nothing else: an attention
+    mask added to the scores holds -inf on padding, legitimately, and no plan ever quantizes it.
+    """
+    owners: dict[str, list[str]] = defaultdict(list)
+    for unit in units:
+        for tensor in (*unit.inputs, unit.output):
+            owners[tensor].append(unit.name)
+    index = GraphIndex(model)
+    for node, activations in two_activation_adds(model, index):
+        if all(tensor in owners for tensor in activations):
+            owners[node.output[0]].append(f"residual {node.name}")
+            readers = index.consumers.get(node.output[0], [])
+            if len(readers) == 1 and readers[0].op_type == "Relu":
+                owners[readers[0].output[0]].append(f"residual {node.name}")
+    return dict(owners)
+
+
 def tensors_to_calibrate(model: onnx.ModelProto, units: list[Unit]) -> list[str]:
-    """Every tensor some plan may quantize: unit inputs and outputs, and the activation inputs of Add nodes."""
-    initializers = {init.name for init in model.graph.initializer}
-    names = {t for unit in units for t in (*unit.inputs, unit.output)}
-    for node in model.graph.node:
-        if node.op_type == "Add":
-            names.update(i for i in node.input if i and i not in initializers)
-    return sorted(names)
+    """Every tensor some plan may quantize (``tensor_owners``), sorted."""
+    return sorted(tensor_owners(model, units))
 
 
 def collect_histograms(
@@ -87,8 +104,12 @@ def collect_histograms(
     tensors: list[str],
     limit: int | None = None,
     progress: bool = True,
+    owners: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, TensorHistogram], int]:
-    """One ONNX Runtime pass of the float model over at most ``limit`` batches: a histogram per tensor."""
+    """One ONNX Runtime pass of the float model over at most ``limit`` batches: a histogram per tensor.
+
+    ``owners`` (tensor → the units that quantize it) lets a NaN/Inf error name the unit concerned.
+    """
     from trtmix.runtime.onnxruntime import ort_session
 
     probed = _with_outputs(model, tensors)
@@ -101,8 +122,10 @@ def collect_histograms(
     for index, feed in enumerate(tqdm(feeds, desc="calibrate", disable=not progress, unit="batch", total=limit)):
         for name, value in zip(output_names, session.run(output_names, feed), strict=True):
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                quantized_by = ", ".join((owners or {}).get(name, [])) or "a unit"
                 raise CalibrationError(
-                    f"Batch {index}: tensor {name!r} holds NaN or Inf in the float model.",
+                    f"Batch {index}: tensor {name!r}, which {quantized_by} would quantize, holds NaN or Inf in the "
+                    "float model.",
                     fix="check the inputs of that batch; NaN/Inf never become a scale",
                 )
             histograms[name].add(value)
@@ -154,9 +177,8 @@ def calibrate(
     """Ranges of every tensor a plan may quantize (histograms are collected unless given)."""
     count = None
     if histograms is None:
-        histograms, count = collect_histograms(
-            model, batches, tensors_to_calibrate(model, units), config.batches, progress
-        )
+        owners = tensor_owners(model, units)
+        histograms, count = collect_histograms(model, batches, sorted(owners), config.batches, progress, owners)
     ranges = ranges_from_histograms(histograms, config)
     meta = {"model_sha256": model_sha256(model), **asdict(config)}
     if count is not None:
@@ -206,9 +228,8 @@ def calibrate_cached(
     stats_path = cache_dir / f"histograms-{stats_key}.npz"
     histograms = load_histograms(stats_path) if stats_path.is_file() else None
     if histograms is None:
-        histograms, count = collect_histograms(
-            model, load(), tensors_to_calibrate(model, units), config.batches, progress
-        )
+        owners = tensor_owners(model, units)
+        histograms, count = collect_histograms(model, load(), sorted(owners), config.batches, progress, owners)
         save_histograms(stats_path, histograms)
     else:
         LOG.info("reusing histograms %s", stats_path)

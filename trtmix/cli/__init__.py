@@ -228,7 +228,18 @@ def _add_trtexec(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--timing-cache", default="timing.cache", help="timing cache file (default: timing.cache)")
     flags.add_list_flag(parser, "--shapes", "NAME:MIN:OPT:MAX",
                         "dynamic input shapes, e.g. input:1x3x224x224:8x3x224x224:32x3x224x224")  # fmt: skip
-    parser.add_argument("--no-cuda-graph", action="store_true", help="leave out --useCudaGraph")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="TensorRT 10: leave out --useCudaGraph")
+    parser.add_argument(
+        "--tensorrt-major",
+        type=int,
+        choices=(10, 11),
+        default=10,
+        help="the TensorRT major version the line is for: 11 drops the deprecated --stronglyTyped, --useCudaGraph "
+        "and --noDataTransfers (its defaults) (default: 10)",
+    )
+    parser.add_argument("--workspace-mb", type=int, help="workspace memory pool limit in MiB")
+    parser.add_argument("--builder-optimization-level", type=int, choices=range(6), help="builder optimisation level")
+    parser.add_argument("--no-tf32", action="store_true", help="disallow TF32 (trtmix and TensorRT allow it)")
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

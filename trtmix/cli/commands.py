@@ -275,5 +275,7 @@ def run_trtexec_cmd(args: argparse.Namespace) -> None:
             )
         shapes[parts[0]] = (parts[1], parts[2], parts[3])
     print(
-        trtexec_command(args.model, args.engine, args.timing_cache, shapes or None, cuda_graph=not args.no_cuda_graph)
-    )
+        trtexec_command(args.model, args.engine, args.timing_cache, shapes or None, cuda_graph=not args.no_cuda_graph,
+                        major=args.tensorrt_major, workspace_mb=args.workspace_mb,
+                        optimization_level=args.builder_optimization_level, tf32=not args.no_tf32)
+    )  # fmt: skip

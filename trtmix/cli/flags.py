@@ -133,6 +133,9 @@ def add_tensorrt_flags(parser: argparse.ArgumentParser, strict: bool = True) -> 
         choices=range(6),
         help="tensorrt: builder optimisation level 0-5 (default: 3)",
     )
+    parser.add_argument(
+        "--no-tf32", action="store_true", help="tensorrt: disallow TF32 in fp32 layers (TensorRT allows it by default)"
+    )
     if strict:
         parser.add_argument(
             "--strict-precision",

@@ -37,6 +37,7 @@ def tensorrt_settings(args: object) -> dict[str, object]:
         "profiles": parse_profiles(getattr(args, "trt_shapes", None)),
         "workspace_mb": getattr(args, "workspace_mb", None),
         "optimization_level": getattr(args, "builder_optimization_level", None),
+        "tf32": not getattr(args, "no_tf32", False),
     }
 
 

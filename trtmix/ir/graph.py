@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +121,14 @@ def opset_version(model: onnx.ModelProto) -> int:
         if opset.domain in ("", "ai.onnx"):
             return int(opset.version)
     raise ModelLoadError("The model imports no default-domain ONNX opset.", fix="re-export the model")
+
+
+def two_activation_adds(
+    model: onnx.ModelProto, index: GraphIndex | None = None
+) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
+    """Add nodes with two non-constant inputs (residual joins), in graph order, with those two inputs."""
+    index = index or GraphIndex(model)
+    for node in model.graph.node:
+        activations = [t for t in node.input if t and not index.is_constant(t)]
+        if node.op_type == "Add" and len(activations) == 2:
+            yield node, activations

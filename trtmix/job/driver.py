@@ -65,12 +65,16 @@ class SearchDriver:
         self.measured += 1
         return record
 
-    def precision_checks(self, plan: PrecisionPlan, artifact: Path, profile: bool = False) -> list[UnitCheck] | None:
-        """Each unit's planned precision against the engine's own report (None: this engine reports nothing)."""
+    def precision_checks(self, plan: PrecisionPlan, artifact: Path) -> list[UnitCheck] | None:
+        """Each unit's planned precision against the engine's own report (None: this engine reports nothing).
+
+        The engine sees the search split's first feed: TensorRT's inspector needs its shapes for dynamic engines,
+        OpenVINO times each layer on it.
+        """
         engine_layers = getattr(self.backend, "engine_layers", None)
         if engine_layers is None:
             return None
-        feed = self.evaluation.feeds["search"][0] if profile else None
+        feed = self.evaluation.feeds["search"][0]
         consumers = {
             tensor: [n.name for n in nodes] for tensor, nodes in GraphIndex(self.builder.model).consumers.items()
         }
@@ -101,7 +105,9 @@ class SearchDriver:
             return cached
         artifact = self.float_artifact()
         scores = {split: self.evaluation.score(split, self.evaluation.reference[split]) for split in SPLITS}
-        stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs, self.config.warmup)
+        at_precision = getattr(self.backend, "at_precision", None)  # an engine that picks its own float type
+        timer = at_precision("f32") if at_precision else self.backend
+        stats = timer.time(artifact, self.evaluation.feeds["search"][0], self.config.runs, self.config.warmup)
         result = {"accuracy": scores["search"], "holdout": scores["holdout"], "latency": stats.to_dict()}
         self.journal.store("fp32", result)
         return result

@@ -14,7 +14,7 @@ from trtmix.io import atomic_write_bytes, atomic_write_text
 from trtmix.job.driver import SearchDriver
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
-from trtmix.runtime.trtexec import trtexec_command
+from trtmix.runtime.trtexec import trtexec_lines
 
 
 def holdout_check(driver: SearchDriver, plan: PrecisionPlan, baseline: dict[str, Any]) -> dict[str, float]:
@@ -24,11 +24,13 @@ def holdout_check(driver: SearchDriver, plan: PrecisionPlan, baseline: dict[str,
     return {"accuracy": value, "relative": value / baseline["holdout"] if baseline["holdout"] else float("nan")}
 
 
-def write_plan_outputs(output: Path, builder: Builder, plan: PrecisionPlan) -> dict[str, str]:
+def write_plan_outputs(
+    output: Path, builder: Builder, plan: PrecisionPlan, tensorrt: dict[str, object] | None = None
+) -> dict[str, str]:
     """Write the chosen plan's files into ``output``.
 
     They are plan.json, the ONNX in the search flavour and in the tensorrt flavour, the built artifact, and the
-    equivalent trtexec command.
+    equivalent trtexec commands for TensorRT 10 and 11 with the job's TensorRT settings (``tensorrt``).
     """
     plan.save(output / "plan.json")
     flavour, backend = builder.flavour.name, builder.require_backend().name
@@ -39,9 +41,9 @@ def write_plan_outputs(output: Path, builder: Builder, plan: PrecisionPlan) -> d
     shutil.copyfile(built.artifact, output / chosen["artifact"])
     tensorrt_onnx = output / "chosen.tensorrt.onnx"
     if flavour != "tensorrt":
-        tensorrt = Builder(builder.model, builder.units, builder.ranges, "tensorrt")
-        atomic_write_bytes(tensorrt_onnx, tensorrt.compile(plan, check=True).SerializeToString())
-    command = trtexec_command(tensorrt_onnx.name, "chosen.engine", "timing.cache")
-    atomic_write_text(output / "trtexec.txt", command + "\n")
-    chosen.update(tensorrt_onnx=tensorrt_onnx.name, trtexec=command)
+        shipped = Builder(builder.model, builder.units, builder.ranges, "tensorrt")
+        atomic_write_bytes(tensorrt_onnx, shipped.compile(plan, check=True).SerializeToString())
+    lines = trtexec_lines(tensorrt_onnx.name, "chosen.engine", "timing.cache", tensorrt or {})
+    atomic_write_text(output / "trtexec.txt", lines)
+    chosen.update(tensorrt_onnx=tensorrt_onnx.name, trtexec=lines.splitlines()[1])  # the TensorRT 10 line
     return chosen

@@ -33,7 +33,7 @@ class Pipeline:
     def __init__(self, source: str, output: Path, config: CompileConfig, fresh: bool = False) -> None:
         config.validate()
         self.source, self.output, self.config = source, output, config
-        tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
+        self.tensorrt_settings = tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
         cache_dir = output / "artifacts" / "openvino-cache"
         self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt,
                                    flavour=config.flavour, cache_dir=cache_dir)  # fmt: skip

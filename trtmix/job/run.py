@@ -40,7 +40,7 @@ def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = 
     if chosen_plan is not None:
         report["engine_check"] = _engine_check(pipeline, chosen_plan)
         report["holdout"] = holdout_check(pipeline.driver, chosen_plan, baseline)
-        report["files"] = write_plan_outputs(output, pipeline.builder, chosen_plan)
+        report["files"] = write_plan_outputs(output, pipeline.builder, chosen_plan, pipeline.tensorrt_settings)
     report["builds"] = pipeline.measured
     report["resumed_probes"] = resumed_before
     report["wall_seconds"] = time.perf_counter() - started
@@ -109,7 +109,7 @@ def _report(
 def _engine_check(pipeline: Pipeline, plan: PrecisionPlan) -> dict[str, Any] | None:
     """The chosen plan's units as the engine reports them (precision, layer, kernel, time), where it reports."""
     artifact = pipeline.build(plan)
-    checks = pipeline.driver.precision_checks(plan, artifact, profile=True)
+    checks = pipeline.driver.precision_checks(plan, artifact)
     if checks is None:
         return None
     int8 = [c for c in checks if c.planned == "int8"]

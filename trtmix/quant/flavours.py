@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,7 +27,7 @@ import onnx
 from trtmix import registry
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
-from trtmix.ir.graph import GraphIndex
+from trtmix.ir.graph import GraphIndex, two_activation_adds
 from trtmix.ir.units import KIND_CONV, Unit
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.qdq import INT8_MAX, REDUCED_INT8_MAX
@@ -171,7 +170,7 @@ def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tup
     produced_by = {u.output: u for u in int8_units}
     quantized_inputs = {t for u in int8_units for t in u.inputs}
     chosen = []
-    for node, activations in _two_activation_adds(model):
+    for node, activations in two_activation_adds(model):
         if not all(t in produced_by or t in quantized_inputs for t in activations):
             continue
         picks = [t for t in activations if t in quantized_inputs or t not in produced_by]
@@ -203,7 +202,7 @@ def _ort_residual_adds(model: onnx.ModelProto, sites: QuantizationSites, ranges:
     """Quantize the inputs and output of Adds whose two activation inputs already have a Q/DQ (QLinearAdd)."""
     index = GraphIndex(model)
     graph_outputs = {output.name for output in model.graph.output}
-    for node, activations in _two_activation_adds(model, index):
+    for node, activations in two_activation_adds(model, index):
         if not all(t in sites.activations for t in activations):
             continue
         readers = index.consumers.get(node.output[0], [])
@@ -218,14 +217,3 @@ def _ort_residual_adds(model: onnx.ModelProto, sites: QuantizationSites, ranges:
             if ALL_READERS not in sites.activations[tensor]:
                 sites.activations[tensor].add(node.name)
         sites.activations[output] = {ALL_READERS}
-
-
-def _two_activation_adds(
-    model: onnx.ModelProto, index: GraphIndex | None = None
-) -> Iterator[tuple[onnx.NodeProto, list[str]]]:
-    """Add nodes with two non-constant inputs (residual joins), in graph order, with those two inputs."""
-    index = index or GraphIndex(model)
-    for node in model.graph.node:
-        activations = [t for t in node.input if t and not index.is_constant(t)]
-        if node.op_type == "Add" and len(activations) == 2:
-            yield node, activations

@@ -25,12 +25,12 @@ from trtmix.ir.units import Unit
 from trtmix.quant.plan import PrecisionPlan
 
 BOOKKEEPING = frozenset({"Reformat", "NoOp", "Constant", "Shuffle", "Identity"})
-# Layer types that compute a unit's conv or matmul; among several layers naming a unit's anchor, one of these decides.
-COMPUTE_KINDS = frozenset({
-    "Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul", "Gemm", "Subgraph",
-    "Matrix Multiply", "CaskConvolution", "CaskGemmConvolution", "Myelin",
-})  # fmt: skip
-ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+# Layer types that compute a unit's conv or matmul (OpenVINO's and TensorRT's names, matched case-insensitively by
+# substring: CaskConvolution, CaskGemmMatrixMultiply, gemm, FullyConnected, Subgraph, ...); among several layers that
+# name a unit's anchor (a Gemm split into a matmul and a bias add), one of these decides.
+COMPUTE_WORDS = ("conv", "gemm", "matrix", "matmul", "fullyconnected", "subgraph", "myelin")
+# ``[ONNX Layer: <name>]``, or ``[ONNX Layer: <name> | Local Function: <function>]`` for nodes inside ONNX functions
+ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]|]+?)\s*(?:\|\s*Local Function:[^\]]*)?\]")
 DATATYPES = (("int8", "int8"), ("fp8", "fp8"), ("bf16", "bf16"), ("bfloat", "bf16"), ("half", "fp16"),
              ("fp16", "fp16"), ("float", "fp32"), ("fp32", "fp32"))  # fmt: skip
 
@@ -101,12 +101,25 @@ def engine_layers(information: Mapping[str, Any]) -> list[EngineLayer]:
         nodes = ONNX_LAYER.findall(str(layer.get("Metadata", ""))) or [n.strip() for n in name.split(" + ")]
         inputs = layer.get("Inputs") or []
         first = inputs[0] if inputs and isinstance(inputs[0], Mapping) else {}
-        result.append(
-            EngineLayer(
-                name, str(layer.get("LayerType", "")), tuple(nodes), datatype(str(first.get("Format/Datatype", "")))
-            )
-        )
+        result.append(EngineLayer(name, str(layer.get("LayerType", "")), tuple(nodes), datatype(_format_text(first))))
     return result
+
+
+def _format_text(tensor: Mapping[str, Any]) -> str:
+    """The text that names a tensor's type: TensorRT 10's ``Format/Datatype``, or TensorRT 11's ``Datatype``.
+
+    TensorRT 11 split the field in two (Polygraphy's inspector reads both layouts); its ``Format`` alone can name
+    another type's layout, so ``Datatype`` decides when it is there.
+    """
+    if "Format/Datatype" in tensor:
+        return str(tensor["Format/Datatype"])
+    return str(tensor.get("Datatype") or tensor.get("Format") or "")
+
+
+def computes(kind: str) -> bool:
+    """True for a layer type that runs a conv or matmul (see ``COMPUTE_WORDS``)."""
+    lowered = kind.lower()
+    return any(word in lowered for word in COMPUTE_WORDS)
 
 
 def check_plan(information: Mapping[str, Any], units: list[Unit], plan: PrecisionPlan) -> list[UnitCheck]:
@@ -126,13 +139,13 @@ def unit_layer(layers: list[EngineLayer], anchor: str) -> EngineLayer | None:
         return node == anchor or (node.startswith(prefix) and "Linear" not in node and "/weight" not in node)
 
     candidates = [layer for layer in layers if any(names_it(node) for node in layer.onnx_nodes)]
-    compute = [layer for layer in candidates if layer.kind in COMPUTE_KINDS]
+    compute = [layer for layer in candidates if computes(layer.kind)]
     return (compute or candidates or [None])[0]
 
 
 def _named_after(layers: list[EngineLayer], tensor: str) -> EngineLayer | None:
     """A compute layer named after ``tensor`` (OpenVINO names a graph's last layer after its output tensor)."""
-    return next((layer for layer in layers if tensor in layer.onnx_nodes and layer.kind in COMPUTE_KINDS), None)
+    return next((layer for layer in layers if tensor in layer.onnx_nodes and computes(layer.kind)), None)
 
 
 def check_layers(

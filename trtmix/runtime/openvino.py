@@ -59,6 +59,10 @@ class OpenVinoBackend:
         self.version = openvino.__version__.split("-")[0]
         self.exact_int8 = cpu_features().int8_exact
 
+    def at_precision(self, precision: str) -> OpenVinoBackend:
+        """The same backend timing at ``precision``: the FP32 reference is timed at ``f32``, or it is not FP32."""
+        return OpenVinoBackend(self.threads, precision, self.cache_dir)
+
     def options(self) -> dict[str, object]:
         """What changes a timing: threads and the inference precision (part of every artifact key)."""
         return {"threads": self.threads, "precision": self.precision}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from trtmix.runtime.engine_report import EngineLayer, engine_layers
 
 if TYPE_CHECKING:
     import tensorrt as trt
+    import torch
 
 LOG = logging.getLogger(__name__)
 INSTALL_HINT = (
@@ -80,6 +80,8 @@ class BuildSettings:
         optimization_level: builder optimisation level 0-5; None leaves the default (3).
         profiles: input name → (min, opt, max) shapes for dynamic inputs.
         cuda_graph: time by replaying a captured CUDA graph (falls back to plain launches if capture fails).
+        tf32: allow TF32 for fp32 layers, as TensorRT and trtexec do by default (Polygraphy's ``CreateConfig``
+            clears it unless asked, so the engine would differ from the one the printed trtexec line builds).
     """
 
     timing_cache: Path | None = None
@@ -87,6 +89,7 @@ class BuildSettings:
     optimization_level: int | None = None
     profiles: dict[str, tuple[Shape, Shape, Shape]] = field(default_factory=dict)
     cuda_graph: bool = True
+    tf32: bool = True
 
 
 class TensorRTBackend:
@@ -98,12 +101,9 @@ class TensorRTBackend:
         require_tensorrt()
         import tensorrt as trt
 
-        if not hasattr(trt, "ProfilingVerbosity") or not hasattr(trt.IExecutionContext, "execute_async_v3"):
-            raise BackendUnavailableError(
-                "This TensorRT is too old.", expected="TensorRT 10 or newer", fix=INSTALL_HINT
-            )
-        self.settings = settings or BuildSettings()
         self.version = str(getattr(trt, "__version__", "unknown"))
+        check_version(self.version)
+        self.settings = settings or BuildSettings()
 
     def build(self, onnx_path: Path, artifact_path: Path) -> Path:
         """Build a strongly typed engine from ``onnx_path`` and write it to ``artifact_path`` (atomically)."""
@@ -125,6 +125,7 @@ class TensorRTBackend:
             profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
             memory_pool_limits=workspace,
             builder_optimization_level=settings.optimization_level,
+            tf32=settings.tf32,
         )
         network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
         try:
@@ -156,13 +157,25 @@ class TensorRTBackend:
 
     def engine_layers(self, artifact: Path, feeds: dict[str, np.ndarray] | None = None) -> list[EngineLayer]:
         """The engine's layers with the ONNX nodes fused into each and its input precision (inspector JSON)."""
-        return engine_layers(self.engine_information(artifact))
+        return engine_layers(self.engine_information(artifact, feeds))
 
-    def engine_information(self, artifact: Path) -> dict[str, Any]:
-        """The engine inspector's JSON (``Layers`` with names, types and tensor formats) as a dict."""
+    def engine_information(self, artifact: Path, feeds: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The engine inspector's JSON (``Layers`` with names, types and tensor formats) as a dict.
+
+        With ``feeds``, the inspector reads an execution context whose input shapes are the feeds': without one,
+        a dynamic-shape engine reports no shape-dependent formats (``IEngineInspector::setExecutionContext``;
+        Polygraphy's inspector sets it too).
+        """
         import tensorrt as trt
 
-        inspector = _deserialize(artifact).create_engine_inspector()
+        engine = _deserialize(artifact)
+        inspector = engine.create_engine_inspector()
+        if feeds is not None:
+            context = engine.create_execution_context()
+            for name, value in feeds.items():
+                if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                    context.set_input_shape(name, tuple(value.shape))
+            inspector.execution_context = context
         information: dict[str, Any] = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
         return information
 
@@ -176,37 +189,27 @@ class TensorRTRunner:
     def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs of one execution, copied back to the host."""
         with _EngineSession(self.artifact, feeds) as session:
-            session.launch()
+            _check_enqueued(session.launch())
+            session.stream.synchronize()
             return session.outputs()
 
     def time(self, feeds: dict[str, np.ndarray], runs: int = 100, warmup: int = 10) -> LatencyStats:
-        """CUDA-event latency of ``runs`` executions after ``warmup`` (see the module docstring)."""
+        """CUDA-event latency of ``runs`` executions after ``warmup`` (``trtmix.runtime.cuda_timer``)."""
         import tensorrt as trt
         import torch
 
-        if runs < 1:
-            raise BackendError(f"--runs must be at least 1 (got {runs}).")
+        from trtmix.runtime.cuda_timer import time_on_stream
+
         with _EngineSession(self.artifact, feeds) as session:
-            replay = session.capture_graph() if self.cuda_graph else None
-            execute = replay or session.launch
-            for _ in range(warmup):
-                execute()
-            samples = []
-            for _ in range(runs):
-                start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-                end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-                start.record(session.stream)
-                execute()
-                end.record(session.stream)
-                end.synchronize()
-                samples.append(float(start.elapsed_time(end)))
+            timing = time_on_stream(session.launch, session.stream, runs, warmup, self.cuda_graph)
         return LatencyStats.from_samples(
-            samples,
+            timing.samples_ms,
             warmup=warmup,
             threads=None,
-            provider="TensorRT" + (" + CUDA graph" if replay else ""),
+            provider="TensorRT" + (" + CUDA graph" if timing.cuda_graph else ""),
             device=f"GPU: {torch.cuda.get_device_name()}",
             versions={"tensorrt": str(getattr(trt, "__version__", "?")), "torch": torch.__version__},
+            settings={"cuda_graph": str(timing.cuda_graph)},
         )
 
     def close(self) -> None:
@@ -217,6 +220,20 @@ class TensorRTRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_version(version: str) -> None:
+    """Refuse TensorRT before 10 (8.5-9.x pass a feature test and then fail inside Polygraphy)."""
+    major = version.split(".", 1)[0]
+    if not major.isdigit() or int(major) < 10:
+        raise BackendUnavailableError(
+            f"TensorRT {version} is too old or unrecognised.", expected="TensorRT 10 or newer", fix=INSTALL_HINT
+        )
+
+
+def _check_enqueued(enqueued: bool) -> None:
+    if not enqueued:
+        raise BackendError("TensorRT execute_async_v3 failed.")
 
 
 def _deserialize(artifact: Path) -> trt.ICudaEngine:
@@ -253,48 +270,45 @@ class _EngineSession:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         for name in names:
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                if name not in feeds:
-                    raise BackendError(
-                        f"The engine needs input {name!r}, which the feeds lack.", expected=str(sorted(feeds))
-                    )
-                self.context.set_input_shape(name, tuple(feeds[name].shape))
-                self.buffers[name] = torch.from_numpy(np.ascontiguousarray(feeds[name])).cuda()
+                self.buffers[name] = self._input(name, feeds)
         for name in names:
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
                 dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))  # type: ignore[no-untyped-call]
                 dims = self.context.get_tensor_shape(name)
                 shape = tuple(int(dims[i]) for i in range(len(dims)))
+                if any(d < 0 for d in shape):
+                    raise BackendError(f"TensorRT cannot size output {name!r} ({shape}) for these input shapes.")
                 torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
                 self.buffers[name] = torch.empty(shape, dtype=torch_dtype, device="cuda")
                 self.output_names.append(name)
         for name, tensor in self.buffers.items():
-            self.context.set_tensor_address(name, tensor.data_ptr())
+            if not self.context.set_tensor_address(name, tensor.data_ptr()):
+                raise BackendError(f"TensorRT refused the device address of tensor {name!r}.")
         torch.cuda.synchronize()
 
-    def launch(self) -> None:
-        """Enqueue one execution on the session's stream and wait for it."""
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise BackendError("TensorRT execute_async_v3 failed.")
-        self.stream.synchronize()
-
-    def capture_graph(self) -> Callable[[], None] | None:
-        """A function replaying a captured CUDA graph of one execution, or None if capture is not possible."""
+    def _input(self, name: str, feeds: dict[str, np.ndarray]) -> torch.Tensor:
+        """The feed for input ``name`` on the device, after checking its dtype and shape against the engine."""
+        import tensorrt as trt
         import torch
 
-        self.launch()  # TensorRT documents one launch before capture, to flush deferred shape updates
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, stream=self.stream):
-                self.context.execute_async_v3(self.stream.cuda_stream)
-        except RuntimeError as err:
-            LOG.warning("CUDA graph capture failed (%s); timing plain launches", err)
-            return None
+        if name not in feeds:
+            raise BackendError(f"The engine needs input {name!r}, which the feeds lack.", expected=str(sorted(feeds)))
+        feed = feeds[name]
+        expected = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))  # type: ignore[no-untyped-call]
+        if feed.dtype != expected:
+            raise BackendError(f"Input {name!r} is {feed.dtype}; the engine takes {expected}.",
+                               fix="feed the dtype the ONNX graph declares")  # fmt: skip
+        if not self.context.set_input_shape(name, tuple(feed.shape)):
+            raise BackendError(
+                f"TensorRT refused shape {tuple(feed.shape)} for input {name!r}: outside the engine's optimisation "
+                "profile (a dynamic input without --trt-shapes gets a profile of 1 for every dynamic dimension).",
+                fix=f"pass --trt-shapes {name}:MIN:OPT:MAX covering {'x'.join(map(str, feed.shape))}",
+            )
+        return torch.from_numpy(np.ascontiguousarray(feed)).cuda()
 
-        def replay() -> None:
-            graph.replay()
-            self.stream.synchronize()
-
-        return replay
+    def launch(self) -> bool:
+        """Enqueue one execution on the session's stream (no wait); False when TensorRT refused it."""
+        return bool(self.context.execute_async_v3(self.stream.cuda_stream))
 
     def outputs(self) -> list[np.ndarray]:
         """The output buffers copied to the host, in engine order."""

@@ -1,33 +1,77 @@
-"""The trtexec command line equivalent to what trtmix builds, for users who build engines on a TensorRT host."""
+"""The trtexec command line that builds the same engine trtmix builds, for users who build on a TensorRT host.
+
+Per TensorRT major version, from trtexec's own options (``samples/common/sampleOptions.cpp``):
+
+* TensorRT 10 needs ``--stronglyTyped`` (else the graph's float16 types are only hints) and times without CUDA
+  graphs and with host transfers unless ``--useCudaGraph`` / ``--noDataTransfers`` are given;
+* TensorRT 11 is strongly typed always and times with CUDA graphs and without transfers by default; those three
+  flags are deprecated no-ops there that only warn, so the TensorRT 11 line leaves them out.
+
+Both carry what trtmix's own build sets: ``--profilingVerbosity=detailed`` (so the inspector reports per-layer
+precisions), the timing cache, the optimisation profiles of ``--trt-shapes``, the workspace limit, the builder
+optimisation level, and ``--noTF32`` when TF32 is off (TensorRT and trtmix allow it by default).
+"""
 
 from __future__ import annotations
 
 import shlex
+
+Shapes = dict[str, tuple[str, str, str]]
 
 
 def trtexec_command(
     onnx_path: str,
     engine_path: str,
     timing_cache: str | None = None,
-    shapes: dict[str, tuple[str, str, str]] | None = None,
+    shapes: Shapes | None = None,
     cuda_graph: bool = True,
+    *,
+    major: int = 10,
+    workspace_mb: int | None = None,
+    optimization_level: int | None = None,
+    tf32: bool = True,
 ) -> str:
-    """``trtexec --onnx=... --stronglyTyped --saveEngine=...``: precision comes from the graph's Q/DQ and dtypes.
+    """``trtexec --onnx=... --saveEngine=...`` for TensorRT ``major``: precision comes from the graph.
 
     Args:
         onnx_path: the ``tensorrt``-flavour ONNX.
         engine_path: where trtexec saves the engine.
         timing_cache: a timing cache file shared across builds.
         shapes: input name → (min, opt, max) shapes like ``1x3x224x224`` for dynamic inputs.
-        cuda_graph: time with CUDA graphs (trtexec's own default in TensorRT 11).
+        cuda_graph: time with CUDA graphs (TensorRT 10 needs the flag; 11 always does).
+        major: the TensorRT major version the line is for (10 or 11).
+        workspace_mb: the workspace memory pool limit in MiB.
+        optimization_level: the builder optimisation level 0-5.
+        tf32: allow TF32 (the default of TensorRT, trtexec and trtmix).
     """
-    parts = ["trtexec", f"--onnx={onnx_path}", "--stronglyTyped", f"--saveEngine={engine_path}"]
+    legacy = major < 11
+    parts = ["trtexec", f"--onnx={onnx_path}"] + (["--stronglyTyped"] if legacy else [])
+    parts += [f"--saveEngine={engine_path}", "--profilingVerbosity=detailed"]
     if timing_cache:
         parts.append(f"--timingCacheFile={timing_cache}")
     for flag, position in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
         if shapes:
             parts.append(f"{flag}=" + ",".join(f"{name}:{dims[position]}" for name, dims in shapes.items()))
-    if cuda_graph:
-        parts.append("--useCudaGraph")
-    parts.append("--noDataTransfers")
+    if workspace_mb:
+        parts.append(f"--memPoolSize=workspace:{workspace_mb}M")
+    if optimization_level is not None:
+        parts.append(f"--builderOptimizationLevel={optimization_level}")
+    if not tf32:
+        parts.append("--noTF32")
+    if legacy:
+        parts += (["--useCudaGraph"] if cuda_graph else []) + ["--noDataTransfers"]
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def trtexec_lines(onnx_path: str, engine_path: str, timing_cache: str, settings: dict[str, object]) -> str:
+    """The TensorRT 10 and 11 lines for a job's TensorRT settings (``--trt-shapes``, workspace, level), commented."""
+    profiles = settings.get("profiles") or {}
+    shapes = {name: tuple("x".join(map(str, dims)) for dims in triple)
+              for name, triple in profiles.items()} if isinstance(profiles, dict) else {}  # type: ignore[misc]  # fmt: skip
+    options = {"workspace_mb": settings.get("workspace_mb"), "optimization_level": settings.get("optimization_level"),
+               "tf32": settings.get("tf32", True)}  # fmt: skip
+    lines = []
+    for major in (10, 11):
+        command = trtexec_command(onnx_path, engine_path, timing_cache, shapes or None, major=major, **options)  # type: ignore[arg-type]
+        lines.append(f"# TensorRT {major}\n{command}")
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """The tensorrt flavour on OpenVINO: FP32, all-FP16, all-INT8 and the search, ratios measured in one run.
 
-    python benchmarks/openvino.py [--models minilm efficientnet-lite0 digits-resnet] [--runs 30] [--threads 2]
+    python benchmarks/tensorrt_flavour.py [--models minilm efficientnet-lite0 digits-resnet] [--runs 30] [--threads 2]
 
 For each model, one `trtmix compile` job (tensorrt flavour, OpenVINO backend, kl ordering) in a temporary folder:
 
