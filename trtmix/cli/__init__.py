@@ -162,6 +162,7 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "--eval-batches", type=int, default=8, help="batches of the search / holdout splits evaluated (default: 8)"
     )
     flags.add_timing_flags(parser)
+    flags.add_noise_flags(parser)
     flags.add_export_flags(parser)
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("trtmix-out"), help="output folder (default: trtmix-out)"

@@ -224,9 +224,26 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         strict_precision=args.strict_precision,
         tensorrt=tuple(sorted((k, json.dumps(v)) for k, v in tensorrt_settings(args).items())),
         relative_to=args.relative_to,
+        timing_target=_timing_target(args.timing_target),
+        max_runs=args.max_runs,
+        max_timing_seconds=args.max_timing_seconds,
+        final_rounds=args.final_rounds,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config
+
+
+def _timing_target(text: str) -> float | None:
+    """``--timing-target 3%`` (or 0.03) as a fraction; 0 means none (exactly --runs)."""
+    cleaned = str(text).strip().rstrip("%")
+    try:
+        value = float(cleaned) / (100 if str(text).strip().endswith("%") else 1)
+    except ValueError:
+        expected = "a percentage like 3% (or 0 for exactly --runs)"
+        raise TrtmixError(f"Bad --timing-target {text!r}.", expected=expected) from None
+    if not 0 <= value < 1:
+        raise TrtmixError(f"--timing-target {text} is out of range.", expected="0% to 99%")
+    return value or None
 
 
 def run_compile(args: argparse.Namespace) -> None:

@@ -109,6 +109,24 @@ def add_timing_flags(parser: argparse.ArgumentParser, what: str = "per probe") -
     parser.add_argument("--threads", type=int, help="backend threads (default: all usable cores)")
 
 
+NOISE_FLAGS = (  # flag, type, default, help: how probes are timed and the final choice is made under noise
+    ("--timing-target", str, "3%", "time each probe until the 95%% interval of its median is within ± this, e.g. 3%%; "
+                                   "0 times exactly --runs"),
+    ("--max-runs", int, 200, "timed runs per probe at most"),
+    ("--max-timing-seconds", float, 10.0, "seconds of timing per probe at most"),
+    ("--final-rounds", int, 12, "interleaved rounds that re-time the feasible plans within noise of the fastest "
+                                "before choosing; the high-precision plan is kept unless beaten with confidence; 0 "
+                                "chooses by the search's medians"),
+)  # fmt: skip
+
+
+def add_noise_flags(parser: argparse.ArgumentParser) -> None:
+    """``compile``'s adaptive timing and final-choice flags (``NOISE_FLAGS``)."""
+    for flag, kind, default, text in NOISE_FLAGS:
+        shown = str(default).replace("%", "%%")
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: {shown})")
+
+
 def add_export_flags(parser: argparse.ArgumentParser) -> None:
     """``--exporter`` and ``--input-names`` of a torch export."""
     add_choice_flag(parser, "--exporter", registry.EXPORTERS, "auto", "torch exporter")

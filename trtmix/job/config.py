@@ -14,11 +14,13 @@ from trtmix.data.user_code import source_identity
 from trtmix.errors import TrtmixError
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision
+from trtmix.runtime.timing import TimingPolicy
 from trtmix.search.bisection import Budget
 
 # The settings that change what a probe measures; the journal refuses to mix runs that differ in any of them.
 MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
-                     "warmup", "threads", "default", "tensorrt")  # fmt: skip
+                     "warmup", "threads", "default", "tensorrt", "timing_target", "max_runs",
+                     "max_timing_seconds")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class CompileConfig:
     strict_precision: bool = False
     tensorrt: tuple[tuple[str, str], ...] = ()
     relative_to: str = "high"  # budgets relative to the all-high plan (the paper's 16-bit baseline) or "fp32"
+    timing_target: float | None = 0.03  # time each artifact until its median is known to ±3% (None: exactly runs)
+    max_runs: int = 200
+    max_timing_seconds: float = 10.0
+    final_rounds: int = 12  # interleaved rounds re-timing the contenders at the end (0: choose by single medians)
+
+    def timing_policy(self) -> TimingPolicy:
+        """How each probe is timed."""
+        return TimingPolicy(self.runs, self.warmup, self.timing_target, self.max_runs, self.max_timing_seconds)
 
     def validate(self) -> None:
         """Refuse unknown names and a backend that cannot run the flavour, before any work is done."""
@@ -55,6 +65,9 @@ class CompileConfig:
             raise TrtmixError(
                 f"Unknown ordering(s) {', '.join(unknown)}.", expected=", ".join(registry.ORDERINGS) + ", random-N"
             )
+        self.timing_policy()  # its own checks: runs, warm-up, target
+        if self.final_rounds < 0:
+            raise TrtmixError(f"--final-rounds must be 0 or more (got {self.final_rounds}).")
         if self.relative_to not in ("high", "fp32"):
             raise TrtmixError(f"Unknown --relative-to {self.relative_to!r}.", expected="high or fp32")
         if self.backend not in registry.BACKENDS:

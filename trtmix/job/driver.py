@@ -54,7 +54,7 @@ class SearchDriver:
             artifact = self.builder.build(plan).artifact
             value = self.evaluation.score("search", self.outputs(artifact, "search"))
             stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs,
-                                      self.config.warmup)  # fmt: skip
+                                      self.config.warmup, self.config.timing_policy())  # fmt: skip
             record.update(status="ok", accuracy=value, latency=stats.to_dict(), artifact=str(artifact))
             record.update(self._precision_check(plan, artifact))
         except TrtmixError as err:
@@ -107,7 +107,8 @@ class SearchDriver:
         scores = {split: self.evaluation.score(split, self.evaluation.reference[split]) for split in SPLITS}
         at_precision = getattr(self.backend, "at_precision", None)  # an engine that picks its own float type
         timer = at_precision("f32") if at_precision else self.backend
-        stats = timer.time(artifact, self.evaluation.feeds["search"][0], self.config.runs, self.config.warmup)
+        feed = self.evaluation.feeds["search"][0]
+        stats = timer.time(artifact, feed, self.config.runs, self.config.warmup, self.config.timing_policy())
         result = {"accuracy": scores["search"], "holdout": scores["holdout"], "latency": stats.to_dict()}
         self.journal.store("fp32", result)
         return result

@@ -158,16 +158,18 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
     return "".join(f"<p>{line}</p>" for line in lines)
 
 
+def reference_latencies(report: dict[str, Any]) -> str:
+    """``FP32 x ms, all-high y ms, all-INT8 z ms``: the three reference plans side by side (those measured)."""
+    baseline, int8 = report["baseline"], report.get("all_int8")
+    named = [("FP32", baseline.get("fp32")), ("all-high", baseline.get("all_high")), ("all-INT8", int8)]
+    return ", ".join(f"{name} {_ms(entry['latency'])} ms" for name, entry in named if entry)
+
+
 def _reference_line(report: dict[str, Any]) -> str:
     """FP32, all-high and all-INT8 latencies, and what budgets are relative to."""
-    baseline, int8 = report["baseline"], report.get("all_int8")
-    parts = [f"FP32 {_ms(baseline['fp32']['latency'])} ms"] if "fp32" in baseline else []
-    if "all_high" in baseline:
-        parts.append(f"all-high plan {_ms(baseline['all_high']['latency'])} ms")
-    if int8:
-        parts.append(f"all-INT8 {_ms(int8['latency'])} ms")
     relative = "the all-high plan" if report.get("relative_to") == "high" else "the FP32 model"
-    return f"Latency: {', '.join(parts)}. Accuracy percentages are relative to {relative}. {report.get('cpu', '')}."
+    return (f"Latency: {reference_latencies(report)}. Accuracy percentages are relative to {relative}. "
+            f"{report.get('cpu', '')}.")  # fmt: skip
 
 
 def _pct(value: float | None) -> str:

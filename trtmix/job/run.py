@@ -13,11 +13,13 @@ from trtmix import __version__
 from trtmix.errors import TrtmixError
 from trtmix.ir.graph import model_sha256
 from trtmix.job.config import CompileConfig
+from trtmix.job.final import final_choice
 from trtmix.job.outputs import holdout_check, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
-from trtmix.job.report import mark_pareto, write_report
+from trtmix.job.report import mark_pareto, reference_latencies, write_report
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.runtime.cpu import cpu_features
+from trtmix.runtime.timing import busy
 from trtmix.search.bisection import BisectionSearch
 
 LOG = logging.getLogger(__name__)
@@ -34,9 +36,9 @@ def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = 
                           fix="check the metric and the labels")  # fmt: skip
     searches = {name: pipeline.search(name, baseline["accuracy"]) for name in config.orderings()}
     primary = searches[config.ordering]
-    best = primary.best()
-    chosen_plan = primary.plan_for(best.k) if best else None
-    report = _report(pipeline, searches, baseline, chosen_plan)
+    chosen_plan, final = final_choice(pipeline, primary, baseline)
+    report = _report(pipeline, searches, baseline, chosen_plan, final["extra_probes"])
+    report.update(final)
     if chosen_plan is not None:
         report["engine_check"] = _engine_check(pipeline, chosen_plan)
         report["holdout"] = holdout_check(pipeline.driver, chosen_plan, baseline)
@@ -54,10 +56,16 @@ def _report(
     searches: dict[str, BisectionSearch],
     baseline: dict[str, Any],
     chosen_plan: PrecisionPlan | None,
+    extra_probes: list[int],
 ) -> dict[str, Any]:
     config = pipeline.config
     by_hash: dict[str, dict[str, Any]] = {}
     orderings: dict[str, list[dict[str, Any]]] = {}
+    for k in extra_probes:  # measured off the bisection path because latency rose with k
+        record = dict(pipeline.journal.get(searches[config.ordering].plan_for(k).stable_hash()) or {})
+        if record:
+            relative = record["accuracy"] / baseline["accuracy"] if record.get("status") == "ok" else None
+            by_hash[record["plan_hash"]] = {**record, "relative": relative, "orderings": ["extra"]}
     for name, search in searches.items():
         orderings[name] = []
         for k in sorted(search.probes):
@@ -72,6 +80,7 @@ def _report(
         by_hash[high["plan_hash"]] = {**high, "relative": relative, "orderings": ["baseline"]}
     probes = list(by_hash.values())
     mark_pareto(probes)
+    busy_probes = [p["k"] for p in probes if p.get("latency") and busy(p["latency"].get("load") or {})]
     primary = searches[config.ordering]
     all_int8 = next((p for p in probes if p["k"] == len(pipeline.units) and p["status"] == "ok"), None)
     backend = pipeline.backend
@@ -87,6 +96,7 @@ def _report(
         "flavour_note": pipeline.builder.flavour.note(backend.name),
         "cpu": cpu_features().describe(),
         "relative_to": config.relative_to,
+        "busy_probes": busy_probes,
         "metric": config.metric,
         "budget": asdict(config.budget),
         "budget_text": config.budget.describe(config.reference),
@@ -153,10 +163,23 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         lines.append(f"no plan met the budget ({report['budget_text']}): {report['stop_reason']}")
         return lines
     ms = chosen["latency"]["median_ms"]
+    final = report.get("final_timing")
+    if final and final["baseline"] in final["medians_ms"]:  # paired, interleaved: the figures to believe
+        ms, base = final["medians_ms"][report["chosen"]], final["medians_ms"][final["baseline"]]
+    kept = report["chosen_k"] == 0 and reference == "all-high"
     lines += [
-        f"chosen plan: {report['chosen_k']} of {report['unit_count']} units INT8 ({output / 'plan.json'})",
+        f"chosen plan: {report['chosen_k']} of {report['unit_count']} units INT8 ({output / 'plan.json'})"
+        + (": the high-precision plan was kept, so there is no INT8 speed-up" if kept else ""),
         f"engine: {_engine_line(report)}",
-        f"latency: {ms:.2f} ms median; {_references(report)}; {base / ms:.2f}x the {reference} plan's speed",
+        f"latency: {ms:.2f} ms median; {reference_latencies(report)}"
+        + ("" if kept else f"; {base / ms:.2f}x the {reference} plan's speed"),
+    ]
+    if final and final["rounds"]:
+        lines.append(f"choice: {final['reason']} ({len(final['contenders'])} contenders re-timed in "
+                     f"{final['rounds']} interleaved rounds)")  # fmt: skip
+    elif final:
+        lines.append(f"choice: {final['reason']}")
+    lines += [
         f"{report['metric']}: {chosen['relative']:.4%} of the {reference} plan on the search split, "
         f"{report['holdout']['relative']:.4%} on the holdout split",
         f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
@@ -164,6 +187,13 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
     ]
     if report["violations"]:
         lines.append(f"note: accuracy was not monotone in k for probe pairs {report['violations']}")
+    if report.get("latency_violations"):
+        lines.append(f"note: latency rose with k beyond noise for probe pairs {report['latency_violations']}; "
+                     f"extra probes off the bisection path: {report.get('extra_probes') or 'none'}")  # fmt: skip
+    if report.get("busy_probes"):
+        busy_ks = report["busy_probes"]
+        lines.append(f"warning: the machine was busy while timing k={busy_ks} (more runnable work than cores, or "
+                     "CPU time stolen): rerun on a quiet machine before trusting these latencies")  # fmt: skip
     if ms > base:
         lines.append(
             f"warning: the chosen plan is slower than the {reference} plan ({ms:.2f} vs {base:.2f} ms): INT8 does not "
@@ -185,14 +215,3 @@ def _engine_line(report: dict[str, Any]) -> str:
         if check["unverifiable"]:
             line += f"; {len(check['unverifiable'])} fused with units of another precision (not checkable)"
     return line
-
-
-def _references(report: dict[str, Any]) -> str:
-    """FP32, all-high and all-INT8 latencies side by side."""
-    baseline, int8 = report["baseline"], report.get("all_int8")
-    parts = [f"FP32 {baseline['fp32']['latency']['median_ms']:.2f} ms"] if "fp32" in baseline else []
-    if "all_high" in baseline:
-        parts.append(f"all-high {baseline['all_high']['latency']['median_ms']:.2f} ms")
-    if int8:
-        parts.append(f"all-INT8 {int8['latency']['median_ms']:.2f} ms")
-    return ", ".join(parts)

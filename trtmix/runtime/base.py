@@ -6,13 +6,15 @@ The algorithm core only sees this protocol, so the search never knows whether ON
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from trtmix.runtime.timing import TimingPolicy
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,19 @@ class LatencyStats:
     device: str
     versions: dict[str, str] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
+    ci_low_ms: float | None = None  # the median's 95% confidence interval (order statistics)
+    ci_high_ms: float | None = None
+    load: dict[str, float] = field(default_factory=dict)  # load per core and CPU steal share while timing
 
     @classmethod
     def from_samples(cls, samples_ms: list[float], **context: Any) -> LatencyStats:
         """Summarise timed runs (at least one)."""
+        from trtmix.runtime.timing import median_interval
+
         ordered = sorted(samples_ms)
+        low, high = median_interval(ordered)
+        context.setdefault("ci_low_ms", low)
+        context.setdefault("ci_high_ms", high)
         return cls(
             median_ms=statistics.median(ordered),
             p90_ms=float(np.percentile(ordered, 90)),
@@ -62,8 +72,10 @@ class Runner(Protocol):
         """The outputs of one run on ``feeds``, in graph order."""
         ...
 
-    def time(self, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> LatencyStats:
-        """Latency of ``runs`` runs after ``warmup`` discarded ones."""
+    def time(
+        self, feeds: dict[str, np.ndarray], runs: int, warmup: int, policy: TimingPolicy | None = None
+    ) -> LatencyStats:
+        """Latency of ``runs`` runs after ``warmup`` discarded ones (or as ``policy`` says)."""
         ...
 
     def close(self) -> None:
@@ -106,20 +118,40 @@ class Backend(Protocol):
         ...
 
 
-def time_calls(call: Callable[[], object], runs: int, warmup: int) -> list[float]:
-    """Milliseconds of each of ``runs`` synchronous calls, after ``warmup`` discarded ones (host clock)."""
-    if runs < 1:
-        from trtmix.errors import BackendError
+class RunsThroughRunners:
+    """``run`` and ``time`` for a backend whose ``open`` gives a runner: each opens one for a single call."""
 
-        raise BackendError(f"--runs must be at least 1 (got {runs}).")
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return samples
+    def open(self, artifact: Path) -> Runner:  # pragma: no cover - the backend's own
+        raise NotImplementedError
+
+    def run(self, artifact: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs of one run (for many, use ``open``)."""
+        with self.open(artifact) as runner:
+            return runner.infer(feeds)
+
+    def time(
+        self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
+        policy: TimingPolicy | None = None,
+    ) -> LatencyStats:  # fmt: skip
+        """Median latency of synchronous runs (``runs`` after ``warmup``, or as ``policy`` says)."""
+        with self.open(artifact) as runner:
+            return runner.time(feeds, runs, warmup, policy)
+
+
+def timed_stats(call: Callable[[], object], policy: TimingPolicy, **context: Any) -> LatencyStats:
+    """Time synchronous ``call``s under ``policy`` (``trtmix.runtime.timing``), with the machine's load noted."""
+    from trtmix.runtime.timing import adaptive_samples, load_note, machine_load
+
+    before = machine_load()
+    samples = adaptive_samples(call, policy)
+    return LatencyStats.from_samples(samples, warmup=policy.warmup, load=load_note(before, machine_load()), **context)
+
+
+def policy_for(runs: int, warmup: int, policy: TimingPolicy | None) -> TimingPolicy:
+    """``policy``, or exactly ``runs`` timed runs after ``warmup`` when none is given."""
+    from trtmix.runtime.timing import TimingPolicy
+
+    return policy or TimingPolicy(runs=runs, warmup=warmup, target=None)
 
 
 def cpu_name() -> str:

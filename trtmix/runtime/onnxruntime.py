@@ -24,7 +24,8 @@ import onnx
 from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
 from trtmix.ir.graph import has_qdq
-from trtmix.runtime.base import LatencyStats, cpu_name, time_calls
+from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
+from trtmix.runtime.timing import TimingPolicy
 
 LOG = logging.getLogger(__name__)
 QDQ_DISABLED_OPTIMIZERS = ["MatMulAddFusion"]
@@ -99,15 +100,16 @@ class OnnxRuntimeRunner:
         except Exception as err:  # noqa: BLE001
             raise BackendError(f"ONNX Runtime failed to run the model: {_first_line(err)}") from err
 
-    def time(self, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> LatencyStats:
-        """Median latency of ``runs`` synchronous runs after ``warmup`` discarded ones, inputs allocated once."""
+    def time(
+        self, feeds: dict[str, np.ndarray], runs: int, warmup: int, policy: TimingPolicy | None = None
+    ) -> LatencyStats:
+        """Median latency of synchronous runs, inputs allocated once (``runs`` after ``warmup``, or ``policy``)."""
         import onnxruntime as ort
 
         bound = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
-        samples = time_calls(lambda: self._session.run(None, bound), runs, warmup)
-        return LatencyStats.from_samples(
-            samples,
-            warmup=warmup,
+        return timed_stats(
+            lambda: self._session.run(None, bound),
+            policy_for(runs, warmup, policy),
             threads=self.threads,
             provider="CPUExecutionProvider",
             device=cpu_name(),
@@ -125,7 +127,7 @@ class OnnxRuntimeRunner:
         self.close()
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(RunsThroughRunners):
     """ONNX Runtime on the CPU execution provider."""
 
     name = "onnxruntime"
@@ -155,16 +157,6 @@ class OnnxRuntimeBackend:
     def open(self, artifact: Path) -> OnnxRuntimeRunner:
         """A runner on the built artifact (already optimised, so no further optimisation is applied)."""
         return OnnxRuntimeRunner(artifact, self.threads, optimize=False)
-
-    def run(self, artifact: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs of one run (opens and closes a runner: for many runs, use ``open``)."""
-        with self.open(artifact) as runner:
-            return runner.infer(feeds)
-
-    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3) -> LatencyStats:
-        """Median latency of ``runs`` synchronous runs after ``warmup`` discarded ones."""
-        with self.open(artifact) as runner:
-            return runner.time(feeds, runs, warmup)
 
 
 def _load_graph(model: Path | bytes) -> onnx.ModelProto:

@@ -28,9 +28,10 @@ import numpy as np
 
 from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
-from trtmix.runtime.base import LatencyStats, cpu_name, time_calls
+from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.engine_report import EngineLayer
+from trtmix.runtime.timing import TimingPolicy
 
 LOG = logging.getLogger(__name__)
 INT8_PRECISIONS = frozenset({"u8", "i8", "u4", "i4"})
@@ -43,7 +44,7 @@ def timing_precision() -> str:
     return "bf16" if cpu_features().native_16bit else "f32"
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(RunsThroughRunners):
     """OpenVINO's CPU plugin; see the module docstring."""
 
     name = "openvino"
@@ -101,16 +102,6 @@ class OpenVinoBackend:
         """A runner on ``artifact``."""
         return OpenVinoRunner(self, artifact)
 
-    def run(self, artifact: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs of one run (see ``open`` for many)."""
-        with self.open(artifact) as runner:
-            return runner.infer(feeds)
-
-    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3) -> LatencyStats:
-        """Median latency of ``runs`` synchronous inferences after ``warmup``."""
-        with self.open(artifact) as runner:
-            return runner.time(feeds, runs, warmup)
-
     def engine_layers(self, artifact: Path, feeds: dict[str, np.ndarray] | None = None) -> list[EngineLayer]:
         """The layers OpenVINO runs at the timing precision, with their precision, kernel and (given feeds) time."""
         compiled = self.compile(artifact, self.precision, profile=True)
@@ -143,16 +134,18 @@ class OpenVinoRunner:
             self._accuracy = self.backend.compile(self.artifact, "f32").create_infer_request()
         return _outputs(self._accuracy, feeds)
 
-    def time(self, feeds: dict[str, np.ndarray], runs: int, warmup: int) -> LatencyStats:
-        """Latency of ``runs`` synchronous inferences at the timing precision, after ``warmup``."""
+    def time(
+        self, feeds: dict[str, np.ndarray], runs: int, warmup: int, policy: TimingPolicy | None = None
+    ) -> LatencyStats:
+        """Latency of synchronous inferences at the timing precision (``runs`` after ``warmup``, or ``policy``)."""
         if self._timing is None:
             self._timing = self.backend.compile(self.artifact, self.backend.precision).create_infer_request()
         request = self._timing
         bound = {name: np.ascontiguousarray(value) for name, value in feeds.items()}
-        samples = time_calls(lambda: request.infer(bound, share_inputs=True), runs, warmup)
         accuracy = "openvino f32" if self.backend.exact_int8 else "onnxruntime (no VNNI: OpenVINO int8 may saturate)"
-        return LatencyStats.from_samples(
-            samples, warmup=warmup, threads=self.backend.threads, provider="OpenVINO CPU", device=cpu_name(),
+        return timed_stats(
+            lambda: request.infer(bound, share_inputs=True), policy_for(runs, warmup, policy),
+            threads=self.backend.threads, provider="OpenVINO CPU", device=cpu_name(),
             versions={"openvino": self.backend.version},
             settings={"performance_hint": "LATENCY", "inference_precision": self.backend.precision,
                       "accuracy_engine": accuracy},

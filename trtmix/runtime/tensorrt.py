@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     import tensorrt as trt
     import torch
 
+    from trtmix.runtime.timing import TimingPolicy
+
 LOG = logging.getLogger(__name__)
 INSTALL_HINT = (
     "install it with `pip install 'trtmix[tensorrt]'` on a host with an NVIDIA GPU and driver; "
@@ -150,10 +152,13 @@ class TensorRTBackend:
         with self.open(artifact) as runner:
             return runner.infer(feeds)
 
-    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 100, warmup: int = 10) -> LatencyStats:
+    def time(
+        self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 100, warmup: int = 10,
+        policy: TimingPolicy | None = None,
+    ) -> LatencyStats:  # fmt: skip
         """CUDA-event latency of ``runs`` executions after ``warmup`` (see the module docstring)."""
         with self.open(artifact) as runner:
-            return runner.time(feeds, runs, warmup)
+            return runner.time(feeds, runs, warmup, policy)
 
     def engine_layers(self, artifact: Path, feeds: dict[str, np.ndarray] | None = None) -> list[EngineLayer]:
         """The engine's layers with the ONNX nodes fused into each and its input precision (inspector JSON)."""
@@ -193,12 +198,20 @@ class TensorRTRunner:
             session.stream.synchronize()
             return session.outputs()
 
-    def time(self, feeds: dict[str, np.ndarray], runs: int = 100, warmup: int = 10) -> LatencyStats:
-        """CUDA-event latency of ``runs`` executions after ``warmup`` (``trtmix.runtime.cuda_timer``)."""
+    def time(
+        self, feeds: dict[str, np.ndarray], runs: int = 100, warmup: int = 10, policy: TimingPolicy | None = None
+    ) -> LatencyStats:
+        """CUDA-event latency of ``runs`` executions after ``warmup`` (``trtmix.runtime.cuda_timer``).
+
+        GPU event timing does not drift like a shared CPU: a ``policy`` sets the run counts, with no adaptive loop.
+        """
         import tensorrt as trt
         import torch
 
         from trtmix.runtime.cuda_timer import time_on_stream
+
+        if policy is not None:
+            runs, warmup = max(runs, policy.runs), policy.warmup
 
         with _EngineSession(self.artifact, feeds) as session:
             timing = time_on_stream(session.launch, session.stream, runs, warmup, self.cuda_graph)

@@ -1,0 +1,90 @@
+"""The job's final choice: every feasible probe is a candidate, the close ones are re-timed interleaved.
+
+``trtmix.search.choose`` decides; this module gathers the candidates from the journal (the high-precision plan and
+all-INT8 included), adds probes off the bisection path where latency was seen to rise with k, and times the
+contenders with runners opened once each, so the interleaved rounds compare like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trtmix.job.pipeline import Pipeline
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.runtime.base import Runner
+from trtmix.search.bisection import BisectionSearch
+from trtmix.search.choose import Candidate, choose, latency_violations
+
+ROUND_RUNS = 5  # timed runs per contender per interleaved round (their median is the round's figure)
+EXTRA_PROBES = 2  # probes added off the bisection path when latency rises with k
+
+
+def final_choice(
+    pipeline: Pipeline, search: BisectionSearch, baseline: dict[str, Any]
+) -> tuple[PrecisionPlan | None, dict[str, Any]]:
+    """The chosen plan (None when no probe met the budget) and the report's record of how it was chosen."""
+    records = {k: pipeline.journal.get(search.plan_for(k).stable_hash()) for k in search.probes}
+    violations = latency_violations([_point(k, r) for k, r in records.items() if _ok(r)])
+    extra = _extra_probes(pipeline, search, records, baseline) if violations else []
+    high = pipeline.journal.get(PrecisionPlan(default=pipeline.config.default).stable_hash())
+    pool = {r["plan_hash"]: r for r in [*records.values(), high] if _ok(r) and _feasible(search, r, baseline)}
+    part: dict[str, Any] = {"latency_violations": violations, "extra_probes": extra}
+    if not pool:
+        return None, part
+    candidates = [Candidate(key, r["k"], *_interval(r)) for key, r in pool.items()]
+    reference = high["plan_hash"] if high and high["plan_hash"] in pool else min(candidates, key=lambda c: c.k).key
+    if pipeline.config.final_rounds == 0:
+        fastest = min(candidates, key=lambda c: (c.median_ms, -c.k))
+        return PrecisionPlan.from_dict(pool[fastest.key]["plan"]), part
+    runners: dict[str, Runner] = {}
+    feed = pipeline.evaluation.feeds["search"][0]
+
+    def measure(key: str) -> float:
+        if key not in runners:
+            runners[key] = pipeline.backend.open(Path(pool[key]["artifact"]))
+        return runners[key].time(feed, ROUND_RUNS, 1).median_ms
+
+    try:
+        choice = choose(candidates, reference, measure, pipeline.config.final_rounds)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    part["final_timing"] = {**asdict(choice), "k": {c.key: c.k for c in candidates}, "baseline": reference,
+                            "round_runs": ROUND_RUNS}  # fmt: skip
+    return PrecisionPlan.from_dict(pool[choice.key]["plan"]), part
+
+
+def _ok(record: dict[str, Any] | None) -> bool:
+    return bool(record) and record["status"] == "ok"  # type: ignore[index]
+
+
+def _feasible(search: BisectionSearch, record: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    return search.budget.feasible(record["accuracy"] / baseline["accuracy"])
+
+
+def _interval(record: dict[str, Any]) -> tuple[float, float, float]:
+    latency = record["latency"]
+    median = latency["median_ms"]
+    return median, latency.get("ci_low_ms") or median, latency.get("ci_high_ms") or median
+
+
+def _point(k: int, record: dict[str, Any]) -> tuple[int, float, float, float]:
+    return (k, *_interval(record))
+
+
+def _extra_probes(
+    pipeline: Pipeline, search: BisectionSearch, records: dict[int, Any], baseline: dict[str, Any]
+) -> list[int]:
+    """Measure a few plans off the bisection path, spread over the feasible range, and add them to ``records``."""
+    feasible_ks = [k for k, r in records.items() if _ok(r) and _feasible(search, r, baseline)]
+    if not feasible_ks or max(feasible_ks) < 2:
+        return []
+    spread = {int(round(k)) for k in np.linspace(0, max(feasible_ks), EXTRA_PROBES + 2)[1:-1]}
+    extra = sorted(spread - set(records))
+    for k in extra:
+        records[k] = pipeline.measure(search.plan_for(k), k)
+    return extra

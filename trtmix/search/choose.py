@@ -1,0 +1,97 @@
+"""The final choice under noise: the fastest feasible plan, decided by paired, interleaved timings.
+
+The search ranks probes by their own medians, each measured once, minutes apart, under whatever else the machine
+was doing.  Measured on a shared 2-core machine, the same graph differed by 23% between two such timings, and mixed
+plans sat within noise of each other.  So the choice is made again at the end:
+
+1. the contenders are every feasible candidate (the high-precision baseline and all-INT8 included) whose median's
+   95% interval overlaps the best one's, plus the baseline always;
+2. they are re-timed in rounds, interleaved (A B C, B C A, C A B, ...), so slow drifts of the machine hit all of them
+   alike; the fastest median over the rounds wins;
+3. the winner replaces the baseline only if it was faster than the baseline in the same round often enough that
+   chance is unlikely (a one-sided sign test at 5%); otherwise the baseline is the result, and the report says so.
+
+Pure logic: ``measure(key)`` is given, so tests drive it with scripted noisy latencies.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A measured feasible plan: its key (plan hash), INT8 count, and its median with the median's 95% interval."""
+
+    key: str
+    k: int
+    median_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+
+
+@dataclass
+class Choice:
+    """The chosen key, why, and the interleaved measurements behind it."""
+
+    key: str
+    reason: str
+    contenders: list[str]
+    rounds: int = 0
+    medians_ms: dict[str, float] = field(default_factory=dict)
+    wins_over_baseline: int | None = None
+    wins_needed: int | None = None
+
+
+def contenders(candidates: list[Candidate], baseline: str) -> list[Candidate]:
+    """Candidates whose median's interval overlaps the fastest one's, and the baseline."""
+    best = min(candidates, key=lambda c: c.median_ms)
+    return [c for c in candidates
+            if c.key == baseline or (c.ci_low_ms <= best.ci_high_ms and best.ci_low_ms <= c.ci_high_ms)]  # fmt: skip
+
+
+def wins_needed(rounds: int, alpha: float = 0.05) -> int:
+    """The fewest paired wins out of ``rounds`` that a coin would reach with probability at most ``alpha``."""
+    for wins in range(rounds + 1):
+        tail = sum(math.comb(rounds, w) for w in range(wins, rounds + 1)) / 2**rounds
+        if tail <= alpha:
+            return wins
+    return rounds + 1
+
+
+def choose(candidates: list[Candidate], baseline: str, measure: Callable[[str], float], rounds: int = 12) -> Choice:
+    """The fastest feasible candidate under interleaved re-timing, or ``baseline`` unless beaten with confidence."""
+    pool = contenders(candidates, baseline)
+    keys = [c.key for c in pool]
+    if len(pool) == 1:
+        return Choice(keys[0], "no other feasible plan was within noise of the fastest", keys)
+    samples: dict[str, list[float]] = {key: [] for key in keys}
+    for round_index in range(rounds):
+        shift = round_index % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            samples[key].append(measure(key))
+    medians = {key: statistics.median(values) for key, values in samples.items()}
+    fastest = min(keys, key=lambda key: medians[key])
+    needed = wins_needed(rounds)
+    if fastest == baseline:
+        return Choice(baseline, "the high-precision baseline was the fastest in the interleaved re-timing", keys,
+                      rounds, medians)  # fmt: skip
+    wins = sum(a < b for a, b in zip(samples[fastest], samples[baseline], strict=True))
+    if wins >= needed:
+        reason = f"faster than the high-precision baseline in {wins} of {rounds} interleaved rounds"
+        return Choice(fastest, reason, keys, rounds, medians, wins, needed)
+    reason = (f"no plan beat the high-precision baseline with confidence: the fastest won {wins} of {rounds} "
+              f"interleaved rounds against it, {needed} needed")  # fmt: skip
+    return Choice(baseline, reason, keys, rounds, medians, wins, needed)
+
+
+def latency_violations(points: list[tuple[int, float, float, float]]) -> list[tuple[int, int]]:
+    """Pairs (k1, k2), k1 < k2, where more INT8 was slower beyond doubt: k2's interval lies above k1's.
+
+    ``points`` are (k, median, interval low, interval high).  The bisection assumes latency falls as k grows.
+    """
+    ordered = sorted(points)
+    return [(a[0], b[0]) for i, a in enumerate(ordered) for b in ordered[i + 1:] if b[2] > a[3]]  # fmt: skip
