@@ -6,6 +6,7 @@ the journal is replayed, not measured again, so a killed run resumes where it st
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict
@@ -75,11 +76,13 @@ class SearchDriver:
         if engine_layers is None:
             return None
         feed = self.evaluation.feeds["search"][0]
-        consumers = {
-            tensor: [n.name for n in nodes] for tensor, nodes in GraphIndex(self.builder.model).consumers.items()
-        }
         exact_float = self.backend.name == "tensorrt"  # strongly typed; OpenVINO picks its own float type
-        return check_layers(engine_layers(artifact, feed), self.builder.units, plan, exact_float, consumers)
+        return check_layers(engine_layers(artifact, feed), self.builder.units, plan, exact_float, self._consumers)
+
+    @functools.cached_property
+    def _consumers(self) -> dict[str, list[str]]:
+        """Tensor → the float model's nodes reading it (the model does not change, so built once per job)."""
+        return {tensor: [n.name for n in nodes] for tensor, nodes in GraphIndex(self.builder.model).consumers.items()}
 
     def _precision_check(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
         """The units whose engine precision differs from the plan; a failed probe with --strict-precision."""

@@ -79,7 +79,7 @@ class Pipeline:
         return self.driver.outputs(artifact, split)
 
     def baseline(self) -> dict[str, Any]:
-        """The float model's metric on both splits and its latency (cached in the journal)."""
+        """What budgets are relative to (all-high plan or FP32), with both references (``SearchDriver.baseline``)."""
         return self.driver.baseline()
 
     def measure(self, plan: PrecisionPlan, k: int) -> dict[str, Any]:

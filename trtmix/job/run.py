@@ -64,20 +64,18 @@ def _report(
     for k in extra_probes:  # measured off the bisection path because latency rose with k
         record = dict(pipeline.journal.get(searches[config.ordering].plan_for(k).stable_hash()) or {})
         if record:
-            relative = record["accuracy"] / baseline["accuracy"] if record.get("status") == "ok" else None
-            by_hash[record["plan_hash"]] = {**record, "relative": relative, "orderings": ["extra"]}
+            by_hash[record["plan_hash"]] = {**record, "relative": _relative(record, baseline), "orderings": ["extra"]}
     for name, search in searches.items():
         orderings[name] = []
         for k in sorted(search.probes):
             record = dict(pipeline.journal.get(search.plan_for(k).stable_hash()) or {})
-            record["relative"] = record["accuracy"] / baseline["accuracy"] if record.get("status") == "ok" else None
+            record["relative"] = _relative(record, baseline)
             entry = by_hash.setdefault(record["plan_hash"], {**record, "orderings": []})
             entry["orderings"].append(name)
             orderings[name].append({**record, "k": k})
     high = dict(pipeline.journal.get(PrecisionPlan(default=config.default).stable_hash()) or {})
     if high and high["plan_hash"] not in by_hash:  # measured as the baseline though no search visited k = 0
-        relative = high["accuracy"] / baseline["accuracy"] if high.get("status") == "ok" else None
-        by_hash[high["plan_hash"]] = {**high, "relative": relative, "orderings": ["baseline"]}
+        by_hash[high["plan_hash"]] = {**high, "relative": _relative(high, baseline), "orderings": ["baseline"]}
     probes = list(by_hash.values())
     mark_pareto(probes)
     busy_probes = [p["k"] for p in probes if p.get("latency") and busy(p["latency"].get("load") or {})]
@@ -114,6 +112,11 @@ def _report(
         "units": _unit_table(pipeline, searches, chosen_plan),
         "versions": _versions(),
     }
+
+
+def _relative(record: dict[str, Any], baseline: dict[str, Any]) -> float | None:
+    """A probe's accuracy relative to the baseline's (None for a failed probe)."""
+    return record["accuracy"] / baseline["accuracy"] if record.get("status") == "ok" else None
 
 
 def _engine_check(pipeline: Pipeline, plan: PrecisionPlan) -> dict[str, Any] | None:

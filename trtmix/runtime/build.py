@@ -76,6 +76,7 @@ class Builder:
             self.flavour.check_backend(backend.name)
         self.backend, self.folder = backend, folder
         self.model_hash = model_sha256(model)
+        self.ranges_hash = ranges.stable_hash() if ranges is not None else "none"  # fixed for this builder
 
     def compile(self, plan: PrecisionPlan, check: bool = True) -> onnx.ModelProto:
         """``plan`` written into the graph; with ``check``, refused unless it passes the flavour's rules."""
@@ -94,7 +95,7 @@ class Builder:
         backend = self.require_backend()
         return BuildKey(
             model=self.model_hash,
-            ranges=self.ranges.stable_hash() if self.ranges is not None and plan is not None else "none",
+            ranges=self.ranges_hash if plan is not None else "none",
             plan=plan.stable_hash() if plan is not None else FLOAT,
             flavour=self.flavour.options() if plan is not None else {},
             backend=backend.name,
@@ -104,17 +105,20 @@ class Builder:
 
     def paths(self, plan: PrecisionPlan | None) -> tuple[Path, Path]:
         """Where ``plan``'s compiled ONNX and its artifact live: named by the plan, the flavour and the key."""
+        return self._paths(self.key(plan))
+
+    def _paths(self, key: BuildKey) -> tuple[Path, Path]:
         if self.folder is None:
             raise CompileError("Internal error: this builder has no artifact folder.")
-        key = self.key(plan)
-        flavour = self.flavour.name if plan is not None else FLOAT
+        flavour = self.flavour.name if key.plan != FLOAT else FLOAT
         stem = f"{key.plan}.{flavour}.{key.digest()}"
         suffix = "engine" if key.backend == "tensorrt" else "onnx"
         return self.folder / f"{stem}.onnx", self.folder / f"{stem}.{key.backend}.{suffix}"
 
     def build(self, plan: PrecisionPlan | None, float_path: Path | None = None) -> Built:
         """Compile (checked) and build ``plan``, or the float model at ``float_path``; reuses what is on disk."""
-        onnx_path, artifact = self.paths(plan)
+        key = self.key(plan)
+        onnx_path, artifact = self._paths(key)
         if not artifact.is_file():
             if plan is None:
                 if float_path is None:
@@ -124,7 +128,7 @@ class Builder:
                 atomic_write_bytes(onnx_path, self.compile(plan).SerializeToString())
             LOG.debug("building %s", artifact.name)
             self.require_backend().build(onnx_path, artifact)
-        return Built(onnx_path if plan is not None else (float_path or onnx_path), artifact, self.key(plan))
+        return Built(onnx_path if plan is not None else (float_path or onnx_path), artifact, key)
 
     def require_backend(self) -> Backend:
         """The backend, which building (not compiling) needs."""
