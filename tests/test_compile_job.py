@@ -212,3 +212,19 @@ def test_compile_an_onnx_source(recipe, tmp_path, capsys):
     capsys.readouterr()
     assert main(["-q", *args, "--ordering", "hessian", "--fresh"]) == 2
     assert "needs the torch model" in capsys.readouterr().err
+
+
+def test_ordering_is_computed_only_when_the_bisection_needs_it(recipe, tmp_path, capsys):
+    loose = tmp_path / "loose"  # all-INT8 keeps well over 50% cosine: the search ends after all-INT8
+    assert main(["-q", *_compile_args(recipe, loose, "--max-drop", "50%")]) == 0
+    report = json.loads((loose / "report.json").read_text())
+    assert report["stop_reason"] == "all-INT8 already meets the budget"
+    assert report["orderings_computed"] == {"kl": False} and report["ordering_seconds"] == {"kl": None}
+    assert "ordering kl: not computed, the search never needed it" in capsys.readouterr().out
+    with sqlite3.connect(loose / "journal.sqlite") as db:
+        assert not [key for (key,) in db.execute("SELECT key FROM cache") if key.startswith("ordering:")]
+    tight = tmp_path / "tight"  # a budget all-INT8 misses: the bisection walks the kl order
+    assert main(["-q", *_compile_args(recipe, tight, "--max-drop", "0.0001%")]) == 0
+    report = json.loads((tight / "report.json").read_text())
+    assert report["orderings_computed"] == {"kl": True} and report["ordering_seconds"]["kl"] > 0
+

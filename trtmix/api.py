@@ -15,8 +15,7 @@ import onnx
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import PlanError
-from trtmix.io import atomic_write_bytes
-from trtmix.ir.graph import QDQ_OPS, load_onnx
+from trtmix.ir.graph import QDQ_OPS, load_onnx, save_onnx
 from trtmix.ir.units import Unit, require_units
 from trtmix.job.config import CompileConfig
 from trtmix.quant.flavours import get_flavour
@@ -88,7 +87,7 @@ def build(
     resolved = resolve_plan(plan, units)
     compiled = Builder(model, units, ranges, flavour).compile(resolved, check=True)
     onnx.checker.check_model(compiled, full_check=True)
-    atomic_write_bytes(output, compiled.SerializeToString())
+    save_onnx(compiled, output)
     built = None
     if artifact is not None:
         built = get_backend(backend, tensorrt=tensorrt, flavour=flavour).build(Path(output), Path(artifact))

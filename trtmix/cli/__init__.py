@@ -134,6 +134,10 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     flags.add_source_and_data(parser, "MODULE:FUNCTION returning (model, sample_inputs), or a .onnx file",
                               "data recipe with calibration/search/holdout splits")  # fmt: skip
     flags.add_metric_flag(parser)
+    parser.add_argument(
+        "--score-output", metavar="NAME",
+        help="the graph output the metric scores, for models with several (default: the first; the summary names it)",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--max-drop", help="largest accepted metric drop relative to float, e.g. 0.1%% (default: 1%%)")
     budget.add_argument(
@@ -212,11 +216,12 @@ def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("model", type=Path, help="ONNX model (float or compiled)")
     flags.add_backend_flag(parser, default="onnxruntime")
     flags.add_timing_flags(parser, what="")
+    flags.add_data_flags(parser, required=False, help_text="time on the first calibration batch of this recipe, "
+                         "image folder or .npz (default: random inputs shaped by the graph and --dim)")  # fmt: skip
     parser.add_argument(
-        "--data", metavar="RECIPE", help="time on the first batch of this recipe (default: random inputs)"
-    )
-    parser.add_argument(
-        "--dim", nargs="+", metavar="NAME=N", help="values of symbolic input dims for random inputs (default 1)"
+        "--dim", nargs="+", metavar="NAME=N",
+        help="values of the symbolic input dims for random inputs; each is required without --data "
+        "(INPUT:AXIS names one the graph left unnamed)",
     )
     parser.add_argument("--json", action="store_true", help="print LatencyStats as JSON (median_ms, p90_ms, ...)")
     flags.add_tensorrt_flags(parser, strict=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections import Counter
 
 from trtmix import api
@@ -15,8 +16,10 @@ from trtmix.data.feeds import parse_dims, tensorrt_settings, timing_feeds
 from trtmix.data.recipes import parse_data_args
 from trtmix.data.user_code import load_model_factory
 from trtmix.errors import TrtmixError
+from trtmix.ir.domains import describe as describe_foreign
+from trtmix.ir.domains import foreign_ops
 from trtmix.ir.graph import load_onnx
-from trtmix.ir.units import units_to_json
+from trtmix.ir.units import require_units, units_to_json
 from trtmix.job.config import CompileConfig
 from trtmix.job.run import summary_lines
 from trtmix.quant.flavours import get_flavour
@@ -64,7 +67,11 @@ def _dynamic_axes(args: argparse.Namespace, names: list[str]) -> dict[str, dict[
 
 def run_units(args: argparse.Namespace) -> None:
     """``trtmix units``."""
-    units = api.list_units(args.model)
+    model = load_onnx(args.model)
+    units = require_units(model, str(args.model))
+    foreign = foreign_ops(model)
+    if foreign:  # on stderr, so `--json` stays one JSON document on stdout
+        print(f"not quantizable (ops outside the standard ONNX domain):\n{describe_foreign(foreign)}", file=sys.stderr)
     if args.json:
         print(units_to_json(units))
         return
@@ -161,7 +168,8 @@ def _verify_engine(result: api.BuildResult, strict: bool) -> None:
 
 def run_profile(args: argparse.Namespace) -> None:
     """``trtmix profile``."""
-    feeds = timing_feeds(load_onnx(args.model), args.data, parse_dims(args.dim))
+    data_args = parse_data_args(args.data_arg)
+    feeds = timing_feeds(load_onnx(args.model), args.data, parse_dims(args.dim), data_args=data_args)
     stats = api.profile(args.model, feeds, args.backend, args.runs, args.warmup, args.threads, tensorrt_settings(args))
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
@@ -228,6 +236,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         max_runs=args.max_runs,
         max_timing_seconds=args.max_timing_seconds,
         final_rounds=args.final_rounds,
+        score_output=args.score_output,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config

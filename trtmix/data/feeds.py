@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx
 
 from trtmix.data.recipes import checked_batches, load_batches, model_input_specs
 from trtmix.errors import TrtmixError
-
-LOG = logging.getLogger(__name__)
 
 
 def parse_profiles(items: list[str] | None) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
@@ -53,27 +49,49 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
 
 
 def timing_feeds(
-    model: onnx.ModelProto, data: str | None, dims: dict[str, int], seed: int = 0
+    model: onnx.ModelProto,
+    data: str | None,
+    dims: dict[str, int],
+    seed: int = 0,
+    data_args: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """One feed: the first batch of ``data`` if given, else random normal floats / 0-1 integers.
 
-    Symbolic dimensions take their value from ``dims`` and default to 1.
+    Without data, every symbolic dimension needs a value from ``dims`` (``--dim``): a guessed sequence length or
+    batch would time a shape the user never runs, so a missing one is an error that lists them all.
     """
     if data:
-        return next(iter(checked_batches(load_batches(data, "calibration"), model, limit=1)))
+        return next(iter(checked_batches(load_batches(data, "calibration", **(data_args or {})), model, limit=1)))
+    specs = model_input_specs(model)
+    _require_dims(specs, dims)
     rng = np.random.default_rng(seed)
     feeds = {}
-    for name, (dtype, shape) in model_input_specs(model).items():
-        concrete = []
-        for dim in shape:
-            if isinstance(dim, int):
-                concrete.append(dim)
-            else:
-                concrete.append(dims.get(dim, 1))
-                if dim not in dims:
-                    LOG.info("input %s: dimension %r set to 1 (use --dim %s=N)", name, dim, dim)
+    for name, (dtype, shape) in specs.items():
+        concrete = [dim if isinstance(dim, int) else dims[_dim_key(name, axis, dim)] for axis, dim in enumerate(shape)]
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(concrete).astype(dtype)
         else:
             feeds[name] = rng.integers(0, 2, size=concrete).astype(dtype)
     return feeds
+
+
+def _dim_key(input_name: str, axis: int, dim: str) -> str:
+    """What ``--dim`` calls a symbolic dimension: its name, or ``INPUT:AXIS`` when the graph left it unnamed."""
+    return f"{input_name}:{axis}" if dim == "?" else dim
+
+
+def _require_dims(specs: dict[str, tuple[type, tuple[int | str, ...]]], dims: dict[str, int]) -> None:
+    """An error naming every symbolic dimension that ``dims`` leaves open, with the flag that fills it."""
+    missing: dict[str, list[str]] = {}
+    for name, (_, shape) in specs.items():
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, str) and _dim_key(name, axis, dim) not in dims:
+                missing.setdefault(_dim_key(name, axis, dim), []).append(f"{name}[{axis}]")
+    if missing:
+        listed = "; ".join(f"{dim!r} ({', '.join(where)})" for dim, where in missing.items())
+        example = "--dim " + " ".join(f"{dim}=N" for dim in missing)
+        raise TrtmixError(
+            f"The model's inputs have symbolic dimensions with no value: {listed}.",
+            expected="a value for each, or a data recipe whose batches give the shapes",
+            fix=f"pass {example} (e.g. batch=1, sequence=128), or --data recipe.py",
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
 from trtmix.errors import ModelLoadError
+from trtmix.io import atomic_write_bytes
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -46,6 +48,40 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     return model
 
 
+# Protobuf cannot serialize a message over 2 GiB; above this size the weights go to an external data file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` as one self-contained file, atomically; with external data when it is too large.
+
+    Graphs loaded from a file with external data hold their weights in memory, so the copy written here never
+    depends on where the user's ``.data`` file lives. Above protobuf's 2 GiB limit the weights go to
+    ``<name>.data`` beside the file (written first; the graph file's rename commits both).
+    """
+    target = Path(path)
+    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+        atomic_write_bytes(target, model.SerializeToString())
+        return target
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    temp = target.with_name(f".{target.name}.tmp")
+    onnx.save_model(copy, str(temp), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{target.name}.data", size_threshold=1024)
+    temp.replace(target)
+    return target
+
+
+def copy_onnx(source: Path, target: Path) -> Path:
+    """Copy an ONNX file atomically; one whose weights are in external data files becomes self-contained."""
+    proto = onnx.load(str(source), load_external_data=False)
+    if not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer):
+        atomic_write_bytes(target, source.read_bytes())
+        return target
+    external_data_helper.load_external_data_for_model(proto, str(source.parent))
+    return save_onnx(proto, target)
+
+
 def name_unnamed_nodes(model: onnx.ModelProto) -> None:
     """Give nameless or duplicate-named nodes a deterministic name ``<op>_<index>`` so units can be addressed."""
     seen: set[str] = set()
@@ -58,6 +94,32 @@ def name_unnamed_nodes(model: onnx.ModelProto) -> None:
 def model_sha256(model: onnx.ModelProto) -> str:
     """Hash of the serialized model: keys caches of ranges and artifacts."""
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def implicated_nodes(path: Path, message: str, limit: int = 5) -> str:
+    """The nodes an engine's error ``message`` points at, as text to append to it ("" when it names them already).
+
+    Engines often name the op type that failed ("Frobnicate is not a registered op") but not the node; a user
+    needs the node to find it in their graph.
+    """
+    try:
+        nodes = list(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:  # noqa: BLE001 - the engine's own message is still reported
+        return ""
+    if any(node.name and _mentions(message, node.name) for node in nodes):
+        return ""
+    ops = {node.op_type for node in nodes if _mentions(message, node.op_type)}
+    hits = [f"{node.name} ({node.domain + '.' if node.domain else ''}{node.op_type})"
+            for node in nodes if node.op_type in ops]  # fmt: skip
+    if not hits:
+        return ""
+    more = f" and {len(hits) - limit} more" if len(hits) > limit else ""
+    return f" [node{'s' if len(hits) > 1 else ''} of that op: {', '.join(hits[:limit])}{more}]"
+
+
+def _mentions(message: str, word: str) -> bool:
+    """``word`` appears in ``message`` as a whole word (a node called ``mm`` is not mentioned by "Summary")."""
+    return re.search(rf"(?<!\w){re.escape(word)}(?!\w)", message) is not None
 
 
 class GraphIndex:

@@ -20,7 +20,7 @@ from trtmix.search.bisection import Budget
 # The settings that change what a probe measures; the journal refuses to mix runs that differ in any of them.
 MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
                      "warmup", "threads", "default", "tensorrt", "timing_target", "max_runs",
-                     "max_timing_seconds")  # fmt: skip
+                     "max_timing_seconds", "score_output")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class CompileConfig:
     max_runs: int = 200
     max_timing_seconds: float = 10.0
     final_rounds: int = 12  # interleaved rounds re-timing the contenders at the end (0: choose by single medians)
+    score_output: str | None = None  # the graph output the metric scores (None: the first)
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,9 @@ class SearchDriver:
     """Measures plans with ``builder``'s backend against ``evaluation``; see the module docstring."""
 
     def __init__(
-        self, config: CompileConfig, builder: Builder, evaluation: Evaluation, journal: Journal, float_path: Path
+        self, config: CompileConfig, builder: Builder, evaluation: Evaluation, journal: Journal
     ) -> None:
         self.config, self.builder, self.evaluation, self.journal = config, builder, evaluation, journal
-        self.float_path = float_path
         self.backend = builder.require_backend()
         self.measured = 0
 
@@ -99,7 +99,7 @@ class SearchDriver:
 
     def float_artifact(self) -> Path:
         """The float model as the backend built it for the baseline."""
-        return self.builder.build(None, float_path=self.float_path).artifact
+        return self.builder.build(None).artifact
 
     def fp32(self) -> dict[str, Any]:
         """The float model as exported: its metric on both splits and its latency (cached in the journal)."""
@@ -140,7 +140,7 @@ class SearchDriver:
         return {"accuracy": reference["accuracy"], "holdout": reference["holdout"], "latency": reference["latency"],
                 "relative_to": self.config.relative_to, "fp32": fp32, "all_high": all_high}  # fmt: skip
 
-    def search(self, order: list[str], label: str, baseline_accuracy: float, budget: Budget) -> BisectionSearch:
+    def search(self, order: Sequence[str], label: str, baseline_accuracy: float, budget: Budget) -> BisectionSearch:
         """Run one bisection along ``order`` to its end, measuring (or replaying) each probe."""
         search = BisectionSearch(order, budget, self.config.default, self.config.frontier)
         progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")

@@ -28,15 +28,17 @@ class Evaluation:
     feeds: dict[str, list[Feed]]
     reference: dict[str, np.ndarray]
     labels: dict[str, np.ndarray | None]
+    output_index: int = 0  # which graph output the metric scores
+    output_note: str | None = None  # said in the summary when the model has several outputs
 
     def score(self, split: str, outputs: np.ndarray) -> float:
         """The metric of ``outputs`` on ``split``."""
         return score(self.metric, outputs, self.reference[split], self.labels[split])
 
     def outputs(self, backend: Backend, artifact: Path, split: str) -> np.ndarray:
-        """The first output of ``artifact`` on every evaluated batch of ``split`` (one runner for all batches)."""
+        """The scored output of ``artifact`` on every evaluated batch of ``split`` (one runner for all batches)."""
         with backend.open(artifact) as runner:
-            return np.concatenate([runner.infer(feed)[0] for feed in self.feeds[split]])
+            return np.concatenate([runner.infer(feed)[self.output_index] for feed in self.feeds[split]])
 
 
 def split_feeds(config: CompileConfig, model: onnx.ModelProto, split: str, limit: int) -> list[Feed]:
@@ -47,11 +49,32 @@ def split_feeds(config: CompileConfig, model: onnx.ModelProto, split: str, limit
 
 def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: Path) -> Evaluation:
     """Feeds of both splits, the float model's outputs on them (ONNX Runtime, the oracle) and labels."""
+    index, note = scored_output(model, config.score_output)
     feeds = {split: split_feeds(config, model, split, config.eval_batches) for split in SPLITS}
     with OnnxRuntimeRunner(model_path, config.threads, optimize=True) as oracle:
-        reference = {split: np.concatenate([oracle.infer(f)[0] for f in batches]) for split, batches in feeds.items()}
+        reference = {s: np.concatenate([oracle.infer(f)[index] for f in batches]) for s, batches in feeds.items()}
     labels = {split: _labels(config, split, len(reference[split])) for split in feeds}
-    return Evaluation(config.metric, feeds, reference, labels)
+    return Evaluation(config.metric, feeds, reference, labels, index, note)
+
+
+def scored_output(model: onnx.ModelProto, name: str | None) -> tuple[int, str | None]:
+    """The index of the graph output the metric scores, and the line the summary says about it.
+
+    One output: that one, nothing to say. Several: ``name`` (``--score-output``), else the first, and the summary
+    names it, so a user scoring BERT's ``pooler_output`` by accident sees it.
+    """
+    names = [output.name for output in model.graph.output]
+    if name is not None and name not in names:
+        raise TrtmixError(
+            f"--score-output {name!r}: the model has no output of that name.",
+            expected=f"one of: {', '.join(names)}",
+            fix="pass one of the model's output names",
+        )
+    if len(names) == 1:
+        return 0, None
+    index = names.index(name) if name is not None else 0
+    how = "chosen with --score-output" if name is not None else "the first; --score-output NAME chooses another"
+    return index, f"scored output: {names[index]} ({how}; the model has {len(names)}: {', '.join(names)})"
 
 
 def _labels(config: CompileConfig, split: str, rows: int) -> np.ndarray | None:

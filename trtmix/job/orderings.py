@@ -11,7 +11,7 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.errors import TrtmixError
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
-from trtmix.job.evaluation import split_feeds
+from trtmix.job.evaluation import scored_output, split_feeds
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
 from trtmix.search.orderings import order_units
@@ -19,6 +19,16 @@ from trtmix.sensitivity.measured import PlanScorer, single_unit_scores
 from trtmix.sensitivity.run import TORCH_METHODS
 
 CALIBRATION_FEEDS = 2  # calibration batches the measured orderings score on
+
+
+def check_source(source: str, config: CompileConfig) -> None:
+    """Refuse, before any work, a Hessian ordering of an ONNX source (orderings are computed lazily, late)."""
+    torch_methods = [name for name in config.orderings() if name in TORCH_METHODS]
+    if torch_methods and source.endswith(".onnx"):
+        raise TrtmixError(
+            f"--ordering {torch_methods[0]} needs the torch model, but the source is an ONNX file.",
+            fix="pass MODULE:FUNCTION, or use --ordering kl, noise or random",
+        )
 
 
 class JobOrderings:
@@ -64,17 +74,13 @@ class JobOrderings:
     def _kl_scores(self) -> dict[str, float]:
         """Each unit alone in INT8, measured on calibration batches (a compile and a short run per unit)."""
         feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
-        scorer = PlanScorer(self.builder, self.config.metric, feeds, self.config.default)
+        index, _ = scored_output(self.builder.model, self.config.score_output)
+        scorer = PlanScorer(self.builder, self.config.metric, feeds, self.config.default, index)
         with tqdm(total=len(self.units), desc="ordering kl", unit="unit") as progress:
             return single_unit_scores(scorer, self.units, lambda: progress.update())
 
     def _torch_orders(self, methods: list[str]) -> dict[str, dict[str, Any]]:
         """Hessian-based orderings (they need the torch model, so the source must be MODULE:FUNCTION)."""
-        if self.source.endswith(".onnx"):
-            raise TrtmixError(
-                f"--ordering {methods[0]} needs the torch model, but the source is an ONNX file.",
-                fix="pass MODULE:FUNCTION, or use --ordering kl, noise or random",
-            )
         from trtmix.data.user_code import load_model_factory
         from trtmix.sensitivity.run import SensitivitySettings, compute_sensitivity
 

@@ -10,7 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trtmix.io import atomic_write_bytes, atomic_write_text
+from trtmix.io import atomic_write_text
+from trtmix.ir.domains import foreign_ops
+from trtmix.ir.graph import save_onnx
 from trtmix.job.driver import SearchDriver
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
@@ -37,12 +39,16 @@ def write_plan_outputs(
     built = builder.build(plan)
     chosen = {"plan": "plan.json", "onnx": f"chosen.{flavour}.onnx",
               "artifact": f"chosen.{flavour}.{backend}{built.artifact.suffix}"}  # fmt: skip
-    atomic_write_bytes(output / chosen["onnx"], builder.compile(plan, check=True).SerializeToString())
+    save_onnx(builder.compile(plan, check=True), output / chosen["onnx"])
     shutil.copyfile(built.artifact, output / chosen["artifact"])
     tensorrt_onnx = output / "chosen.tensorrt.onnx"
+    foreign = foreign_ops(builder.model)
+    if foreign:  # TensorRT cannot parse the graph at all: no tensorrt-flavour file, and the report says why
+        chosen["tensorrt_note"] = f"no chosen.tensorrt.onnx: TensorRT cannot parse {foreign[0].domain} ops"
+        return chosen
     if flavour != "tensorrt":
         shipped = Builder(builder.model, builder.units, builder.ranges, "tensorrt")
-        atomic_write_bytes(tensorrt_onnx, shipped.compile(plan, check=True).SerializeToString())
+        save_onnx(shipped.compile(plan, check=True), tensorrt_onnx)
     lines = trtexec_lines(tensorrt_onnx.name, "chosen.engine", "timing.cache", tensorrt or {})
     atomic_write_text(output / "trtexec.txt", lines)
     chosen.update(tensorrt_onnx=tensorrt_onnx.name, trtexec=lines.splitlines()[1])  # the TensorRT 10 line

@@ -18,13 +18,13 @@ from trtmix.ir.graph import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.driver import SearchDriver
 from trtmix.job.evaluation import load_evaluation
-from trtmix.job.orderings import JobOrderings
+from trtmix.job.orderings import JobOrderings, check_source
 from trtmix.job.workspace import Workspace
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime import get_backend
 from trtmix.runtime.build import Builder
-from trtmix.search.bisection import BisectionSearch, Budget
+from trtmix.search.bisection import BisectionSearch, Budget, LazyOrder
 
 
 class Pipeline:
@@ -32,6 +32,7 @@ class Pipeline:
 
     def __init__(self, source: str, output: Path, config: CompileConfig, fresh: bool = False) -> None:
         config.validate()
+        check_source(source, config)
         self.source, self.output, self.config = source, output, config
         self.tensorrt_settings = tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
         cache_dir = output / "artifacts" / "openvino-cache"
@@ -40,6 +41,7 @@ class Pipeline:
         get_flavour(config.flavour).check_backend(self.backend.name)  # `auto` resolved: still before any work
         self.workspace = Workspace(source, output, config, fresh)
         self.model_path, self.model, self.units = self.workspace.model_path, self.workspace.model, self.workspace.units
+        get_flavour(config.flavour).check_model(self.model)  # before calibration, the first costly step
         self.ranges = self._ranges()
         self.builder = self._builder(config.flavour)
         engine = {"flavour": self.builder.flavour.options(), "backend": self.backend.name,
@@ -47,7 +49,7 @@ class Pipeline:
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
         self.evaluation = load_evaluation(config, self.model, self.model_path)
         self.orderings = JobOrderings(source, config, self.builder, self.journal)
-        self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal, self.model_path)
+        self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)
 
     def _ranges(self) -> Ranges:
         config = self.config
@@ -95,6 +97,9 @@ class Pipeline:
         return self.orderings.seconds(name)
 
     def search(self, ordering: str, baseline_accuracy: float, budget: Budget | None = None) -> BisectionSearch:
-        """One bisection along ``ordering``; ``budget`` overrides the configured one (probes do not depend on it)."""
-        order, _ = self.order(ordering)
+        """One bisection along ``ordering``; ``budget`` overrides the configured one (probes do not depend on it).
+
+        The ordering is computed only if the bisection needs it (not when all-INT8 meets the budget).
+        """
+        order = LazyOrder([unit.name for unit in self.units], lambda: self.order(ordering)[0])
         return self.driver.search(order, ordering, baseline_accuracy, budget or self.config.budget)

@@ -137,6 +137,8 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
     ]
     if report.get("flavour_note"):
         lines.append(f"Note: {escape(report['flavour_note'])}.")
+    if report.get("scored_output"):
+        lines.append(f"{escape(report['scored_output']).capitalize()}.")
     check = report.get("engine_check")
     if check:
         lines.append(f"The engine ({escape(report['backend'])}) verified {check['verified_int8']} of "
@@ -155,6 +157,8 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
     files = report.get("files") or {}
     if files.get("trtexec"):
         lines.append(f"On a TensorRT host: <code>{escape(files['trtexec'])}</code> (also in trtexec.txt).")
+    if files.get("tensorrt_note"):
+        lines.append(f"{escape(files['tensorrt_note'])}.")
     return "".join(f"<p>{line}</p>" for line in lines)
 
 

@@ -20,7 +20,7 @@ from trtmix.job.report import mark_pareto, reference_latencies, write_report
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.timing import busy
-from trtmix.search.bisection import BisectionSearch
+from trtmix.search.bisection import BisectionSearch, order_computed
 
 LOG = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def _report(
         "backend_options": backend.options(),
         "flavour": config.flavour,
         "flavour_note": pipeline.builder.flavour.note(backend.name),
+        "scored_output": pipeline.evaluation.output_note,
         "cpu": cpu_features().describe(),
         "relative_to": config.relative_to,
         "busy_probes": busy_probes,
@@ -102,6 +103,7 @@ def _report(
         "all_int8": all_int8 and {"latency": all_int8["latency"], "relative": all_int8["relative"]},
         "orderings": orderings,
         "ordering_seconds": {name: pipeline.ordering_seconds(name) for name in searches},
+        "orderings_computed": {name: order_computed(search.order) for name, search in searches.items()},
         "probes": probes,
         "chosen": chosen_plan.stable_hash() if chosen_plan else None,
         "chosen_k": len(chosen_plan.int8_units()) if chosen_plan else None,
@@ -135,7 +137,8 @@ def _engine_check(pipeline: Pipeline, plan: PrecisionPlan) -> dict[str, Any] | N
 def _unit_table(
     pipeline: Pipeline, searches: dict[str, BisectionSearch], chosen_plan: PrecisionPlan | None
 ) -> list[dict[str, Any]]:
-    ranks = {name: {unit: i + 1 for i, unit in enumerate(search.order)} for name, search in searches.items()}
+    ranks = {name: {unit: i + 1 for i, unit in enumerate(search.order)}
+             for name, search in searches.items() if order_computed(search.order)}  # fmt: skip
     table = []
     for unit in pipeline.units:
         precision = chosen_plan.precision_of(unit.name) if chosen_plan else Precision.FP16
@@ -161,6 +164,8 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
     lines = [f"report: {output / 'report.html'} (also report.json, frontier.png)"]
     if report.get("flavour_note"):
         lines.append(f"note: {report['flavour_note']}")
+    if report.get("scored_output"):
+        lines.append(report["scored_output"])
     chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
     if chosen is None:
         lines.append(f"no plan met the budget ({report['budget_text']}): {report['stop_reason']}")
@@ -188,6 +193,9 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
         f"{report['wall_seconds']:.0f} s; stop: {report['stop_reason']}",
     ]
+    skipped = [name for name, computed in (report.get("orderings_computed") or {}).items() if not computed]
+    if skipped:
+        lines.append(f"ordering {', '.join(skipped)}: not computed, the search never needed it")
     if report["violations"]:
         lines.append(f"note: accuracy was not monotone in k for probe pairs {report['violations']}")
     if report.get("latency_violations"):

@@ -27,6 +27,8 @@ import onnx
 from trtmix import registry
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
+from trtmix.ir.domains import describe as describe_foreign
+from trtmix.ir.domains import foreign_ops
 from trtmix.ir.graph import GraphIndex, two_activation_adds
 from trtmix.ir.units import KIND_CONV, Unit
 from trtmix.quant.plan import Precision, PrecisionPlan
@@ -80,6 +82,10 @@ class Flavour(ABC):
             return None
         return f"the {self.name} flavour was made for {' and '.join(self.backends)}; {backend} runs it as a plain graph"
 
+    def check_model(self, model: onnx.ModelProto) -> None:
+        """Refuse, before any work, a graph this flavour's engines cannot parse (none refused by default)."""
+        return None
+
     def check_backend(self, backend: str) -> None:
         """Refuse, before any work, a backend that cannot run this flavour's graphs as planned."""
         if backend not in self.refused:
@@ -113,6 +119,17 @@ class TensorRTFlavour(Flavour):
     def issues(self, model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> list[str]:
         """TensorRT's Q/DQ and typing rules (``trtmix.quant.rules``)."""
         return tensorrt_issues(model, units, plan)
+
+    def check_model(self, model: onnx.ModelProto) -> None:
+        """TensorRT's ONNX parser reads the standard domain only; custom-domain ops each need a plugin."""
+        ops = foreign_ops(model)
+        if ops:
+            raise CompileError(
+                "TensorRT's ONNX parser cannot parse this graph: it holds ops outside the standard ONNX domain, "
+                "for which TensorRT has no built-in layer:\n" + describe_foreign(ops),
+                expected="a graph of standard ONNX ops (e.g. the export before ONNX Runtime's transformer optimizer)",
+                fix="give trtmix the unfused export, or use --flavour ort-cpu to target ONNX Runtime",
+            )
 
 
 class OrtCpuFlavour(Flavour):

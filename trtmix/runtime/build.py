@@ -19,8 +19,7 @@ import onnx
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
-from trtmix.io import atomic_write_bytes
-from trtmix.ir.graph import model_sha256
+from trtmix.ir.graph import model_sha256, save_onnx
 from trtmix.ir.units import Unit
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.flavours import Flavour, get_flavour
@@ -72,6 +71,7 @@ class Builder:
     ) -> None:
         self.model, self.units, self.ranges = model, units, ranges
         self.flavour = get_flavour(flavour)
+        self.flavour.check_model(model)
         if backend is not None:
             self.flavour.check_backend(backend.name)
         self.backend, self.folder = backend, folder
@@ -115,20 +115,19 @@ class Builder:
         suffix = "engine" if key.backend == "tensorrt" else "onnx"
         return self.folder / f"{stem}.onnx", self.folder / f"{stem}.{key.backend}.{suffix}"
 
-    def build(self, plan: PrecisionPlan | None, float_path: Path | None = None) -> Built:
-        """Compile (checked) and build ``plan``, or the float model at ``float_path``; reuses what is on disk."""
+    def build(self, plan: PrecisionPlan | None) -> Built:
+        """Compile (checked) and build ``plan``, or the float model (None); reuses what is on disk.
+
+        The float model is written into the artifact folder too, so a graph whose weights live in the user's
+        external data file builds from a self-contained copy.
+        """
         key = self.key(plan)
         onnx_path, artifact = self._paths(key)
         if not artifact.is_file():
-            if plan is None:
-                if float_path is None:
-                    raise CompileError("Internal error: building the float model needs its path.")
-                onnx_path = float_path
-            else:
-                atomic_write_bytes(onnx_path, self.compile(plan).SerializeToString())
+            save_onnx(self.model if plan is None else self.compile(plan), onnx_path)
             LOG.debug("building %s", artifact.name)
             self.require_backend().build(onnx_path, artifact)
-        return Built(onnx_path if plan is not None else (float_path or onnx_path), artifact, key)
+        return Built(onnx_path, artifact, key)
 
     def require_backend(self) -> Backend:
         """The backend, which building (not compiling) needs."""

@@ -23,7 +23,7 @@ import onnx
 
 from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
-from trtmix.ir.graph import has_qdq
+from trtmix.ir.graph import has_qdq, implicated_nodes
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.timing import TimingPolicy
 
@@ -149,7 +149,8 @@ class OnnxRuntimeBackend(RunsThroughRunners):
             ort_session(onnx_path, self.threads, optimize=True, optimized_path=temp)
             atomic_write_bytes(artifact_path, temp.read_bytes())
         except BackendError as err:
-            raise BackendError(f"ONNX Runtime failed to build {onnx_path}: {err}") from err
+            nodes = implicated_nodes(onnx_path, str(err))
+            raise BackendError(f"ONNX Runtime failed to build {onnx_path}: {err}{nodes}") from err
         finally:
             temp.unlink(missing_ok=True)
         return artifact_path

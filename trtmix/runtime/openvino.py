@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from trtmix.errors import BackendError
-from trtmix.io import atomic_write_bytes
+from trtmix.ir.graph import copy_onnx, implicated_nodes
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.engine_report import EngineLayer
@@ -90,13 +90,14 @@ class OpenVinoBackend(RunsThroughRunners):
         try:
             return openvino.Core().compile_model(str(path), "CPU", self.config(precision, profile))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
-            raise BackendError(f"OpenVINO cannot compile {path.name}: {_message(err)}") from err
+            message = _message(err)
+            nodes = implicated_nodes(path, message)
+            raise BackendError(f"OpenVINO cannot compile {path.name}: {message}{nodes}") from err
 
     def build(self, onnx_path: Path, artifact_path: Path) -> Path:
         """Check that OpenVINO compiles ``onnx_path``, then keep the ONNX as the artifact (atomically)."""
         self.compile(onnx_path, self.precision)
-        atomic_write_bytes(artifact_path, onnx_path.read_bytes())
-        return artifact_path
+        return copy_onnx(onnx_path, artifact_path)
 
     def open(self, artifact: Path) -> OpenVinoRunner:
         """A runner on ``artifact``."""

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -90,6 +92,44 @@ def _percent(text: str) -> float:
         raise TrtmixError(f"Bad percentage {text!r} in --accuracy-range.") from None
 
 
+class LazyOrder(Sequence[str]):
+    """An ordering computed only when the bisection first needs it.
+
+    The search measures all-INT8 and all-high first, and neither depends on the order; when all-INT8 meets the
+    budget (common for large transformers), the ordering, which costs one compile per unit, is never computed.
+    """
+
+    def __init__(self, names: list[str], compute: Callable[[], list[str]]) -> None:
+        self.names, self._compute = list(names), compute
+        self._order: list[str] | None = None
+
+    @property
+    def computed(self) -> bool:
+        """True once the order was needed (and so computed)."""
+        return self._order is not None
+
+    def resolved(self) -> list[str]:
+        """The order, computing it now if needed."""
+        if self._order is None:
+            self._order = list(self._compute())
+        return self._order
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self.resolved()[index]
+
+
+def order_computed(order: Sequence[str]) -> bool:
+    """False only for a lazy order the search never needed."""
+    return order.computed if isinstance(order, LazyOrder) else True
+
+
 @dataclass
 class Probe:
     """One measured plan.  ``relative`` is accuracy ÷ the float model's; None when the probe failed."""
@@ -109,7 +149,7 @@ class Probe:
 class BisectionSearch:
     """Bisection of k (number of INT8 units from the front of ``order``) against ``budget``."""
 
-    order: list[str]
+    order: Sequence[str]
     budget: Budget
     default: Precision = Precision.FP16
     frontier: int = 0
@@ -134,7 +174,11 @@ class BisectionSearch:
         return math.ceil(math.log2(max(self.units, 1))) + 3
 
     def plan_for(self, k: int) -> PrecisionPlan:
-        """The plan with the first ``k`` units of the order in INT8."""
+        """The plan with the first ``k`` units of the order in INT8 (k = 0 and k = U need no order)."""
+        if k == 0:
+            return PrecisionPlan(default=self.default)
+        if k == self.units and isinstance(self.order, LazyOrder):
+            return PrecisionPlan.with_int8(self.order.names, default=self.default)
         return PrecisionPlan.with_int8(self.order[:k], default=self.default)
 
     def ask(self) -> int | None:

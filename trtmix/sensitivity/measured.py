@@ -29,13 +29,15 @@ class PlanScorer:
         metric: str,
         feeds: list[dict[str, np.ndarray]],
         default: Precision = Precision.FP16,
+        output_index: int = 0,
     ) -> None:
         self.builder, self.metric, self.feeds, self.default = builder, metric, feeds, default
+        self.output_index = output_index  # the graph output the metric scores
         self.reference = self._outputs(builder.model)
 
     def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
         with OnnxRuntimeRunner(model, optimize=True) as runner:
-            return np.concatenate([runner.infer(feed)[0] for feed in self.feeds])
+            return np.concatenate([runner.infer(feed)[self.output_index] for feed in self.feeds])
 
     def distance(self, int8_units: list[str]) -> float:
         """Divergence of the plan with ``int8_units`` in INT8 (the rest in the default precision)."""

@@ -1,0 +1,174 @@
+"""Graphs trtmix did not write: ``transformers`` models exported by ``torch.onnx.export`` directly, as users do.
+
+Small configurations (2 layers, narrow), seeded random init. For each graph: ``units``, ``calibrate``, ``build`` in
+both flavours (the INT8 graph's outputs compared with the float model's on ONNX Runtime), ``profile`` on OpenVINO,
+and ``compile --max-drop 1%`` end to end, ending in a plan. Plus an opset-13 graph, dynamic axes, external data,
+a graph fused by ONNX Runtime's transformer optimizer, and the faults those graphs bring.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from trtmix.cli import main
+from trtmix.data.recipes import load_batches
+from trtmix.evaluate import cosine
+from trtmix.models.zoo import ZOO, export_as_user, zoo_model
+from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+RECIPE = str(Path(__file__).resolve().parents[1] / "calib" / "zoo.py")
+CNNS = ("resnet", "mobilenetv2")
+FAST = ["--runs", "3", "--timing-target", "0", "--final-rounds", "2", "--eval-batches", "2"]
+
+
+def data_flags(kind: str) -> list[str]:
+    return ["--data", RECIPE, "--data-arg", f"kind={kind}"]
+
+
+def first_output(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    with OnnxRuntimeRunner(path, threads=1, optimize=True) as runner:
+        return runner.infer(feed)[0]
+
+
+def check_graph(
+    path: Path,
+    kind: str,
+    tmp_path: Path,
+    compile_flavours: tuple[str, ...] = ("tensorrt",),
+    floor: float = 0.9,
+    ordering: str = "kl",
+) -> None:
+    """units, calibrate, build (both flavours, outputs close to float), profile, compile: every step exits 0.
+
+    All-INT8 cosine to the float outputs must pass ``floor``: 0.9 for the transformers; 0.5 for the CNNs, whose
+    random-init logits (10 classes; MobileNetV2's depthwise convs) measured 0.35-0.75 all-INT8 per row. A broken
+    graph (zeros, NaN, a wrong output) scores near 0. The CNNs' compiles use the data-free ``noise`` ordering: their
+    all-INT8 misses the budget, and ``kl``'s compile per unit (53 for MobileNetV2) would cost a minute here.
+    """
+    data = data_flags(kind)
+    ranges = tmp_path / "ranges.json"
+    assert main(["-q", "units", str(path)]) == 0
+    assert main(["-q", "calibrate", str(path), *data, "-o", str(ranges)]) == 0
+    feed = next(iter(load_batches(RECIPE, "search", kind=kind)))
+    reference = first_output(path, feed)
+    float_outputs = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    for flavour in ("tensorrt", "ort-cpu"):
+        built = tmp_path / f"int8.{flavour}.onnx"
+        assert main(["-q", "build", str(path), "--plan", "int8", "--flavour", flavour, "--ranges", str(ranges),
+                     "-o", str(built)]) == 0  # fmt: skip
+        assert [o.name for o in onnx.load(str(built)).graph.output] == float_outputs  # scored output keeps its index
+        similarity = cosine(first_output(built, feed), reference).mean()
+        assert similarity > floor, f"{flavour}: all-INT8 cosine {similarity:.4f} to the float model"
+    assert main(["-q", "profile", str(tmp_path / "int8.tensorrt.onnx"), "--backend", "openvino", *data,
+                 "--runs", "3"]) == 0  # fmt: skip
+    metric = "cosine" if kind == "text" else "agreement"
+    for flavour in compile_flavours:
+        out = tmp_path / f"out-{flavour}"
+        assert main(["-q", "compile", str(path), *data, "--metric", metric, "--max-drop", "1%", "--flavour", flavour,
+                     "--ordering", ordering, "-o", str(out), *FAST]) == 0  # fmt: skip
+        report = json.loads((out / "report.json").read_text())
+        assert report["chosen"], report["stop_reason"]
+        assert (out / "plan.json").is_file()
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_graph_end_to_end(name: str, exporter: str, tmp_path: Path) -> None:
+    model = zoo_model(name)
+    path = export_as_user(model, tmp_path / f"{name}.{exporter}.onnx", exporter)
+    cnn = name in CNNS
+    check_graph(path, model.kind, tmp_path, floor=0.5 if cnn else 0.9, ordering="noise" if cnn else "kl")
+
+
+def test_opset_13_graph_both_flavours(tmp_path: Path) -> None:
+    model = zoo_model("bert", attention="eager")
+    path = export_as_user(model, tmp_path / "bert13.onnx", "legacy", opset=13)
+    assert onnx.load(str(path)).opset_import[0].version == 13
+    check_graph(path, "text", tmp_path, compile_flavours=("tensorrt", "ort-cpu"))
+
+
+def test_external_data_graph_builds_self_contained_artifacts(tmp_path: Path) -> None:
+    model = zoo_model("resnet")
+    path = export_as_user(model, tmp_path / "resnet.onnx", "dynamo")
+    assert Path(f"{path}.data").is_file(), "the dynamo exporter keeps weights in external data"
+    check_graph(path, "image", tmp_path, compile_flavours=("tensorrt", "ort-cpu"), floor=0.5)
+    for artifact in (tmp_path / "out-tensorrt" / "artifacts").glob("float.*.onnx"):
+        proto = onnx.load(str(artifact), load_external_data=False)
+        assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
+
+
+def test_dynamic_axes_need_dims_or_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = zoo_model("bert")
+    path = export_as_user(model, tmp_path / "bert_dynamic.onnx", "legacy", dynamic=True)
+    assert main(["-q", "profile", str(path), "--runs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "'batch'" in err and "'sequence'" in err and "--dim batch=N sequence=N" in err and "Traceback" not in err
+    assert main(["-q", "profile", str(path), "--runs", "2", "--dim", "batch=1", "sequence=8", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["median_ms"] > 0
+    check_graph(path, "text", tmp_path)
+
+
+def test_graph_fused_by_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onnxruntime.transformers import optimizer
+
+    source = export_as_user(zoo_model("bert", attention="eager"), tmp_path / "bert.onnx", "legacy")
+    fused = optimizer.optimize_model(str(source), model_type="bert", num_heads=2, hidden_size=64, opt_level=0)
+    path = tmp_path / "bert_fused.onnx"
+    fused.save_model_to_file(str(path))
+    assert any(node.domain == "com.microsoft" and node.op_type == "Attention" for node in fused.model.graph.node)
+
+    assert main(["-q", "units", str(path)]) == 0
+    listed = capsys.readouterr()
+    assert "com.microsoft Attention" in listed.err and "no plan can quantize" in listed.err
+    data = data_flags("text")
+    out = tmp_path / "refused"
+    assert main(["-q", "compile", str(path), *data, "--metric", "cosine", "--max-drop", "1%", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT's ONNX parser cannot parse" in err and "--flavour ort-cpu" in err and "Traceback" not in err
+    assert not (out / "ranges.json").exists(), "refused before calibration"
+    out = tmp_path / "ort"
+    assert main(["-q", "compile", str(path), *data, "--metric", "cosine", "--max-drop", "1%", "--flavour", "ort-cpu",
+                 "-o", str(out), *FAST]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["chosen"] and "TensorRT cannot parse com.microsoft ops" in report["files"]["tensorrt_note"]
+    assert not (out / "chosen.tensorrt.onnx").exists()
+
+
+def test_op_the_engine_cannot_run_names_the_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    helper = onnx.helper
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+         helper.make_node("Frobnicate", ["m"], ["y"], name="odd_node", domain="example.custom")],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")],
+    )  # fmt: skip
+    path = tmp_path / "custom.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("example.custom", 1)]), path)  # fmt: skip
+    for backend, engine_words in (("onnxruntime", "not a registered function/op"), ("openvino", "conversion rule")):
+        assert main(["-q", "profile", str(path), "--backend", backend, "--runs", "2"]) == 2
+        err = capsys.readouterr().err
+        assert engine_words in err and "odd_node (example.custom.Frobnicate)" in err and "Traceback" not in err
+
+
+def test_two_outputs_say_which_is_scored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = zoo_model("bert")
+    path = export_as_user(model, tmp_path / "bert.onnx", "legacy")
+    outputs = [o.name for o in onnx.load(str(path)).graph.output]
+    assert len(outputs) == 2  # last_hidden_state, pooler_output
+    base = ["compile", str(path), *data_flags("text"), "--metric", "cosine", "--max-drop", "1%", *FAST]
+    assert main([*base, "-o", str(tmp_path / "a")]) == 0
+    assert f"scored output: {outputs[0]} (the first; --score-output NAME" in capsys.readouterr().out
+    assert main([*base, "-o", str(tmp_path / "b"), "--score-output", outputs[1]]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["scored_output"].startswith(f"scored output: {outputs[1]} (chosen with --score-output")
+    assert main([*base, "-o", str(tmp_path / "c"), "--score-output", "logits"]) == 2
+    err = capsys.readouterr().err
+    assert "no output of that name" in err and outputs[1] in err
