@@ -136,7 +136,7 @@ def compile_job(path: Path, args: dict[str, str], output: Path, runs: int) -> di
 
 
 def ratio(value: float | None, base: float | None) -> str:
-    return f"{value:.1f} ({value / base:.2f}x)" if value and base else "failed"
+    return f"{value:.2f} ({value / base:.2f}x)" if value and base else "failed"
 
 
 def print_tables(rows: list[dict[str, Any]]) -> None:

@@ -97,6 +97,8 @@ def test_external_data_graph_builds_self_contained_artifacts(tmp_path: Path) -> 
     path = export_as_user(model, tmp_path / "resnet.onnx", "dynamo")
     assert Path(f"{path}.data").is_file(), "the dynamo exporter keeps weights in external data"
     check_graph(path, "image", tmp_path, compile_flavours=("tensorrt", "ort-cpu"), floor=0.5)
+    for backend in ("onnxruntime", "openvino"):  # the user's graph itself, weights in its .data file
+        assert main(["-q", "profile", str(path), "--backend", backend, "--runs", "2", *data_flags("image")]) == 0
     for artifact in (tmp_path / "out-tensorrt" / "artifacts").glob("float.*.onnx"):
         proto = onnx.load(str(artifact), load_external_data=False)
         assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)

@@ -72,12 +72,18 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     return target
 
 
+def has_external_data(source: Path) -> bool:
+    """True when the ONNX file at ``source`` keeps initializers in external data files."""
+    proto = onnx.load(str(source), load_external_data=False)
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
+
+
 def copy_onnx(source: Path, target: Path) -> Path:
     """Copy an ONNX file atomically; one whose weights are in external data files becomes self-contained."""
-    proto = onnx.load(str(source), load_external_data=False)
-    if not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer):
+    if not has_external_data(source):
         atomic_write_bytes(target, source.read_bytes())
         return target
+    proto = onnx.load(str(source), load_external_data=False)
     external_data_helper.load_external_data_for_model(proto, str(source.parent))
     return save_onnx(proto, target)
 

@@ -23,7 +23,7 @@ import onnx
 
 from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
-from trtmix.ir.graph import has_qdq, implicated_nodes
+from trtmix.ir.graph import copy_onnx, has_external_data, has_qdq, implicated_nodes
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.timing import TimingPolicy
 
@@ -143,16 +143,26 @@ class OnnxRuntimeBackend(RunsThroughRunners):
         return {"threads": self.threads}
 
     def build(self, onnx_path: Path, artifact_path: Path) -> Path:
-        """Optimise with ORT's full graph optimisation and save the optimised model (atomically)."""
+        """Optimise with ORT's full graph optimisation and save the optimised model (atomically).
+
+        A graph with external data is first made self-contained beside the artifact: the optimised model ORT saves
+        would otherwise point at the user's ``.data`` file by a path relative to where the artifact is not.
+        """
         temp = artifact_path.with_name(f".{artifact_path.name}.tmp.onnx")
+        external = has_external_data(onnx_path)
+        source = artifact_path.with_name(f".{artifact_path.name}.source.onnx") if external else onnx_path
         try:
-            ort_session(onnx_path, self.threads, optimize=True, optimized_path=temp)
+            if external:
+                copy_onnx(onnx_path, source)
+            ort_session(source, self.threads, optimize=True, optimized_path=temp)
             atomic_write_bytes(artifact_path, temp.read_bytes())
         except BackendError as err:
             nodes = implicated_nodes(onnx_path, str(err))
             raise BackendError(f"ONNX Runtime failed to build {onnx_path}: {err}{nodes}") from err
         finally:
             temp.unlink(missing_ok=True)
+            if external:
+                source.unlink(missing_ok=True)
         return artifact_path
 
     def open(self, artifact: Path) -> OnnxRuntimeRunner:
