@@ -33,7 +33,12 @@ ONNX_ORDERINGS = {
     "noise": "data-free relative weight quantization noise",
     "random": "a seeded permutation (random-N: seed N)",
 }
-ORDERINGS = {**ONNX_ORDERINGS, **TORCH_SENSITIVITY}
+# Orderings only a compile job can make: they need the engine's per-layer profile of the job's own builds.
+JOB_ORDERINGS = {
+    "gain": "kl divergence per millisecond the unit saves in INT8 (the engine's per-layer profile): most latency "
+    "per unit of accuracy lost first",
+}
+ORDERINGS = {**ONNX_ORDERINGS, **JOB_ORDERINGS, **TORCH_SENSITIVITY}
 SENSITIVITY_METHODS = {**TORCH_SENSITIVITY, **ONNX_ORDERINGS}
 FLAVOURS = {
     "tensorrt": "s8 symmetric Q/DQ, float16 graph: what a TensorRT strongly typed build needs",

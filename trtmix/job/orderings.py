@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -12,9 +13,10 @@ from trtmix.errors import TrtmixError
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import scored_output, split_feeds
+from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
-from trtmix.search.orderings import order_units
+from trtmix.search.orderings import gain_order, order_units
 from trtmix.sensitivity.measured import PlanScorer, single_unit_scores
 from trtmix.sensitivity.run import TORCH_METHODS
 
@@ -34,8 +36,16 @@ def check_source(source: str, config: CompileConfig) -> None:
 class JobOrderings:
     """``order(name)`` for the job's source, model and ranges; ``kl`` compiles through the job's builder."""
 
-    def __init__(self, source: str, config: CompileConfig, builder: Builder, journal: Journal) -> None:
+    def __init__(
+        self,
+        source: str,
+        config: CompileConfig,
+        builder: Builder,
+        journal: Journal,
+        latency: Callable[[], LatencyModel | None] = lambda: None,
+    ) -> None:
         self.source, self.config, self.builder, self.journal = source, config, builder, journal
+        self.latency = latency  # the job's per-unit latency model (``gain`` needs it)
 
     @property
     def units(self) -> list[Unit]:
@@ -60,6 +70,8 @@ class JobOrderings:
         if name == "kl":
             kl_scores = self._kl_scores()
             order, scores = order_units(name, self.units, self.builder.model, lambda unit: kl_scores[unit.name])
+        elif name == "gain":
+            order, scores = self._gain()
         else:
             order, scores = order_units(name, self.units, self.builder.model)
         self.journal.store(f"ordering:{name}", {"order": order, "scores": scores,
@@ -70,6 +82,18 @@ class JobOrderings:
         """Seconds ``name`` cost when it was computed (the Hessian ones include their share: kl, traces, variant)."""
         cached = self.journal.cached(f"ordering:{name}")
         return cached.get("seconds") if cached else None
+
+    def _gain(self) -> tuple[list[str], dict[str, float]]:
+        """``kl`` divergence per millisecond each unit saves, from the engine's per-layer profile."""
+        _, divergence = self.order("kl")
+        model = self.latency()
+        if model is None:
+            raise TrtmixError(
+                f"--ordering gain needs the engine's per-layer profile, and the {self.builder.require_backend().name} "
+                "backend gives none.",
+                fix="use --backend openvino or onnxruntime, or --ordering kl",
+            )
+        return gain_order(divergence, model.savings_ms, [unit.name for unit in self.units])
 
     def _kl_scores(self) -> dict[str, float]:
         """Each unit alone in INT8, measured on calibration batches (a compile and a short run per unit)."""

@@ -18,11 +18,13 @@ from trtmix.ir.graph import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.driver import SearchDriver
 from trtmix.job.evaluation import load_evaluation
+from trtmix.job.latency import job_latency_model
 from trtmix.job.orderings import JobOrderings, check_source
 from trtmix.job.workspace import Workspace
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime import get_backend
+from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.bisection import BisectionSearch, Budget, LazyOrder
 
@@ -48,8 +50,8 @@ class Pipeline:
                   "version": self.backend.version, "options": self.backend.options()}  # fmt: skip
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
         self.evaluation = load_evaluation(config, self.model, self.model_path)
-        self.orderings = JobOrderings(source, config, self.builder, self.journal)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)
+        self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model)
 
     def _ranges(self) -> Ranges:
         config = self.config
@@ -87,6 +89,10 @@ class Pipeline:
     def measure(self, plan: PrecisionPlan, k: int) -> dict[str, Any]:
         """The journal record of ``plan``, measured now unless a previous run already did."""
         return self.driver.measure(plan, k)
+
+    def latency_model(self) -> LatencyModel | None:
+        """Per-unit latency from the engine's per-layer profile of the all-high and all-INT8 builds (cached)."""
+        return job_latency_model(self.driver)
 
     def order(self, name: str) -> tuple[list[str], dict[str, float]]:
         """An ordering of the units, least sensitive first (cached in the journal)."""

@@ -78,6 +78,7 @@ def _html(report: dict[str, Any], image: str) -> str:
     units = "".join(
         f"<tr><td><code>{escape(u['name'])}</code></td><td>{escape(u['kind'])}</td><td>{escape(u['precision'])}</td>"
         + _engine_cells(engine.get(u["name"]))
+        + _latency_cells(u.get("latency_ms"))
         + f"<td>{escape(str(u.get('module') or ''))}</td>"
         + "".join(f"<td>{u['ranks'].get(name, '')}</td>" for name in report["orderings"])
         + "</tr>"
@@ -92,9 +93,10 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}tr.chosen{{back
 </style></head><body><h1>trtmix report</h1>{summary}
 <img alt="accuracy-latency frontier" src="data:image/png;base64,{image}">
 <h2>Probes</h2><table><tr><th>orderings</th><th>k (INT8 units)</th><th>status</th>
-<th>{escape(report["metric"])}, % of float</th><th>median ms</th><th>Pareto</th><th>plan</th></tr>{rows}</table>
+<th>{escape(report["metric"])}, % of float</th><th>median ms</th><th>predicted ms</th><th>Pareto</th><th>plan</th>
+</tr>{rows}</table>
 <h2>Chosen plan, unit by unit</h2><table><tr><th>unit</th><th>kind</th><th>precision</th><th>engine runs</th>
-<th>engine kernel</th><th>layer ms</th><th>torch module</th>
+<th>engine kernel</th><th>layer ms</th><th>profiled ms high / INT8 (saving)</th><th>torch module</th>
 {rank_headers}</tr>{units}</table><p>Versions: <code>{versions}</code></p></body></html>
 """
 
@@ -112,6 +114,15 @@ def _engine_cells(check: dict[str, Any] | None) -> str:
     return f"<td>{precision}</td><td><code>{html.escape(check.get('primitive') or '')}</code></td><td>{ms}</td>"
 
 
+def _latency_cells(latency: dict[str, Any] | None) -> str:
+    """A unit's profiled time in the all-high and all-INT8 builds and its saving (MAC share when unattributed)."""
+    if latency is None:
+        return "<td>–</td>"
+    if not latency["attributed"]:
+        return f"<td>unattributed (MAC share: {latency['saving']:.3f})</td>"
+    return f"<td>{latency['high']:.3f} / {latency['int8']:.3f} ({latency['saving']:+.3f})</td>"
+
+
 def _probe_row(probe: dict[str, Any], chosen: str | None) -> str:
     escape = html.escape
     cells = [
@@ -120,6 +131,7 @@ def _probe_row(probe: dict[str, Any], chosen: str | None) -> str:
         escape(probe["status"]),
         _pct(probe.get("relative")),
         _ms(probe.get("latency")),
+        "–" if probe.get("predicted_ms") is None else f"{probe['predicted_ms']:.2f}",
         "yes" if probe.get("pareto") else "",
         f"<code>{escape(probe['plan_hash'])}</code>",
     ]

@@ -14,6 +14,7 @@ from trtmix.errors import TrtmixError
 from trtmix.ir.graph import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.final import final_choice
+from trtmix.job.latency import add_predictions
 from trtmix.job.outputs import holdout_check, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
 from trtmix.job.report import mark_pareto, reference_latencies, write_report
@@ -78,6 +79,7 @@ def _report(
         by_hash[high["plan_hash"]] = {**high, "relative": _relative(high, baseline), "orderings": ["baseline"]}
     probes = list(by_hash.values())
     mark_pareto(probes)
+    latency = _latency_section(pipeline, probes, baseline)
     busy_probes = [p["k"] for p in probes if p.get("latency") and busy(p["latency"].get("load") or {})]
     primary = searches[config.ordering]
     all_int8 = next((p for p in probes if p["k"] == len(pipeline.units) and p["status"] == "ok"), None)
@@ -111,9 +113,24 @@ def _report(
         "violations": primary.violations(),
         "max_builds": primary.max_builds,
         "holdout": {"baseline": baseline["holdout"]},
-        "units": _unit_table(pipeline, searches, chosen_plan),
+        "units": _unit_table(pipeline, searches, chosen_plan, latency),
+        "latency_model": latency and {k: v for k, v in latency.items() if k != "units"},
         "versions": _versions(),
     }
+
+
+def _latency_section(
+    pipeline: Pipeline, probes: list[dict[str, Any]], baseline: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The per-unit latency model, each probe's predicted latency beside its measured one, and the error spread."""
+    model = pipeline.latency_model()
+    if model is None:
+        return None
+    errors = add_predictions(model, probes, baseline["all_high"]["latency"]["median_ms"])
+    units = {name: {"high": lat.high_ms, "int8": lat.int8_ms, "saving": round(model.savings_ms.get(name, 0.0), 4),
+                    "attributed": lat.attributed} for name, lat in model.units.items()}  # fmt: skip
+    return {"errors": errors, "unattributed": model.unattributed, "profiled_high_ms": round(model.high_total_ms, 4),
+            "profiled_int8_ms": round(model.int8_total_ms, 4), "units": units}  # fmt: skip
 
 
 def _relative(record: dict[str, Any], baseline: dict[str, Any]) -> float | None:
@@ -135,7 +152,10 @@ def _engine_check(pipeline: Pipeline, plan: PrecisionPlan) -> dict[str, Any] | N
 
 
 def _unit_table(
-    pipeline: Pipeline, searches: dict[str, BisectionSearch], chosen_plan: PrecisionPlan | None
+    pipeline: Pipeline,
+    searches: dict[str, BisectionSearch],
+    chosen_plan: PrecisionPlan | None,
+    latency: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
     ranks = {name: {unit: i + 1 for i, unit in enumerate(search.order)}
              for name, search in searches.items() if order_computed(search.order)}  # fmt: skip
@@ -145,6 +165,7 @@ def _unit_table(
         table.append({
             "name": unit.name, "kind": unit.kind, "module": unit.module, "precision": precision.value,
             "ranks": {name: ranks[name][unit.name] for name in ranks},
+            "latency_ms": (latency or {}).get("units", {}).get(unit.name),
         })  # fmt: skip
     return table
 
@@ -193,6 +214,11 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
         f"{report['wall_seconds']:.0f} s; stop: {report['stop_reason']}",
     ]
+    errors = (report.get("latency_model") or {}).get("errors")
+    if errors:
+        lines.append(f"latency model: the per-unit profile predicted the {errors['probes']} probes' latency within "
+                     f"{errors['median_abs']:.1%} (median), {errors['max_abs']:.1%} (max); the search ranks by "
+                     "measured latency only")  # fmt: skip
     skipped = [name for name, computed in (report.get("orderings_computed") or {}).items() if not computed]
     if skipped:
         lines.append(f"ordering {', '.join(skipped)}: not computed, the search never needed it")

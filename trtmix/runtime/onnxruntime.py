@@ -13,9 +13,11 @@ fixed intra-op thread count and inputs allocated once; ``time.perf_counter`` bra
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections import Counter
+import tempfile
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
 from trtmix.ir.graph import copy_onnx, has_external_data, has_qdq, implicated_nodes
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
+from trtmix.runtime.engine_report import EngineLayer
 from trtmix.runtime.timing import TimingPolicy
 
 LOG = logging.getLogger(__name__)
@@ -55,11 +58,13 @@ def ort_session(
     threads: int | None = None,
     optimize: bool = True,
     optimized_path: Path | None = None,
+    profile_prefix: Path | None = None,
 ):  # type: ignore[no-untyped-def]
     """The one way trtmix opens an ONNX Runtime session: CPU provider, fixed threads, the rewrites it must not run.
 
     Export checks, calibration, measured orderings, the float reference and the backend all come here, so every
-    session runs with the same options.  ``optimized_path`` saves the optimised graph (what ``build`` ships).
+    session runs with the same options.  ``optimized_path`` saves the optimised graph (what ``build`` ships);
+    ``profile_prefix`` turns on ORT's per-node profiler, writing its JSON under that prefix.
     """
     import onnxruntime as ort
 
@@ -74,6 +79,9 @@ def ort_session(
     )
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     disabled = disabled_optimizers(graph) if optimize else []
     try:
         return ort.InferenceSession(
@@ -168,6 +176,29 @@ class OnnxRuntimeBackend(RunsThroughRunners):
     def open(self, artifact: Path) -> OnnxRuntimeRunner:
         """A runner on the built artifact (already optimised, so no further optimisation is applied)."""
         return OnnxRuntimeRunner(artifact, self.threads, optimize=False)
+
+    def layer_profile(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 10) -> list[EngineLayer]:
+        """Every node ORT ran, with its median kernel time over ``runs`` (from ORT's profiler, one warm-up)."""
+        with tempfile.TemporaryDirectory(prefix="trtmix-ort-profile-") as folder:
+            session = ort_session(artifact, self.threads, optimize=False, profile_prefix=Path(folder) / "profile")
+            for _ in range(max(runs, 1) + 1):
+                session.run(None, feeds)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        samples: dict[str, list[float]] = defaultdict(list)
+        kinds: dict[str, str] = {}
+        warmup_seen: set[str] = set()
+        for event in events:
+            name = str(event.get("name", ""))
+            if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+                continue
+            node = name[: -len("_kernel_time")]
+            if node not in warmup_seen:  # the first run of every node is the warm-up
+                warmup_seen.add(node)
+                continue
+            samples[node].append(float(event.get("dur", 0)) / 1e3)
+            kinds[node] = str((event.get("args") or {}).get("op_name", ""))
+        return [EngineLayer(node, kinds[node], (node,), "", ms=float(np.median(times)))
+                for node, times in samples.items()]  # fmt: skip
 
 
 def _load_graph(model: Path | bytes) -> onnx.ModelProto:

@@ -49,6 +49,21 @@ def order_units(
     return order, scores
 
 
+SAVING_FLOOR_MS = 1e-6  # a unit that saves nothing (or costs time) in INT8 goes after every unit that saves
+
+
+def gain_order(
+    divergence: dict[str, float], savings_ms: dict[str, float], names: list[str]
+) -> tuple[list[str], dict[str, float]]:
+    """``gain``: divergence per millisecond saved, lowest first, so k INT8 units are the best k by accuracy per ms.
+
+    Units that save nothing get divergence / 1e-6 ms: after every unit that saves, among themselves by divergence.
+    """
+    scores = {name: divergence[name] / max(savings_ms.get(name, 0.0), SAVING_FLOOR_MS) for name in names}
+    position = {name: i for i, name in enumerate(names)}
+    return sorted(names, key=lambda n: (scores[n], position[n])), scores
+
+
 def _weight_noise(units: list[Unit], model: onnx.ModelProto) -> dict[str, float]:
     index = GraphIndex(model)
     scores: dict[str, float] = {}
