@@ -11,6 +11,7 @@ import time
 import pytest
 
 from trtmix.cli import main
+from trtmix.runtime.cpu import cpu_features
 
 RECIPE = """
 import numpy as np
@@ -220,7 +221,10 @@ def test_ordering_is_computed_only_when_the_bisection_needs_it(recipe, tmp_path,
     report = json.loads((loose / "report.json").read_text())
     assert report["stop_reason"] == "all-INT8 already meets the budget"
     assert report["orderings_computed"] == {"kl": False} and report["ordering_seconds"] == {"kl": None}
-    assert "ordering kl: not computed, the search never needed it" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "ordering kl: not computed, the search never needed it" in printed
+    bits = report["flavour_settings"]["trtmix.weight_bits"]
+    assert bits == ("8" if cpu_features().int8_exact else "7") and f"weights: {bits}-bit (" in printed
     with sqlite3.connect(loose / "journal.sqlite") as db:
         assert not [key for (key,) in db.execute("SELECT key FROM cache") if key.startswith("ordering:")]
     tight = tmp_path / "tight"  # a budget all-INT8 misses: the bisection walks the kl order

@@ -53,3 +53,41 @@ def test_unknown_unit_lists_close_matches():
     with pytest.raises(PlanError, match=r"did you mean '/layers\.0\.query/MatMul'"):
         plan.validate(["/layers.0.query/MatMul", "/layers.0.key/MatMul", "/fc/Gemm"])
     PrecisionPlan.with_int8(["/fc/Gemm"]).validate(["/fc/Gemm"])
+
+
+def test_ort_cpu_weight_bits_follow_the_cpu_and_the_flag(calibrated, tmp_path):
+    """7-bit weights stay within ±63, 8-bit use the full ±127; the default follows VNNI/AMX detection."""
+    import onnx
+    from onnx import numpy_helper
+
+    from trtmix import api
+    from trtmix.runtime.cpu import cpu_features
+
+    model, ranges = calibrated["convnet"]
+    source = tmp_path / "convnet.onnx"
+    onnx.save(model, source)
+    peaks = {}
+    for bits in (7, 8, None):
+        out = tmp_path / f"w{bits}.onnx"
+        result = api.build(source, "int8", out, flavour="ort-cpu", ranges=ranges, weight_bits=bits)
+        compiled = onnx.load(out)
+        weights = [numpy_helper.to_array(i) for i in compiled.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        peaks[bits] = max(int(abs(w.astype(int)).max()) for w in weights)
+        props = {p.key: p.value for p in compiled.metadata_props}
+        assert props["trtmix.weight_bits"] == str(result.weight_bits)
+    assert peaks[7] <= 63 and peaks[8] == 127
+    expected = 8 if cpu_features().int8_exact else 7
+    assert peaks[None] == peaks[expected]
+
+
+def test_weight_bits_7_is_refused_for_the_tensorrt_flavour(calibrated, tmp_path):
+    import onnx
+    import pytest
+
+    from trtmix import api
+    from trtmix.errors import CompileError
+
+    model, ranges = calibrated["convnet"]
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(CompileError, match="ort-cpu flavour only"):
+        api.build(tmp_path / "m.onnx", "int8", tmp_path / "o.onnx", flavour="tensorrt", ranges=ranges, weight_bits=7)

@@ -24,6 +24,7 @@ from trtmix.quant.flavours import FLAVOURS, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.rules import tensorrt_issues
 from trtmix.runtime.build import Builder
+from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,19 +221,23 @@ def test_every_flavour_accepts_what_it_compiles(exported, name):
 def test_ort_cpu_rules_reject_full_range_weights(exported):
     model, units, ranges = _calibrated(exported)
     plan = PrecisionPlan.with_int8(u.name for u in units)
-    graph = Builder(model, units, ranges, "ort-cpu").compile(plan)
+    seven_bit = get_flavour("ort-cpu", weight_bits=7)
+    graph = Builder(model, units, ranges, seven_bit).compile(plan)
     weight = next(i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1)
     values = numpy_helper.to_array(weight).copy()
     values.flat[0] = 127
     weight.CopyFrom(numpy_helper.from_array(values, weight.name))
-    assert any("int8 weights exceed ±63" in i for i in get_flavour("ort-cpu").issues(graph, units, plan))
+    assert any("int8 weights exceed ±63" in i for i in seven_bit.issues(graph, units, plan))
+    assert not any("exceed" in i for i in get_flavour("ort-cpu", weight_bits=8).issues(graph, units, plan))
 
 
 def test_flavour_objects_own_their_settings():
     tensorrt, ort = get_flavour("tensorrt"), get_flavour("ort-cpu")
     assert (tensorrt.opset, tensorrt.symmetric, tensorrt.float_base, tensorrt.weight_levels) == (
         19, True, Precision.FP16, 127)  # fmt: skip
-    assert (ort.opset, ort.symmetric, ort.float_base, ort.weight_levels) == (13, False, Precision.FP32, 63)
+    assert (ort.opset, ort.symmetric, ort.float_base) == (13, False, Precision.FP32)
+    assert ort.weight_levels == (127 if cpu_features().int8_exact else 63)  # 8-bit weights only with VNNI or AMX
+    assert get_flavour("ort-cpu", weight_bits=7).weight_levels == 63
     tensorrt.check_backend("onnxruntime")
     with pytest.raises(CompileError, match="cannot run on the tensorrt backend"):
         ort.check_backend("tensorrt")

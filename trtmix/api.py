@@ -43,6 +43,7 @@ class BuildResult:
     qdq_nodes: int
     artifact: Path | None
     source: Path
+    weight_bits: int = 8  # int8 weight width written (ort-cpu: 7 on CPUs without VNNI or AMX)
 
 
 def list_units(model_path: str | Path) -> list[Unit]:
@@ -75,17 +76,20 @@ def build(
     backend: str = "auto",
     artifact: str | Path | None = None,
     tensorrt: dict[str, object] | None = None,
+    weight_bits: int | None = None,
 ) -> BuildResult:
     """Compile ``plan`` into ``output`` (atomically, checked by the flavour's rules); with ``artifact``, also build it.
 
     An unknown flavour, or a ``backend`` that cannot run the flavour's graphs, is an error before any work.
+    ``weight_bits`` (7 or 8) sets the ``ort-cpu`` weight width; by default it follows the CPU.
     """
     backend = resolve_backend(backend, flavour)
-    get_flavour(flavour).check_backend(backend)
+    configured = get_flavour(flavour, weight_bits)
+    configured.check_backend(backend)
     model = load_onnx(model_path)
     units = require_units(model, str(model_path))
     resolved = resolve_plan(plan, units)
-    compiled = Builder(model, units, ranges, flavour).compile(resolved, check=True)
+    compiled = Builder(model, units, ranges, configured).compile(resolved, check=True)
     onnx.checker.check_model(compiled, full_check=True)
     save_onnx(compiled, output)
     built = None
@@ -94,7 +98,8 @@ def build(
     counts = Counter(node.op_type for node in compiled.graph.node)
     int8_names = [u.name for u in units if resolved.precision_of(u.name) is Precision.INT8]
     qdq = sum(counts[op] for op in QDQ_OPS)
-    return BuildResult(Path(output), flavour, resolved, int8_names, len(units), qdq, built, Path(model_path))
+    bits = int(configured.metadata()["trtmix.weight_bits"])
+    return BuildResult(Path(output), flavour, resolved, int8_names, len(units), qdq, built, Path(model_path), bits)
 
 
 def profile(

@@ -120,6 +120,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--plan", required=True, help="plan JSON file, or int8 / fp16 / fp32 for every unit in that precision"
     )
     flags.add_flavour_flag(parser, "tensorrt", "how the plan is written")
+    flags.add_weight_bits_flag(parser)
     parser.add_argument("--ranges", type=Path, help="activation ranges from `trtmix calibrate`")
     flags.add_data_flags(parser, required=False, split=True, help_text="calibrate on this data when --ranges is absent")
     flags.add_calibration_flags(parser)
@@ -147,6 +148,7 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     flags.add_backend_flag(parser)
     flags.add_flavour_flag(parser, "tensorrt", "graph flavour the backend builds")
+    flags.add_weight_bits_flag(parser)
     parser.add_argument(
         "--relative-to",
         choices=("high", "fp32"),

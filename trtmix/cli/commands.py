@@ -124,7 +124,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
 def run_build(args: argparse.Namespace) -> None:
     """``trtmix build``."""
     args.backend = resolve_backend(args.backend, args.flavour)
-    get_flavour(args.flavour).check_backend(args.backend)  # before any calibration work
+    get_flavour(args.flavour, args.weight_bits).check_backend(args.backend)  # before any calibration work
     if args.backend == "tensorrt":
         api.get_backend("tensorrt")  # says clearly, before any work, when TensorRT is missing
     ranges = Ranges.load(args.ranges) if args.ranges else None
@@ -139,10 +139,12 @@ def run_build(args: argparse.Namespace) -> None:
         backend=args.backend,
         artifact=args.artifact,
         tensorrt=tensorrt_settings(args),
+        weight_bits=args.weight_bits,
     )
     print(
         f"wrote {result.onnx_path}: {args.flavour} flavour, {len(result.int8_units)} of {result.unit_count} "
         f"units INT8, {result.qdq_nodes} Q/DQ nodes, plan {result.plan.stable_hash()}"
+        + (f", {result.weight_bits}-bit weights" if args.flavour == "ort-cpu" else "")
     )
     if result.artifact:
         print(f"built {result.artifact} with {args.backend}")
@@ -237,6 +239,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         max_timing_seconds=args.max_timing_seconds,
         final_rounds=args.final_rounds,
         score_output=args.score_output,
+        weight_bits=args.weight_bits,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config

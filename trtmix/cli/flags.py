@@ -92,6 +92,15 @@ def add_flavour_flag(parser: argparse.ArgumentParser, default: str, what: str) -
     add_choice_flag(parser, "--flavour", registry.FLAVOURS, default, what)
 
 
+def add_weight_bits_flag(parser: argparse.ArgumentParser) -> None:
+    """``--weight-bits``: the ort-cpu flavour's weight width (default: by CPU detection)."""
+    parser.add_argument(
+        "--weight-bits", type=int, choices=(7, 8),
+        help="ort-cpu weight width: 8 where the CPU has VNNI or AMX, else 7 (ONNX Runtime's u8xs8 kernels can "
+        "saturate without them); the default detects the CPU, the report records the choice",
+    )  # fmt: skip
+
+
 def add_backend_flag(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--backend``: the engine that builds, runs and times."""
     add_choice_flag(parser, "--backend", registry.BACKENDS, default, "engine backend")

@@ -20,7 +20,7 @@ from trtmix.search.bisection import Budget
 # The settings that change what a probe measures; the journal refuses to mix runs that differ in any of them.
 MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
                      "warmup", "threads", "default", "tensorrt", "timing_target", "max_runs",
-                     "max_timing_seconds", "score_output")  # fmt: skip
+                     "max_timing_seconds", "score_output", "weight_bits")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class CompileConfig:
     max_timing_seconds: float = 10.0
     final_rounds: int = 12  # interleaved rounds re-timing the contenders at the end (0: choose by single medians)
     score_output: str | None = None  # the graph output the metric scores (None: the first)
+    weight_bits: int | None = None  # ort-cpu weight width (None: 8 with VNNI/AMX, else 7)
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""
@@ -73,7 +74,7 @@ class CompileConfig:
             raise TrtmixError(f"Unknown --relative-to {self.relative_to!r}.", expected="high or fp32")
         if self.backend not in registry.BACKENDS:
             raise TrtmixError(f"Unknown backend {self.backend!r}.", expected=f"one of {', '.join(registry.BACKENDS)}")
-        get_flavour(self.flavour).check_backend(self.backend)
+        get_flavour(self.flavour, self.weight_bits).check_backend(self.backend)
 
     @property
     def reference(self) -> str:

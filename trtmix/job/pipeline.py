@@ -61,7 +61,8 @@ class Pipeline:
         return ranges
 
     def _builder(self, flavour: str) -> Builder:
-        return Builder(self.model, self.units, self.ranges, flavour, self.backend, self.workspace.artifacts)
+        configured = get_flavour(flavour, self.config.weight_bits if flavour == self.config.flavour else None)
+        return Builder(self.model, self.units, self.ranges, configured, self.backend, self.workspace.artifacts)
 
     @property
     def measured(self) -> int:

@@ -94,6 +94,7 @@ def _report(
         "backend_options": backend.options(),
         "flavour": config.flavour,
         "flavour_note": pipeline.builder.flavour.note(backend.name),
+        "flavour_settings": pipeline.builder.flavour.metadata(),
         "scored_output": pipeline.evaluation.output_note,
         "cpu": cpu_features().describe(),
         "relative_to": config.relative_to,
@@ -187,6 +188,9 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         lines.append(f"note: {report['flavour_note']}")
     if report.get("scored_output"):
         lines.append(report["scored_output"])
+    settings = report.get("flavour_settings") or {}
+    if "trtmix.weight_bits_reason" in settings:
+        lines.append(f"weights: {settings['trtmix.weight_bits']}-bit ({settings['trtmix.weight_bits_reason']})")
     chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
     if chosen is None:
         lines.append(f"no plan met the budget ({report['budget_text']}): {report['stop_reason']}")

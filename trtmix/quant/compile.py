@@ -69,6 +69,7 @@ def compile_plan(
     graph.cleanup().toposort()
     compiled = gs.export_onnx(graph)
     compiled.ir_version = model.ir_version
+    onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})
     LOG.debug("compiled %s flavour: %d of %d units INT8", flavour.name, len(int8_units), len(units))
     return compiled
 

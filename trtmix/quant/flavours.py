@@ -34,6 +34,7 @@ from trtmix.ir.units import KIND_CONV, Unit
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.qdq import INT8_MAX, REDUCED_INT8_MAX
 from trtmix.quant.rules import ort_cpu_issues, tensorrt_issues
+from trtmix.runtime.cpu import cpu_features
 
 ALL_READERS = "*"
 
@@ -86,6 +87,10 @@ class Flavour(ABC):
         """Refuse, before any work, a graph this flavour's engines cannot parse (none refused by default)."""
         return None
 
+    def metadata(self) -> dict[str, str]:
+        """Key/values written into every compiled graph's ``metadata_props`` (the settings a reader needs)."""
+        return {"trtmix.weight_bits": "8"}
+
     def check_backend(self, backend: str) -> None:
         """Refuse, before any work, a backend that cannot run this flavour's graphs as planned."""
         if backend not in self.refused:
@@ -133,7 +138,12 @@ class TensorRTFlavour(Flavour):
 
 
 class OrtCpuFlavour(Flavour):
-    """ONNX Runtime's CPU int8 kernels."""
+    """ONNX Runtime's CPU int8 kernels.
+
+    Weights are 8-bit where the CPU has VNNI or AMX, whose u8×s8 dot products accumulate exactly; without them ONNX
+    Runtime's u8×s8 kernels can saturate their 16-bit intermediate sums, so weights are cut to 7 bits (±63, ORT's
+    ``reduce_range``). Detected when the flavour is made; ``weight_bits`` (``--weight-bits``) overrides it.
+    """
 
     name = "ort-cpu"
     opset = 13
@@ -141,9 +151,23 @@ class OrtCpuFlavour(Flavour):
     float_base = Precision.FP32
     backends = ("onnxruntime",)
     refused = ("tensorrt",)
-    weight_levels = REDUCED_INT8_MAX
     float_weights = False
     int32_gemm_bias = True
+
+    def __init__(self, weight_bits: int | None = None) -> None:
+        if weight_bits not in (None, 7, 8):
+            raise CompileError(f"--weight-bits {weight_bits} is not supported.", expected="7 or 8")
+        cpu = cpu_features()
+        self.weight_bits = weight_bits or (8 if cpu.int8_exact else 7)
+        self.weight_bits_reason = (
+            "set by --weight-bits" if weight_bits else
+            f"{'VNNI/AMX' if cpu.int8_exact else 'no VNNI or AMX'} on this CPU ({cpu.model})"
+        )  # fmt: skip
+        self.weight_levels = INT8_MAX if self.weight_bits == 8 else REDUCED_INT8_MAX  # type: ignore[misc]
+
+    def metadata(self) -> dict[str, str]:
+        """The weight width and why it was chosen, stored in every compiled graph."""
+        return {"trtmix.weight_bits": str(self.weight_bits), "trtmix.weight_bits_reason": self.weight_bits_reason}
 
     def sites(self, model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
         """Unit inputs, conv outputs, and residual Adds between quantized tensors (QLinearAdd)."""
@@ -158,13 +182,22 @@ FLAVOURS: dict[str, Flavour] = {flavour.name: flavour for flavour in (TensorRTFl
 assert set(FLAVOURS) == set(registry.FLAVOURS), "every flavour is named in trtmix.registry"
 
 
-def get_flavour(flavour: str | Flavour) -> Flavour:
-    """The flavour object called ``flavour`` (or ``flavour`` itself)."""
+def get_flavour(flavour: str | Flavour, weight_bits: int | None = None) -> Flavour:
+    """The flavour object called ``flavour`` (or ``flavour`` itself); ``weight_bits`` configures ``ort-cpu``."""
     if isinstance(flavour, Flavour):
         return flavour
     if flavour not in FLAVOURS:
         raise CompileError(f"Unknown flavour {flavour!r}.", expected=f"one of {', '.join(FLAVOURS)}")
-    return FLAVOURS[flavour]
+    if weight_bits is None:
+        return FLAVOURS[flavour]
+    if flavour != OrtCpuFlavour.name:
+        if weight_bits == 8:
+            return FLAVOURS[flavour]
+        raise CompileError(
+            f"--weight-bits {weight_bits} applies to the ort-cpu flavour only.",
+            expected="no --weight-bits with --flavour tensorrt (TensorRT's int8 weights are always 8-bit)",
+        )
+    return OrtCpuFlavour(weight_bits)
 
 
 def _tensorrt_sites(model: onnx.ModelProto, int8_units: list[Unit]) -> QuantizationSites:
