@@ -132,7 +132,7 @@ def compile_job(path: Path, args: dict[str, str], output: Path, runs: int) -> di
     report = api.compile(str(path), output, config, fresh=True)
     return {"chosen_k": report["chosen_k"], "stop": report["stop_reason"], "builds": report["builds"],
             "ordering_computed": report["orderings_computed"].get("kl"), "backend": report["backend"],
-            "wall_seconds": round(report["wall_seconds"], 1)}  # fmt: skip
+            "wall_seconds": round(report["wall_seconds"], 1), "peak_rss_mb": report["peak_rss_mb"]}  # fmt: skip
 
 
 def ratio(value: float | None, base: float | None) -> str:

@@ -223,6 +223,7 @@ def test_ordering_is_computed_only_when_the_bisection_needs_it(recipe, tmp_path,
     assert report["orderings_computed"] == {"kl": False} and report["ordering_seconds"] == {"kl": None}
     printed = capsys.readouterr().out
     assert "ordering kl: not computed, the search never needed it" in printed
+    assert report["peak_rss_mb"] > 50 and f"peak memory {report['peak_rss_mb']:.0f} MiB" in printed
     bits = report["flavour_settings"]["trtmix.weight_bits"]
     assert bits == ("8" if cpu_features().int8_exact else "7") and f"weights: {bits}-bit (" in printed
     with sqlite3.connect(loose / "journal.sqlite") as db:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,6 +48,7 @@ def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = 
     report["builds"] = pipeline.measured
     report["resumed_probes"] = resumed_before
     report["wall_seconds"] = time.perf_counter() - started
+    report["peak_rss_mb"] = peak_rss_mb()
     write_report(report, output)
     pipeline.journal.close()
     return report
@@ -118,6 +120,16 @@ def _report(
         "latency_model": latency and {k: v for k, v in latency.items() if k != "units"},
         "versions": _versions(),
     }
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of the process so far, in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def _latency_section(
@@ -216,7 +228,9 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         f"{report['metric']}: {chosen['relative']:.4%} of the {reference} plan on the search split, "
         f"{report['holdout']['relative']:.4%} on the holdout split",
         f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
-        f"{report['wall_seconds']:.0f} s; stop: {report['stop_reason']}",
+        f"{report['wall_seconds']:.0f} s"
+        + (f", peak memory {report['peak_rss_mb']:.0f} MiB" if report.get("peak_rss_mb") else "")
+        + f"; stop: {report['stop_reason']}",
     ]
     errors = (report.get("latency_model") or {}).get("errors")
     if errors:
