@@ -45,3 +45,15 @@ class BackendUnavailableError(TrtmixError):
 
 class BackendError(TrtmixError):
     """A backend failed to build, run or time a model."""
+
+
+class JobInterruptedError(TrtmixError):
+    """The user pressed Ctrl-C (SIGINT) during a job; what was measured is kept for the rerun."""
+
+    exit_code = 130  # the shell's convention for a process ended by SIGINT
+
+    def __init__(self, output: object) -> None:
+        super().__init__(
+            f"interrupted. Every probe measured so far is in {output}/journal.sqlite.",
+            fix="rerun the same command to resume; nothing is measured twice",
+        )

@@ -12,18 +12,31 @@ from trtmix.errors import TrtmixError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place.
+
+    A folder that cannot be made or written (read-only, full, a file in the way) is one clear error, and nothing
+    half-written is left at ``path``.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temp_name = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp_name, target)
+    except OSError as err:
+        if temp_name:
+            Path(temp_name).unlink(missing_ok=True)
+        raise TrtmixError(
+            f"cannot write {target}: {err.strerror or err}.",
+            fix="choose an output path in a folder you can write to, with free space",
+        ) from err
     except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
+        if temp_name:
+            Path(temp_name).unlink(missing_ok=True)
         raise
 
 

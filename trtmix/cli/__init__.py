@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from trtmix import __version__, registry
@@ -298,10 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler(args)
     except TrtmixError as err:
-        if args.verbose:
-            LOG.exception("failed")
+        if args.verbose:  # the whole chain, the user's own exception and its frames included
+            traceback.print_exception(err, file=sys.stderr)
         print(f"trtmix {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("trtmix: interrupted", file=sys.stderr)
         return 130

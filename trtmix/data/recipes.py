@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtmix.data.user_code import load_function
-from trtmix.errors import CalibrationError
+from trtmix.data.user_code import USER_FIX, guarded, load_function, user_error
+from trtmix.errors import CalibrationError, TrtmixError
 
 Feed = dict[str, np.ndarray]
 SPLITS = ("calibration", "search", "holdout")
@@ -67,10 +67,14 @@ def load_batches(spec: str, split: str = "calibration", batch_size: int = 8, **o
     kwargs: dict[str, Any] = dict(options)
     if "split" in parameters or accepts_any:
         kwargs["split"] = split
+    what = f"data recipe {spec} ({split} split)"
     try:
-        return function(**kwargs)
+        batches = function(**kwargs)
+    except TrtmixError:
+        raise
     except Exception as err:
-        raise CalibrationError(f"Data recipe {spec} raised {type(err).__name__}: {err}", fix="fix the recipe") from err
+        raise CalibrationError(user_error(err, what), fix=USER_FIX) from err
+    return guarded(batches, what, CalibrationError)
 
 
 def split_indices(count: int, split: str, seed: int = 0) -> np.ndarray:
@@ -85,8 +89,19 @@ def _npz_batches(path: Path, split: str, batch_size: int, options: dict[str, str
         raise CalibrationError(f"An .npz source takes only batch_size (got {sorted(options)}).")
     if not path.is_file():
         raise CalibrationError(f"Data file {path} does not exist.")
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {name: archive[name] for name in archive.files}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except ValueError as err:  # object arrays: loading them needs pickle, which can run code
+        raise CalibrationError(
+            f"{path} holds object arrays ({err}).",
+            expected="numeric arrays (trtmix loads .npz without pickle, which could run code from the file)",
+            fix="save plain numeric arrays, e.g. np.savez(path, input=np.stack(rows).astype(np.float32))",
+        ) from err
+    except (OSError, EOFError) as err:
+        raise CalibrationError(f"{path} is not a readable .npz file ({err}).") from err
+    if not arrays:
+        raise CalibrationError(f"{path} holds no arrays.", expected="one array per model input, keyed by input name")
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) != 1:
         raise CalibrationError(
@@ -126,15 +141,25 @@ def image_folder_batches(
     for start in range(0, len(chosen), batch_size):
         images = []
         for path in chosen[start : start + batch_size]:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-                ratio = short / min(rgb.size)
-                rgb = rgb.resize((max(crop, round(rgb.width * ratio)), max(crop, round(rgb.height * ratio))))
-                left, top = (rgb.width - crop) // 2, (rgb.height - crop) // 2
-                array = np.asarray(rgb.crop((left, top, left + crop, top + crop)), np.float32)
+            rgb = _open_rgb(path, Image)
+            ratio = short / min(rgb.size)
+            rgb = rgb.resize((max(crop, round(rgb.width * ratio)), max(crop, round(rgb.height * ratio))))
+            left, top = (rgb.width - crop) // 2, (rgb.height - crop) // 2
+            array = np.asarray(rgb.crop((left, top, left + crop, top + crop)), np.float32)
             images.append((array / float(scale) - mean_values) / std_values)
         batch = np.stack(images)
         yield {input_name: np.ascontiguousarray(batch.transpose(0, 3, 1, 2) if layout == "NCHW" else batch)}
+
+
+def _open_rgb(path: Path, image_module: Any) -> Any:
+    """An image file as RGB, or a clear error naming the file that cannot be read."""
+    try:
+        with image_module.open(path) as image:
+            return image.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds (OSError, SyntaxError, AttributeError ...)
+        raise CalibrationError(
+            f"cannot read image {path}: {type(err).__name__}: {err}", fix="remove or replace the damaged file"
+        ) from err
 
 
 def model_input_specs(model: onnx.ModelProto) -> dict[str, tuple[type, tuple[int | str, ...]]]:
@@ -183,8 +208,10 @@ def check_feed(feed: object, specs: dict[str, tuple[type, tuple[int | str, ...]]
     return checked
 
 
-def checked_batches(batches: Iterable[object], model: onnx.ModelProto, limit: int | None = None) -> Iterator[Feed]:
-    """Validated feeds from ``batches``, at most ``limit`` of them; an empty source is an error."""
+def checked_batches(
+    batches: Iterable[object], model: onnx.ModelProto, limit: int | None = None, split: str | None = None
+) -> Iterator[Feed]:
+    """Validated feeds from ``batches`` (of ``split``, named in errors), at most ``limit``; none is an error."""
     specs = model_input_specs(model)
     count = 0
     for index, feed in enumerate(batches):
@@ -194,7 +221,7 @@ def checked_batches(batches: Iterable[object], model: onnx.ModelProto, limit: in
         yield check_feed(feed, specs, index)
     if count == 0:
         raise CalibrationError(
-            "The data recipe yielded no batches.",
+            f"The data recipe yielded no batches{f' for the {split} split' if split else ''}.",
             expected="at least one feed",
             fix="check the recipe's split and file paths",
         )

@@ -9,7 +9,8 @@ import hashlib
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -57,7 +58,7 @@ def import_module_or_file(name: str) -> ModuleType:
     except TrtmixError:
         raise
     except Exception as err:
-        raise ModelLoadError(f"Importing {name!r} raised {type(err).__name__}: {err}") from err
+        raise ModelLoadError(user_error(err, f"importing {name!r}"), fix=USER_FIX) from err
 
 
 def load_function(spec: str, default_function: str | None = None) -> Callable[..., Any]:
@@ -138,4 +139,51 @@ def _run_user_code(action: Callable[[], Any], what: str) -> Any:
     except TrtmixError:
         raise
     except Exception as err:
-        raise ModelLoadError(f"{what} raised {type(err).__name__}: {err}", fix="fix the error in your code") from err
+        raise ModelLoadError(user_error(err, what), fix=USER_FIX) from err
+
+
+USER_FIX = "fix the error in your code (--verbose shows its traceback)"
+LIBRARY_PARTS = ("site-packages", "dist-packages", f"{Path(sys.base_prefix) / 'lib'}")
+
+
+def user_error(err: BaseException, what: str) -> str:
+    """``<what> raised RuntimeError: boom (recipe.py, line 3)``: the user's exception at its deepest line in their code.
+
+    The line is the last traceback frame outside trtmix, the standard library and installed packages (for a
+    ``SyntaxError``, the line it reports).
+    """
+    where = ""
+    if isinstance(err, SyntaxError) and err.filename:
+        where = f" ({Path(err.filename).name}, line {err.lineno})"
+    else:
+        frames = [frame for frame in traceback.extract_tb(err.__traceback__) if _is_user_file(frame.filename)]
+        if frames:
+            where = f" ({Path(frames[-1].filename).name}, line {frames[-1].lineno})"
+    return f"{what} raised {type(err).__name__}: {err}{where}"
+
+
+def _is_user_file(filename: str) -> bool:
+    """False for trtmix's own files, the standard library and installed packages."""
+    path = str(Path(filename).resolve()) if not filename.startswith("<") else filename
+    package = str(Path(__file__).resolve().parents[1])
+    return not (path.startswith(package) or filename.startswith("<") or any(p in path for p in LIBRARY_PARTS))
+
+
+def guarded(items: Iterable[Any], what: str, error: type[TrtmixError]) -> Iterator[Any]:
+    """Iterate the user's generator; an exception inside it becomes ``error`` naming their file and line."""
+    try:
+        iterator = iter(items)
+    except TrtmixError:
+        raise
+    except Exception as err:
+        raise error(user_error(err, what), fix=USER_FIX) from err
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except TrtmixError:
+            raise
+        except Exception as err:
+            raise error(user_error(err, what), fix=USER_FIX) from err
+        yield item

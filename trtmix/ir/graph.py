@@ -26,6 +26,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(
             f"ONNX file {source} does not exist.", fix="check the path, or export one with `trtmix export`"
         )
+    _require_external_data(source)
     try:
         model = onnx.load(str(source))
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
@@ -86,6 +87,28 @@ def copy_onnx(source: Path, target: Path) -> Path:
     proto = onnx.load(str(source), load_external_data=False)
     external_data_helper.load_external_data_for_model(proto, str(source.parent))
     return save_onnx(proto, target)
+
+
+def _require_external_data(source: Path) -> None:
+    """A clear error when the external data files a graph names are not beside it."""
+    try:
+        proto = onnx.load(str(source), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError):
+        return  # load_onnx's own message says the file is unreadable
+    wanted = {
+        entry.value
+        for init in proto.graph.initializer
+        if init.data_location == onnx.TensorProto.EXTERNAL
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+    missing = sorted(name for name in wanted if not (source.parent / name).is_file())
+    if missing:
+        raise ModelLoadError(
+            f"{source} keeps its weights in external data, and {', '.join(missing)} is not beside it.",
+            expected=f"the data file(s) in {source.parent}, as the exporter wrote them",
+            fix="copy the .onnx together with its data file(s), or re-export",
+        )
 
 
 def name_unnamed_nodes(model: onnx.ModelProto) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from trtmix.data.recipes import checked_batches, load_batches
-from trtmix.data.user_code import import_module_or_file, split_spec
+from trtmix.data.user_code import USER_FIX, import_module_or_file, split_spec, user_error
 from trtmix.errors import TrtmixError
 from trtmix.evaluate import score
 from trtmix.job.config import CompileConfig
@@ -18,6 +18,8 @@ from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
 Feed = dict[str, np.ndarray]
 SPLITS = ("search", "holdout")
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                         onnx.TensorProto.BFLOAT16})  # fmt: skip
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Evaluation:
 def split_feeds(config: CompileConfig, model: onnx.ModelProto, split: str, limit: int) -> list[Feed]:
     """At most ``limit`` checked batches of ``split`` from the job's data."""
     batches = load_batches(config.data, split, **dict(config.data_args))
-    return list(checked_batches(batches, model, limit=limit))
+    return list(checked_batches(batches, model, limit=limit, split=split))
 
 
 def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: Path) -> Evaluation:
@@ -70,9 +72,17 @@ def scored_output(model: onnx.ModelProto, name: str | None) -> tuple[int, str | 
             expected=f"one of: {', '.join(names)}",
             fix="pass one of the model's output names",
         )
+    index = names.index(name) if name is not None else 0
+    elem_type = model.graph.output[index].type.tensor_type.elem_type
+    if elem_type not in FLOAT_TYPES:
+        dtype = onnx.TensorProto.DataType.Name(elem_type).lower()
+        raise TrtmixError(
+            f"The scored output {names[index]!r} is {dtype}, not float: the metrics compare float outputs "
+            "(logits or embeddings) with the float model's.",
+            fix="pass --score-output NAME naming a float output, or export the model without its argmax",
+        )
     if len(names) == 1:
         return 0, None
-    index = names.index(name) if name is not None else 0
     how = "chosen with --score-output" if name is not None else "the first; --score-output NAME chooses another"
     return index, f"scored output: {names[index]} ({how}; the model has {len(names)}: {', '.join(names)})"
 
@@ -90,7 +100,12 @@ def _labels(config: CompileConfig, split: str, rows: int) -> np.ndarray | None:
             "--metric accuracy needs labels, but the data recipe has no load_labels(split) function.",
             fix="add load_labels(split) returning the labels in load_data order, or use --metric agreement",
         )
-    labels = np.asarray(labels_function(split=split))
+    try:
+        labels = np.asarray(labels_function(split=split))
+    except TrtmixError:
+        raise
+    except Exception as err:
+        raise TrtmixError(user_error(err, f"load_labels({split!r}) of {module_name}"), fix=USER_FIX) from err
     if len(labels) < rows:
         raise TrtmixError(f"load_labels({split!r}) returned {len(labels)} labels for {rows} evaluated samples.")
     return labels[:rows]

@@ -42,6 +42,14 @@ class Pipeline:
                                    flavour=config.flavour, cache_dir=cache_dir)  # fmt: skip
         get_flavour(config.flavour).check_backend(self.backend.name)  # `auto` resolved: still before any work
         self.workspace = Workspace(source, output, config, fresh)
+        try:
+            self._assemble(source, config)
+        except BaseException:
+            self.workspace.close()
+            raise
+
+    def _assemble(self, source: str, config: CompileConfig) -> None:
+        """Everything after the workspace: ranges, builder, journal, evaluation, driver, orderings."""
         self.model_path, self.model, self.units = self.workspace.model_path, self.workspace.model, self.workspace.units
         get_flavour(config.flavour).check_model(self.model)  # before calibration, the first costly step
         self.ranges = self._ranges()
@@ -52,6 +60,11 @@ class Pipeline:
         self.evaluation = load_evaluation(config, self.model, self.model_path)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)
         self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model)
+
+    def close(self) -> None:
+        """Close the journal and release the output folder for the next job."""
+        self.journal.close()
+        self.workspace.close()
 
     def _ranges(self) -> Ranges:
         config = self.config

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trtmix import __version__
-from trtmix.errors import TrtmixError
+from trtmix.errors import JobInterruptedError, TrtmixError
 from trtmix.ir.graph import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.final import final_choice
@@ -31,6 +31,16 @@ def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = 
     """Run the whole job into ``output`` and return the report (also written as report.json / .html / .png)."""
     started = time.perf_counter()
     pipeline = Pipeline(source, output, config, fresh=fresh)
+    try:
+        return _run(pipeline, output, config, started)
+    except KeyboardInterrupt:
+        raise JobInterruptedError(output) from None
+    finally:
+        pipeline.close()
+
+
+def _run(pipeline: Pipeline, output: Path, config: CompileConfig, started: float) -> dict[str, Any]:
+    """The job's steps after its pipeline is assembled."""
     resumed_before = len(pipeline.journal.records())
     baseline = pipeline.baseline()
     if baseline["accuracy"] <= 0:
@@ -50,7 +60,6 @@ def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = 
     report["wall_seconds"] = time.perf_counter() - started
     report["peak_rss_mb"] = peak_rss_mb()
     write_report(report, output)
-    pipeline.journal.close()
     return report
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import onnx
 
+from trtmix.errors import TrtmixError
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import Unit, require_units
+from trtmix.job import lock
 from trtmix.job.config import CompileConfig
 from trtmix.search.journal import Journal
 
@@ -21,16 +23,32 @@ class Workspace:
 
     def __init__(self, source: str, output: Path, config: CompileConfig, fresh: bool = False) -> None:
         self.source, self.output, self.config = source, output, config
-        output.mkdir(parents=True, exist_ok=True)
+        if output.exists() and not output.is_dir():
+            raise TrtmixError(f"The output folder {output} is a file, not a folder.",
+                              fix="pass -o a new or existing folder")  # fmt: skip
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrtmixError(f"Cannot create the output folder {output}: {err.strerror}.",
+                              fix="pass -o a folder you can write to") from err  # fmt: skip
+        lock.acquire(output)  # one job per folder, before anything in it is touched
         self.artifacts = output / "artifacts"
         self.journal_path = output / "journal.sqlite"
         self.export_path = output / "model.onnx"
-        if fresh:
-            self.clear()
-        self.artifacts.mkdir(exist_ok=True)
-        self.model_path = self._float_model()
-        self.model: onnx.ModelProto = load_onnx(self.model_path)
-        self.units: list[Unit] = require_units(self.model, str(self.model_path))
+        try:
+            if fresh:
+                self.clear()
+            self.artifacts.mkdir(exist_ok=True)
+            self.model_path = self._float_model()
+            self.model: onnx.ModelProto = load_onnx(self.model_path)
+            self.units: list[Unit] = require_units(self.model, str(self.model_path))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the folder for the next job."""
+        lock.release(self.output)
 
     def clear(self) -> None:
         """Forget every measurement and build of a previous run: journal, artifacts and the export stamp."""

@@ -93,11 +93,24 @@ def _with_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
         return copy
     try:
         return onnx.version_converter.convert_version(model, minimum)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - the converter raises RuntimeError from C++ assertions
+        missing = sorted({f"{n.op_type} ({n.name})" for n in model.graph.node if not _has_schema(n, minimum)})
+        reason = f"no opset {minimum} form of {', '.join(missing)}" if missing else str(err).splitlines()[0][:300]
         raise CompileError(
-            f"Cannot convert the model from opset {current} to {minimum}: {err}",
-            fix=f"re-export with --opset {minimum} or higher",
+            f"Cannot convert the model from opset {current} to {minimum}: {reason}.",
+            fix=f"re-export with --opset {minimum} or higher (replacing ops removed from ONNX)",
         ) from err
+
+
+def _has_schema(node: onnx.NodeProto, opset: int) -> bool:
+    """True when ``node``'s op exists at ``opset`` (custom domains are not the converter's business)."""
+    if node.domain not in ("", "ai.onnx"):
+        return True
+    try:
+        onnx.defs.get_schema(node.op_type, opset, node.domain)
+    except onnx.defs.SchemaError:
+        return False
+    return True
 
 
 def _apply_float_types(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> onnx.ModelProto:

@@ -19,6 +19,7 @@ import onnx
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
+from trtmix.io import atomic_write_text
 from trtmix.ir.graph import model_sha256, save_onnx
 from trtmix.ir.units import Unit
 from trtmix.quant.compile import compile_plan
@@ -77,6 +78,7 @@ class Builder:
         self.backend, self.folder = backend, folder
         self.model_hash = model_sha256(model)
         self.ranges_hash = ranges.stable_hash() if ranges is not None else "none"  # fixed for this builder
+        self._verified: set[Path] = set()  # artifacts whose hash was checked by this builder
 
     def compile(self, plan: PrecisionPlan, check: bool = True) -> onnx.ModelProto:
         """``plan`` written into the graph; with ``check``, refused unless it passes the flavour's rules."""
@@ -123,14 +125,42 @@ class Builder:
         """
         key = self.key(plan)
         onnx_path, artifact = self._paths(key)
+        if artifact.is_file() and not self._intact(artifact):
+            LOG.warning("%s does not match the hash recorded when it was built (truncated or changed): rebuilding",
+                        artifact.name)  # fmt: skip
+            artifact.unlink()
         if not artifact.is_file():
             save_onnx(self.model if plan is None else self.compile(plan), onnx_path)
             LOG.debug("building %s", artifact.name)
             self.require_backend().build(onnx_path, artifact)
+            atomic_write_text(_hash_path(artifact), _file_sha256(artifact))
+            self._verified.add(artifact)
         return Built(onnx_path, artifact, key)
+
+    def _intact(self, artifact: Path) -> bool:
+        """True when ``artifact`` still has the hash recorded at its build (checked once per builder)."""
+        if artifact not in self._verified:
+            recorded = _hash_path(artifact)
+            if not recorded.is_file() or recorded.read_text().strip() != _file_sha256(artifact):
+                return False
+            self._verified.add(artifact)
+        return True
 
     def require_backend(self) -> Backend:
         """The backend, which building (not compiling) needs."""
         if self.backend is None:
             raise CompileError("Internal error: this builder has no backend.")
         return self.backend
+
+
+def _hash_path(artifact: Path) -> Path:
+    """Where the hash of ``artifact`` is recorded when it is built."""
+    return artifact.with_name(f"{artifact.name}.sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

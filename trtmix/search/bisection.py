@@ -78,7 +78,7 @@ class Budget:
 
 def _fraction(text: str, flag: str) -> float:
     text = str(text).strip()
-    match = re.fullmatch(r"([0-9.]+)\s*(%?)", text)
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+|[0-9]+\.)\s*(%?)", text)
     if not match:
         raise TrtmixError(f"Bad {flag} {text!r}.", expected="a number, optionally with %, e.g. 0.1%")
     value = float(match[1])
