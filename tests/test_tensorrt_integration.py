@@ -45,3 +45,24 @@ def test_engine_runs_the_plan_and_matches_onnxruntime(calibrated, tmp_path, plan
     stats = backend.time(engine, feed, runs=20, warmup=5)
     assert stats.median_ms > 0 and stats.runs == 20 and stats.settings["cuda_graph"] == "True"
     assert (tmp_path / "timing.cache").is_file()
+
+
+def test_layer_profile_attributes_every_unit(calibrated, tmp_path):
+    """TensorRT's IProfiler times each layer; the latency model names every unit of the conv net in both builds."""
+    from trtmix.runtime.attribution import latency_model
+    from trtmix.runtime.tensorrt import BuildSettings, TensorRTBackend
+
+    model, ranges = calibrated["convnet"]
+    units = find_units(model)
+    backend = TensorRTBackend(BuildSettings(timing_cache=tmp_path / "timing.cache"))
+    feed = batches_for("convnet", 1, seed=11)[0]
+    builds = []
+    for name, plan in (("high", PrecisionPlan()), ("int8", PrecisionPlan.with_int8(u.name for u in units))):
+        compiled = compile_plan(model, plan, ranges, "tensorrt")
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(compiled.SerializeToString())
+        layers = backend.layer_profile(backend.build(path, tmp_path / f"{name}.engine"), feed, runs=5)
+        assert layers and all(layer.ms is not None and layer.ms >= 0 for layer in layers)
+        builds.append((layers, compiled))
+    result = latency_model(builds[0], builds[1], units)
+    assert result.unattributed == [], result.units

@@ -164,6 +164,36 @@ class TensorRTBackend:
         """The engine's layers with the ONNX nodes fused into each and its input precision (inspector JSON)."""
         return engine_layers(self.engine_information(artifact, feeds))
 
+    def layer_profile(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 10) -> list[EngineLayer]:
+        """Each layer's median time over ``runs`` executions (after one warm-up), from TensorRT's ``IProfiler``.
+
+        ``enqueue_emits_profile`` is off, so each launch only records its CUDA events and ``report_to_profiler``
+        turns them into layer times after the stream is synchronised (trtexec's ``--dumpProfile`` does the same).
+        The ONNX nodes and precision of each layer come from the engine inspector (the engine is built with
+        ``ProfilingVerbosity.DETAILED``, so the profiler's layer names are the inspector's).
+        """
+        import tensorrt as trt
+
+        inspected = {layer.name: layer for layer in self.engine_layers(artifact, feeds)}
+        samples: dict[str, list[float]] = {}
+
+        class _LayerTimes(trt.IProfiler):
+            def __init__(self) -> None:
+                trt.IProfiler.__init__(self)
+
+            def report_layer_time(self, layer_name: str, ms: float) -> None:
+                samples.setdefault(layer_name, []).append(ms)
+
+        with _EngineSession(artifact, feeds) as session:
+            session.context.enqueue_emits_profile = False
+            session.context.profiler = _LayerTimes()
+            for _ in range(max(runs, 1) + 1):
+                _check_enqueued(session.launch())
+                session.stream.synchronize()
+                if not session.context.report_to_profiler():
+                    raise BackendError("TensorRT did not report layer times (report_to_profiler failed).")
+        return [_profiled_layer(name, times, inspected.get(name)) for name, times in samples.items()]
+
     def engine_information(self, artifact: Path, feeds: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """The engine inspector's JSON (``Layers`` with names, types and tensor formats) as a dict.
 
@@ -247,6 +277,15 @@ def check_version(version: str) -> None:
 def _check_enqueued(enqueued: bool) -> None:
     if not enqueued:
         raise BackendError("TensorRT execute_async_v3 failed.")
+
+
+def _profiled_layer(name: str, times: list[float], inspected: EngineLayer | None) -> EngineLayer:
+    """A profiled layer: the inspector's record of it (nodes, type, precision), its median time after warm-up."""
+    kept = times[1:] or times
+    if inspected is None:  # a layer the inspector left out (a reformat): its name still lists the nodes it serves
+        return EngineLayer(name, "", tuple(n.strip() for n in name.split(" + ")), "", ms=float(np.median(kept)))
+    return EngineLayer(inspected.name, inspected.kind, inspected.onnx_nodes, inspected.precision,
+                       ms=float(np.median(kept)))  # fmt: skip
 
 
 def _deserialize(artifact: Path) -> trt.ICudaEngine:
