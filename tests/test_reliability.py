@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import json
 import logging
@@ -177,3 +178,26 @@ def test_user_code_runs_only_when_named(tmp_path: Path, monkeypatch: pytest.Monk
     assert main(["-q", "profile", str(tmp_path / "m.onnx"), "--runs", "2", "--data", "recipe.py"]) == 2  # no batches
     assert marker.read_text() == "imported"  # named on the command line: run, as the user asked
     assert os.environ.get("TRTMIX_CACHE")  # the private cache from conftest, not the user's
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES, errno.EROFS])
+def test_full_or_read_only_output_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: int
+) -> None:
+    """The disk fills (or the folder turns read-only) while the output is written: an error, nothing half-written.
+
+    This process runs as root here, which ignores permissions, so the OS error is raised where the bytes go to disk.
+    """
+    assert main(["-q", "export", "trtmix.models.tiny:convnet", "-o", str(tmp_path / "m.onnx")]) == 0
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        real_fsync(fd)
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    out = tmp_path / "out" / "fp16.onnx"
+    assert main(["build", str(tmp_path / "m.onnx"), "--plan", "fp16", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out}: {os.strerror(error)}" in err and "Traceback" not in err
+    assert not out.exists() and not list(out.parent.glob(".*.tmp")), "no partial file, no temporary left behind"
