@@ -137,6 +137,11 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
                               "data recipe with calibration/search/holdout splits")  # fmt: skip
     flags.add_metric_flag(parser)
     parser.add_argument(
+        "--kl-exact", action="store_true",
+        help="score each unit for the kl/gain orderings on its own compiled graph and session (slow, exact) instead "
+        "of one graph with a switch per unit (the default; fake-quant semantics)",
+    )
+    parser.add_argument(
         "--score-output", metavar="NAME",
         help="the graph output the metric scores, for models with several (default: the first; the summary names it)",
     )

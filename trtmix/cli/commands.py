@@ -240,6 +240,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         final_rounds=args.final_rounds,
         score_output=args.score_output,
         weight_bits=args.weight_bits,
+        kl_exact=args.kl_exact,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config

@@ -20,7 +20,7 @@ from trtmix.search.bisection import Budget
 # The settings that change what a probe measures; the journal refuses to mix runs that differ in any of them.
 MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
                      "warmup", "threads", "default", "tensorrt", "timing_target", "max_runs",
-                     "max_timing_seconds", "score_output", "weight_bits")  # fmt: skip
+                     "max_timing_seconds", "score_output", "weight_bits", "kl_exact")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class CompileConfig:
     final_rounds: int = 12  # interleaved rounds re-timing the contenders at the end (0: choose by single medians)
     score_output: str | None = None  # the graph output the metric scores (None: the first)
     weight_bits: int | None = None  # ort-cpu weight width (None: 8 with VNNI/AMX, else 7)
+    kl_exact: bool = False  # score each unit for kl on its own compiled graph (else one switched graph for all)
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""

@@ -17,7 +17,7 @@ from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
 from trtmix.search.orderings import gain_order, order_units
-from trtmix.sensitivity.measured import PlanScorer, single_unit_scores
+from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer, single_unit_scores
 from trtmix.sensitivity.run import TORCH_METHODS
 
 CALIBRATION_FEEDS = 2  # calibration batches the measured orderings score on
@@ -99,9 +99,13 @@ class JobOrderings:
         """Each unit alone in INT8, measured on calibration batches (a compile and a short run per unit)."""
         feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
         index, _ = scored_output(self.builder.model, self.config.score_output)
-        scorer = PlanScorer(self.builder, self.config.metric, feeds, self.config.default, index)
-        with tqdm(total=len(self.units), desc="ordering kl", unit="unit") as progress:
-            return single_unit_scores(scorer, self.units, lambda: progress.update())
+        kind = PlanScorer if self.config.kl_exact else SwitchedScorer
+        scorer = kind(self.builder, self.config.metric, feeds, self.config.default, index)
+        try:
+            with tqdm(total=len(self.units), desc="ordering kl", unit="unit") as progress:
+                return single_unit_scores(scorer, self.units, lambda: progress.update())
+        finally:
+            scorer.close()
 
     def _torch_orders(self, methods: list[str]) -> dict[str, dict[str, Any]]:
         """Hessian-based orderings (they need the torch model, so the source must be MODULE:FUNCTION)."""

@@ -50,28 +50,32 @@ def compile_plan(
                 "The plan has INT8 units but no activation ranges were given.", fix="pass --ranges or --data"
             )
         ranges.require(sites.activations, model_sha256(model))
-    working = _with_opset(model, flavour.opset)
-    if flavour.float_base is Precision.FP16:
-        working = _apply_float_types(working, units, plan)
-    working = _retyped(working)
-    graph = gs.import_onnx(working)
+    graph = working_graph(model, units, plan, flavour)
     _drop_relus(graph, sites.dropped_relus)
     original = GraphIndex(model)
     for tensor, readers in sorted(sites.activations.items()):
-        edges = _reader_edges(graph, original, tensor, readers)
+        edges = reader_edges(graph, original, tensor, readers)
         _quantize_activation(graph, edges, ranges.tensors[tensor], flavour.symmetric)  # type: ignore[union-attr]
     for unit in sites.weight_units:
         weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
         amax = ranges.weights.get(unit.weight) if ranges is not None else None  # type: ignore[arg-type]
-        weight_scale = _quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
+        weight_scale = quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
         if flavour.int32_gemm_bias and unit.op == "Gemm":
-            _quantize_gemm_bias(graph, unit, original, weight_scale, ranges.tensors[unit.inputs[0]])  # type: ignore[union-attr]
+            quantize_gemm_bias(graph, unit, original, weight_scale, ranges.tensors[unit.inputs[0]])  # type: ignore[union-attr]
     graph.cleanup().toposort()
     compiled = gs.export_onnx(graph)
     compiled.ir_version = model.ir_version
     onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})
     LOG.debug("compiled %s flavour: %d of %d units INT8", flavour.name, len(int8_units), len(units))
     return compiled
+
+
+def working_graph(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan, flavour: Flavour) -> gs.Graph:
+    """The float model at the flavour's opset, typed for ``plan`` (float16 base or float32), ready for Q/DQ."""
+    working = _with_opset(model, flavour.opset)
+    if flavour.float_base is Precision.FP16:
+        working = _apply_float_types(working, units, plan)
+    return gs.import_onnx(_retyped(working))
 
 
 def _drop_relus(graph: gs.Graph, dropped: dict[str, str]) -> None:
@@ -136,7 +140,7 @@ def _retyped(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(sorted_model, strict_mode=True)
 
 
-def _reader_edges(graph: gs.Graph, original: GraphIndex, tensor: str, readers: set[str]) -> list[tuple[gs.Node, int]]:
+def reader_edges(graph: gs.Graph, original: GraphIndex, tensor: str, readers: set[str]) -> list[tuple[gs.Node, int]]:
     """(node, input position) pairs that read ``tensor`` in the float model and must read its Q/DQ instead.
 
     Positions come from the float model, because the fp16 rewrite may have put a Cast between a graph input and
@@ -170,12 +174,12 @@ def _quantize_activation(
         else:
             scale_u8, zero_point_u8 = asymmetric_uint8(value_range.min, value_range.max)
             scale, zero_point = np.asarray(scale_u8, dtype=float_dtype), np.asarray(zero_point_u8)
-        dequantized = _qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype)
+        dequantized = qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype)
         for node, position in group:
             node.inputs[position] = dequantized
 
 
-def _quantize_weight(
+def quantize_weight(
     graph: gs.Graph, unit: Unit, weight: np.ndarray, flavour: Flavour, amax: tuple[float, ...] | None
 ) -> np.ndarray:
     """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ.
@@ -194,7 +198,7 @@ def _quantize_weight(
     prefix = f"{unit.name}/weight"
     if keep_float_weight:
         source = gs.Constant(f"{prefix}_float", weight.astype(float_dtype))
-        dequantized = _qdq_pair(graph, source, scale, zero_point, axis=axis, float_dtype=float_dtype, prefix=prefix)
+        dequantized = qdq_pair(graph, source, scale, zero_point, axis=axis, float_dtype=float_dtype, prefix=prefix)
     else:
         source = gs.Constant(f"{prefix}_int8", quantize_int8(weight, scale, axis))
         dequantized = _dq(graph, source, scale, zero_point, axis, float_dtype, prefix)
@@ -202,7 +206,7 @@ def _quantize_weight(
     return scale
 
 
-def _quantize_gemm_bias(
+def quantize_gemm_bias(
     graph: gs.Graph, unit: Unit, original: GraphIndex, weight_scale: np.ndarray, x: TensorRange
 ) -> None:
     """Gemm bias as int32 → DQ (scale = input scale × weight scale), the form ORT fuses into QGemm.
@@ -222,7 +226,7 @@ def _quantize_gemm_bias(
     anchor.inputs[2] = _dq(graph, source, bias_scale, zero_point, 0, np.dtype(np.float32), prefix)
 
 
-def _qdq_pair(
+def qdq_pair(
     graph: gs.Graph,
     source: gs.Tensor,
     scale: np.ndarray,

@@ -16,6 +16,7 @@ import onnx
 from trtmix.evaluate import divergence
 from trtmix.ir.units import Unit
 from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.switched import compile_switched, switch_feeds
 from trtmix.runtime.build import Builder
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
@@ -43,6 +44,43 @@ class PlanScorer:
         """Divergence of the plan with ``int8_units`` in INT8 (the rest in the default precision)."""
         plan = PrecisionPlan.with_int8(int8_units, default=self.default)
         return divergence(self.metric, self._outputs(self.builder.compile(plan, check=False)), self.reference)
+
+    def close(self) -> None:
+        """Nothing is held between plans."""
+
+
+class SwitchedScorer(PlanScorer):
+    """``PlanScorer`` for single units from one switched graph and one session (``trtmix.quant.switched``).
+
+    The exact scorer compiles and opens a session per unit; this one compiles once, so the ``kl`` ordering costs one
+    graph plus a short run per unit.  Plans of several units still compile exactly (``distance`` falls back).
+    """
+
+    def __init__(
+        self,
+        builder: Builder,
+        metric: str,
+        feeds: list[dict[str, np.ndarray]],
+        default: Precision = Precision.FP16,
+        output_index: int = 0,
+    ) -> None:
+        super().__init__(builder, metric, feeds, default, output_index)
+        if builder.ranges is None:
+            raise ValueError("switched scoring needs activation ranges")
+        graph, self.switches = compile_switched(builder.model, builder.units, builder.ranges, builder.flavour, default)
+        self._session = OnnxRuntimeRunner(graph, optimize=True)
+
+    def distance(self, int8_units: list[str]) -> float:
+        """Divergence with ``int8_units`` in INT8: one switch flipped in the shared session, for a single unit."""
+        if len(int8_units) != 1:
+            return super().distance(int8_units)
+        outputs = [self._session.infer({**feed, **switch_feeds(self.switches, int8_units[0])})[self.output_index]
+                   for feed in self.feeds]  # fmt: skip
+        return divergence(self.metric, np.concatenate(outputs), self.reference)
+
+    def close(self) -> None:
+        """Release the session."""
+        self._session.close()
 
 
 def single_unit_scores(

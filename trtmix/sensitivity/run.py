@@ -39,7 +39,7 @@ from trtmix.sensitivity.hessian import (
 )
 from trtmix.sensitivity.interlayer import combine_by_rank, cross_layer_terms, graph_neighbours, neighbour_terms, ranks
 from trtmix.sensitivity.mapping import map_units
-from trtmix.sensitivity.measured import PlanScorer, context_scores, single_unit_scores
+from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer, context_scores, single_unit_scores
 
 LOG = logging.getLogger(__name__)
 METHODS = tuple(registry.SENSITIVITY_METHODS)
@@ -104,9 +104,11 @@ def compute_sensitivity(
     if kl_scores is not None:
         scores["kl"] = dict(kl_scores)
     elif needs_measured:
+        one_graph = SwitchedScorer(builder, settings.metric, feeds)  # every unit from one switched graph
         scores["kl"] = _timed(
-            timings, "kl", lambda: single_unit_scores(scorer, units, _ticker(progress, len(units), "kl"))
+            timings, "kl", lambda: single_unit_scores(one_graph, units, _ticker(progress, len(units), "kl"))
         )
+        one_graph.close()
     unmapped: dict[str, str] = {}
     if needs_torch:
         unmapped = _torch_methods(model, units, ranges, feeds, settings, torch_model, labels, scores, timings, progress)

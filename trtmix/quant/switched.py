@@ -1,0 +1,121 @@
+"""One graph holding every unit's INT8 form behind its own switch: the ``kl`` ordering scores all units in one session.
+
+Scoring a unit exactly compiles its single-unit plan and opens a session on it: for BERT-base, 96 copies of a 440 MB
+graph. Here, for each unit ``u``, the flavour's single-unit sites (``flavour.sites(model, [u], ranges)``) say which
+edges its plan quantizes; each such edge reads ``Where(switch_u, DQ(Q(x)), x)``, and ``u``'s weight (and int32 Gemm
+bias) is switched the same way. ``switch_u`` is a bool scalar graph input. With only ``switch_u`` on, the graph
+computes what ``u``'s single-unit graph computes with its Q/DQ unfused (ONNX Runtime cannot fuse int8 kernels
+through a ``Where``): fake quantization, the same scales and rounding. Edges two units quantize get nested
+``Where``s; with one switch on at a time, each reads its own quantizer. The float typing is the plan's (an INT8 unit
+is typed like the float base), so it matches the single-unit graphs'. The exact per-unit compile stays available to
+check this one (``--kl-exact``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtmix.calibration.ranges import Ranges
+from trtmix.errors import CompileError
+from trtmix.ir.graph import GraphIndex, model_sha256
+from trtmix.ir.units import Unit
+from trtmix.quant.compile import (
+    quantize_gemm_bias,
+    quantize_weight,
+    reader_edges,
+    working_graph,
+)
+from trtmix.quant.flavours import Flavour, get_flavour
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.qdq import asymmetric_uint8, symmetric_scale
+
+SWITCH_PREFIX = "trtmix_switch_"
+
+
+def compile_switched(
+    model: onnx.ModelProto,
+    units: list[Unit],
+    ranges: Ranges,
+    flavour: str | Flavour,
+    default: Precision = Precision.FP16,
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The switched graph and, per unit, the name of its switch input (see the module docstring)."""
+    flavour = get_flavour(flavour)
+    graph = working_graph(model, units, PrecisionPlan.with_int8([u.name for u in units], default), flavour)
+    original = GraphIndex(model)
+    switches: dict[str, str] = {}
+    for index, unit in enumerate(units):
+        switch = gs.Variable(f"{SWITCH_PREFIX}{index}", dtype=np.bool_, shape=[])
+        graph.inputs.append(switch)
+        switches[unit.name] = switch.name
+        sites = flavour.sites(model, [unit], ranges)
+        ranges.require(sites.activations, model_sha256(model))
+        for tensor, readers in sorted(sites.activations.items()):
+            switched: dict[str, gs.Variable] = {}  # one Q/DQ and Where per tensor read, shared by its readers
+            for node, position in reader_edges(graph, original, tensor, readers):
+                current = node.inputs[position]
+                if current.name not in switched:
+                    quantized = _fake_quantized(graph, current, ranges, tensor, flavour, f"s{index}")
+                    switched[current.name] = _where(graph, switch, quantized, current)
+                node.inputs[position] = switched[current.name]
+        if unit.weight is not None:
+            _switch_weight(graph, unit, original, ranges, flavour, switch)
+    graph.cleanup().toposort()
+    switched = gs.export_onnx(graph)
+    switched.ir_version = model.ir_version
+    return switched, switches
+
+
+def switch_feeds(switches: dict[str, str], on: str | None) -> dict[str, np.ndarray]:
+    """Every switch off except ``on``'s (None: all off, the float graph)."""
+    return {name: np.array(unit == on) for unit, name in switches.items()}
+
+
+def _fake_quantized(
+    graph: gs.Graph, variable: gs.Tensor, ranges: Ranges, tensor: str, flavour: Flavour, tag: str
+) -> gs.Variable:
+    """Q→DQ of ``variable`` with ``tensor``'s range in the flavour's form, under names unique to this switch."""
+    value_range = ranges.tensors[tensor]
+    float_dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
+    if flavour.symmetric:
+        scale = np.asarray(symmetric_scale(value_range.amax, float_dtype), float_dtype)
+        zero_point = np.zeros((), dtype=np.int8)
+    else:
+        scale_u8, zero_u8 = asymmetric_uint8(value_range.min, value_range.max)
+        scale, zero_point = np.asarray(scale_u8, dtype=float_dtype), np.asarray(zero_u8)
+    prefix = f"{variable.name}/{tag}"
+    scale_const = gs.Constant(f"{prefix}_scale", scale)
+    zero_const = gs.Constant(f"{prefix}_zero_point", zero_point)
+    quantized = gs.Variable(f"{prefix}_quantized", dtype=zero_point.dtype)
+    dequantized = gs.Variable(f"{prefix}_dequantized", dtype=float_dtype)
+    graph.nodes.append(gs.Node("QuantizeLinear", f"{prefix}/QuantizeLinear", {}, [variable, scale_const, zero_const],
+                               [quantized]))  # fmt: skip
+    graph.nodes.append(gs.Node("DequantizeLinear", f"{prefix}/DequantizeLinear", {},
+                               [quantized, scale_const, zero_const], [dequantized]))  # fmt: skip
+    return dequantized
+
+
+def _switch_weight(
+    graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges, flavour: Flavour, switch: gs.Variable
+) -> None:
+    """The unit's weight (and, where the flavour makes it int32, its Gemm bias) behind ``switch``."""
+    anchor = next(n for n in graph.nodes if n.name == unit.name)
+    weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
+    if weight is None:
+        raise CompileError(f"Internal error: unit {unit.name} has no constant weight to switch.")
+    float_weight, float_bias = anchor.inputs[1], anchor.inputs[2] if len(anchor.inputs) > 2 else None
+    scale = quantize_weight(graph, unit, weight, flavour, ranges.weights.get(unit.weight))  # type: ignore[arg-type]
+    anchor.inputs[1] = _where(graph, switch, anchor.inputs[1], float_weight)
+    if flavour.int32_gemm_bias and unit.op == "Gemm" and float_bias is not None:
+        quantize_gemm_bias(graph, unit, original, scale, ranges.tensors[unit.inputs[0]])
+        if anchor.inputs[2] is not float_bias:
+            anchor.inputs[2] = _where(graph, switch, anchor.inputs[2], float_bias)
+
+
+def _where(graph: gs.Graph, switch: gs.Variable, on: gs.Tensor, off: gs.Tensor) -> gs.Variable:
+    """``on`` while ``switch`` is true, else ``off``."""
+    output = gs.Variable(f"{on.name}/{switch.name}", dtype=on.dtype)
+    graph.nodes.append(gs.Node("Where", f"{on.name}/{switch.name}/Where", {}, [switch, on, off], [output]))
+    return output
