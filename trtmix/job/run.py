@@ -145,7 +145,11 @@ def _latency_section(
     pipeline: Pipeline, probes: list[dict[str, Any]], baseline: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The per-unit latency model, each probe's predicted latency beside its measured one, and the error spread."""
-    model = pipeline.latency_model()
+    try:
+        model = pipeline.latency_model()
+    except TrtmixError as err:  # a report without the model beats no report: the search never relied on it
+        LOG.warning("no per-unit latency model: %s", str(err).splitlines()[0])
+        return None
     if model is None:
         return None
     errors = add_predictions(model, probes, baseline["all_high"]["latency"]["median_ms"])

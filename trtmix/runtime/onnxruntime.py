@@ -181,9 +181,12 @@ class OnnxRuntimeBackend(RunsThroughRunners):
         """Every node ORT ran, with its median kernel time over ``runs`` (from ORT's profiler, one warm-up)."""
         with tempfile.TemporaryDirectory(prefix="trtmix-ort-profile-") as folder:
             session = ort_session(artifact, self.threads, optimize=False, profile_prefix=Path(folder) / "profile")
-            for _ in range(max(runs, 1) + 1):
-                session.run(None, feeds)
-            events = json.loads(Path(session.end_profiling()).read_text())
+            try:
+                for _ in range(max(runs, 1) + 1):
+                    session.run(None, feeds)
+                events = json.loads(Path(session.end_profiling()).read_text())
+            except Exception as err:  # noqa: BLE001 - ORT raises its own untyped errors
+                raise BackendError(f"ONNX Runtime could not profile {artifact.name}: {_first_line(err)}") from err
         samples: dict[str, list[float]] = defaultdict(list)
         kinds: dict[str, str] = {}
         warmup_seen: set[str] = set()
