@@ -21,15 +21,10 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, model_sha256
 from trtmix.ir.units import Unit
-from trtmix.quant.compile import (
-    quantize_gemm_bias,
-    quantize_weight,
-    reader_edges,
-    working_graph,
-)
+from trtmix.quant.compile import reader_edges, working_graph
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.quant.qdq import asymmetric_uint8, symmetric_scale
+from trtmix.quant.qdq import asymmetric_uint8, per_channel_amax, quantize_int8, symmetric_scale
 
 SWITCH_PREFIX = "trtmix_switch_"
 
@@ -100,18 +95,45 @@ def _fake_quantized(
 def _switch_weight(
     graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges, flavour: Flavour, switch: gs.Variable
 ) -> None:
-    """The unit's weight (and, where the flavour makes it int32, its Gemm bias) behind ``switch``."""
+    """The unit's weight (and, where the flavour makes it int32, its Gemm bias) behind ``switch``.
+
+    The quantized weight is a constant, DQ(Q(W)) computed here with the quantizer ``compile`` writes: in the graph,
+    ONNX Runtime would requantize every weight of every unit on every run (``Where`` evaluates both branches, and
+    its constant folding leaves DequantizeLinear alone).
+    """
     anchor = next(n for n in graph.nodes if n.name == unit.name)
     weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
     if weight is None:
         raise CompileError(f"Internal error: unit {unit.name} has no constant weight to switch.")
-    float_weight, float_bias = anchor.inputs[1], anchor.inputs[2] if len(anchor.inputs) > 2 else None
-    scale = quantize_weight(graph, unit, weight, flavour, ranges.weights.get(unit.weight))  # type: ignore[arg-type]
-    anchor.inputs[1] = _where(graph, switch, anchor.inputs[1], float_weight)
-    if flavour.int32_gemm_bias and unit.op == "Gemm" and float_bias is not None:
-        quantize_gemm_bias(graph, unit, original, scale, ranges.tensors[unit.inputs[0]])
-        if anchor.inputs[2] is not float_bias:
-            anchor.inputs[2] = _where(graph, switch, anchor.inputs[2], float_bias)
+    float_weight = anchor.inputs[1]
+    float_dtype = np.dtype(float_weight.dtype) if float_weight.dtype is not None else np.dtype(np.float32)
+    axis = unit.weight_axis if unit.weight_axis is not None else 0
+    amax = ranges.weights.get(unit.weight)  # type: ignore[arg-type]
+    channel_amax = np.asarray(amax, dtype=np.float32) if amax is not None else per_channel_amax(weight, axis)
+    scale = symmetric_scale(channel_amax, float_dtype, flavour.weight_levels)
+    shape = [1] * weight.ndim
+    shape[axis % weight.ndim] = -1
+    dequantized = quantize_int8(weight, scale, axis).astype(np.float64) * scale.astype(np.float64).reshape(shape)
+    fake = gs.Constant(f"{unit.name}/weight_fake_quantized", dequantized.astype(float_dtype))
+    anchor.inputs[1] = _where(graph, switch, fake, float_weight)
+    if flavour.int32_gemm_bias and unit.op == "Gemm" and len(anchor.inputs) > 2:
+        _switch_gemm_bias(graph, unit, anchor, original, scale, ranges, switch)
+
+
+def _switch_gemm_bias(
+    graph: gs.Graph, unit: Unit, anchor: gs.Node, original: GraphIndex, weight_scale: np.ndarray, ranges: Ranges,
+    switch: gs.Variable,
+) -> None:  # fmt: skip
+    """The int32 Gemm bias ORT's QGemm needs (scale = input scale x weight scale), dequantized, behind ``switch``."""
+    bias = original.constant_value(original.nodes[unit.name].input[2])
+    if bias is None or bias.ndim != 1:
+        return
+    x = ranges.tensors[unit.inputs[0]]
+    input_scale, _ = asymmetric_uint8(x.min, x.max)
+    bias_scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
+    quantized = np.clip(np.rint(bias / bias_scale), -(2**31), 2**31 - 1)
+    fake = gs.Constant(f"{unit.name}/bias_fake_quantized", (quantized * bias_scale).astype(np.float32))
+    anchor.inputs[2] = _where(graph, switch, fake, anchor.inputs[2])
 
 
 def _where(graph: gs.Graph, switch: gs.Variable, on: gs.Tensor, off: gs.Tensor) -> gs.Variable:
