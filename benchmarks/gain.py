@@ -76,11 +76,11 @@ def run_model(name: str, folder: Path, runs: int) -> dict[str, Any]:
                 "accuracy": best.relative if best else None, "probes": len(search.probes)}  # fmt: skip
     probes = [dict(r) for r in records.values()]
     errors = add_predictions(model, probes, high_ms) if model else None
+    seconds = {o: pipeline.ordering_seconds(o) for o in ORDERINGS}
     pipeline.close()
     return {"model": name, "units": units, "fp32_ms": fp32_ms, "high_ms": high_ms, "sweep": sweep,
             "areas": _areas(sweep), "searches": searches, "latency_model_errors": errors,
-            "unattributed": model.unattributed if model else None,
-            "ordering_seconds": {o: pipeline.ordering_seconds(o) for o in ORDERINGS}}  # fmt: skip
+            "unattributed": model.unattributed if model else None, "ordering_seconds": seconds}  # fmt: skip
 
 
 def _point(record: dict[str, Any], baseline: dict[str, Any], high_ms: float, fp32_ms: float, fraction: float) -> dict:
