@@ -70,6 +70,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _data_files(folder)
     _graphs(folder)
     (folder / "a_file").write_text("not a folder")
+    with (folder / "huge.onnx").open("wb") as sparse:  # 2 GiB + 1 byte without using the disk
+        sparse.truncate(2**31 + 1)
     return folder
 
 
@@ -204,6 +206,7 @@ def cases(ws: Path) -> list[tuple[str, list[str], tuple[str, ...], Path | None]]
          ("raised ValueError: checkpoint not found", "factory_raises.py, line 2"), out),
         # graphs
         ("missing ONNX", ["units", str(ws / "none.onnx")], ("does not exist",), None),
+        ("single file over 2 GiB", ["units", str(ws / "huge.onnx")], ("over 2 GiB", "external data"), None),
         ("external data missing", ["units", str(ws / "ext.onnx")], ("external data", "ext.onnx.data"), None),
         job("output not float", ("output 'label'", "int64", "not float"), model=str(ws / "argmax.onnx"),
             data=str(ws / "argmax_recipe.py")),

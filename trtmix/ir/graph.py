@@ -26,6 +26,14 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(
             f"ONNX file {source} does not exist.", fix="check the path, or export one with `trtmix export`"
         )
+    if source.stat().st_size >= PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{source} is {source.stat().st_size / 2**30:.1f} GiB in one file: protobuf cannot parse an ONNX file "
+            "over 2 GiB, so its weights must live in external data.",
+            expected="a .onnx graph under 2 GiB with its weights in a separate data file",
+            fix="re-export with torch.onnx.export(..., external_data=True) (dynamo does it by default), or save with "
+            "onnx.save_model(model, path, save_as_external_data=True)",
+        )
     _require_external_data(source)
     try:
         model = onnx.load(str(source))
@@ -51,6 +59,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
 
 # Protobuf cannot serialize a message over 2 GiB; above this size the weights go to an external data file.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+PROTOBUF_LIMIT = 2**31
 
 
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
