@@ -143,8 +143,8 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
     """The steps table and the latency table, in markdown."""
     print(f"\nCPU: {cpu_features().describe()}\n")
     print("| model | exporter | units | export s | calibrate s | build int8 (tensorrt / ort-cpu) s | compile s | "
-          "compile result | errors |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "compile result | peak RSS MiB (process so far) | errors |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         t: Timer = row["timer"]
         job = row.get("compile") or {}
@@ -153,7 +153,8 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         builds = f"{t.seconds.get('build int8 tensorrt', '-')} / {t.seconds.get('build int8 ort-cpu', '-')}"
         errors = "; ".join(f"{step}: {error}" for step, error in t.errors.items()) or "none"
         print(f"| {row['model']} | {row['exporter']} | {row.get('units')} | {t.seconds.get('export')} | "
-              f"{t.seconds.get('calibrate', '-')} | {builds} | {t.seconds.get('compile', '-')} | {result} | {errors} |")
+              f"{t.seconds.get('calibrate', '-')} | {builds} | {t.seconds.get('compile', '-')} | {result} | "
+              f"{job.get('peak_rss_mb', '-')} | {errors} |")
     print("\nLatency, median ms (ratio to FP32 on the same engine); fidelity of all-INT8 to the model's own FP32\n")
     print("| model | exporter | OpenVINO FP32 | OpenVINO all-16-bit | OpenVINO all-INT8 | ORT FP32 | ORT all-INT8 | "
           "fidelity int8 tensorrt / ort-cpu |")  # fmt: skip
