@@ -69,8 +69,11 @@ def run(name: str, folder: Path, exact_units: int | None) -> str:
     exact_s = time.perf_counter() - start
     names = [u.name for u in subset]
     rho = spearman([exact[n] for n in names], [switched[n] for n in names])
+    exact_values = np.array([exact[n] for n in names])
+    gap = np.abs(exact_values - np.array([switched[n] for n in names]))
     return (f"| {name} | {len(units)} | {switched_s:.1f} ({switched_s / len(units):.2f}/unit) | {exact_s:.1f} "
-            f"({exact_s / len(subset):.2f}/unit, {len(subset)} units) | {rho:.3f} |")
+            f"({exact_s / len(subset):.2f}/unit, {len(subset)} units) | {rho:.3f} | "
+            f"{exact_values.min():.2e} .. {exact_values.max():.2e} | {np.median(gap):.1e} |")
 
 
 def main() -> None:
@@ -79,7 +82,8 @@ def main() -> None:
     parser.add_argument("--exact-units", type=int, help="score only the first N units exactly")
     args = parser.parse_args()
     print(cpu_features().describe())
-    print("| model | units | one graph: s | exact: s | Spearman (exact vs one graph) |\n|---|---|---|---|---|")
+    print("| model | units | one graph: s | exact: s | Spearman (exact vs one graph) | exact scores, min .. max | "
+          "median abs difference |\n|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="trtmix-kl-") as folder:
         for name in args.models:
             print(f"{name}...", file=sys.stderr, flush=True)
