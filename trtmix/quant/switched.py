@@ -40,21 +40,22 @@ def compile_switched(
     flavour = get_flavour(flavour)
     graph = working_graph(model, units, PrecisionPlan.with_int8([u.name for u in units], default), flavour)
     original = GraphIndex(model)
+    model_hash = model_sha256(model)  # once: serialising a 440 MB graph per unit would cost minutes
     switches: dict[str, str] = {}
     for index, unit in enumerate(units):
         switch = gs.Variable(f"{SWITCH_PREFIX}{index}", dtype=np.bool_, shape=[])
         graph.inputs.append(switch)
         switches[unit.name] = switch.name
         sites = flavour.sites(model, [unit], ranges)
-        ranges.require(sites.activations, model_sha256(model))
+        ranges.require(sites.activations, model_hash)
         for tensor, readers in sorted(sites.activations.items()):
-            switched: dict[str, gs.Variable] = {}  # one Q/DQ and Where per tensor read, shared by its readers
+            rerouted: dict[str, gs.Variable] = {}  # one Q/DQ and Where per tensor read, shared by its readers
             for node, position in reader_edges(graph, original, tensor, readers):
                 current = node.inputs[position]
-                if current.name not in switched:
+                if current.name not in rerouted:
                     quantized = _fake_quantized(graph, current, ranges, tensor, flavour, f"s{index}")
-                    switched[current.name] = _where(graph, switch, quantized, current)
-                node.inputs[position] = switched[current.name]
+                    rerouted[current.name] = _where(graph, switch, quantized, current)
+                node.inputs[position] = rerouted[current.name]
         if unit.weight is not None:
             _switch_weight(graph, unit, original, ranges, flavour, switch)
     graph.cleanup().toposort()
