@@ -82,20 +82,34 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     return target
 
 
-def has_external_data(source: Path) -> bool:
-    """True when the ONNX file at ``source`` keeps initializers in external data files."""
-    proto = onnx.load(str(source), load_external_data=False)
-    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
+def external_locations(proto: onnx.ModelProto) -> set[str]:
+    """The external data files a graph's initializers name (empty for a self-contained graph)."""
+    return {
+        entry.value
+        for init in proto.graph.initializer
+        if init.data_location == onnx.TensorProto.EXTERNAL
+        for entry in init.external_data
+        if entry.key == "location"
+    }
+
+
+def self_contained(source: Path, target: Path) -> Path:
+    """``source`` itself when it holds its own weights, else a self-contained copy of it written to ``target``."""
+    try:
+        proto = onnx.load(str(source), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as err:
+        raise ModelLoadError(f"{source} is not a readable ONNX model ({type(err).__name__}: {err}).") from err
+    if not external_locations(proto):
+        return source
+    external_data_helper.load_external_data_for_model(proto, str(source.parent))
+    return save_onnx(proto, target)
 
 
 def copy_onnx(source: Path, target: Path) -> Path:
     """Copy an ONNX file atomically; one whose weights are in external data files becomes self-contained."""
-    if not has_external_data(source):
+    if self_contained(source, target) == source:
         atomic_write_bytes(target, source.read_bytes())
-        return target
-    proto = onnx.load(str(source), load_external_data=False)
-    external_data_helper.load_external_data_for_model(proto, str(source.parent))
-    return save_onnx(proto, target)
+    return target
 
 
 def _require_external_data(source: Path) -> None:
@@ -104,14 +118,7 @@ def _require_external_data(source: Path) -> None:
         proto = onnx.load(str(source), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError):
         return  # load_onnx's own message says the file is unreadable
-    wanted = {
-        entry.value
-        for init in proto.graph.initializer
-        if init.data_location == onnx.TensorProto.EXTERNAL
-        for entry in init.external_data
-        if entry.key == "location"
-    }
-    missing = sorted(name for name in wanted if not (source.parent / name).is_file())
+    missing = sorted(name for name in external_locations(proto) if not (source.parent / name).is_file())
     if missing:
         raise ModelLoadError(
             f"{source} keeps its weights in external data, and {', '.join(missing)} is not beside it.",

@@ -25,7 +25,7 @@ import onnx
 
 from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
-from trtmix.ir.graph import copy_onnx, has_external_data, has_qdq, implicated_nodes
+from trtmix.ir.graph import has_qdq, implicated_nodes, self_contained
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.engine_report import EngineLayer
 from trtmix.runtime.timing import TimingPolicy
@@ -157,20 +157,17 @@ class OnnxRuntimeBackend(RunsThroughRunners):
         would otherwise point at the user's ``.data`` file by a path relative to where the artifact is not.
         """
         temp = artifact_path.with_name(f".{artifact_path.name}.tmp.onnx")
-        external = has_external_data(onnx_path)
-        source = artifact_path.with_name(f".{artifact_path.name}.source.onnx") if external else onnx_path
+        scratch = artifact_path.with_name(f".{artifact_path.name}.source.onnx")
         try:
-            if external:
-                copy_onnx(onnx_path, source)
+            source = self_contained(onnx_path, scratch)
             ort_session(source, self.threads, optimize=True, optimized_path=temp)
             atomic_write_bytes(artifact_path, temp.read_bytes())
         except BackendError as err:
             nodes = implicated_nodes(onnx_path, str(err))
             raise BackendError(f"ONNX Runtime failed to build {onnx_path}: {err}{nodes}") from err
         finally:
-            temp.unlink(missing_ok=True)
-            if external:
-                source.unlink(missing_ok=True)
+            for leftover in (temp, scratch, scratch.with_name(f"{scratch.name}.data")):  # .data: graphs over 2 GB
+                leftover.unlink(missing_ok=True)
         return artifact_path
 
     def open(self, artifact: Path) -> OnnxRuntimeRunner:
