@@ -59,9 +59,9 @@ def compile_plan(
     for unit in sites.weight_units:
         weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
         amax = ranges.weights.get(unit.weight) if ranges is not None else None  # type: ignore[arg-type]
-        weight_scale = quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
+        weight_scale = _quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
         if flavour.int32_gemm_bias and unit.op == "Gemm":
-            quantize_gemm_bias(graph, unit, original, weight_scale, ranges.tensors[unit.inputs[0]])  # type: ignore[union-attr]
+            _quantize_gemm_bias(graph, unit, original, weight_scale, ranges.tensors[unit.inputs[0]])  # type: ignore[union-attr]
     graph.cleanup().toposort()
     compiled = gs.export_onnx(graph)
     compiled.ir_version = model.ir_version
@@ -166,20 +166,26 @@ def _quantize_activation(
     for node, position in edges:
         by_tensor[node.inputs[position].name].append((node, position))
     for group in by_tensor.values():
-        variable = group[0][0].inputs[group[0][1]]
-        float_dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
-        if symmetric:
-            scale = symmetric_scale(value_range.amax, float_dtype)
-            zero_point = np.zeros((), dtype=np.int8)
-        else:
-            scale_u8, zero_point_u8 = asymmetric_uint8(value_range.min, value_range.max)
-            scale, zero_point = np.asarray(scale_u8, dtype=float_dtype), np.asarray(zero_point_u8)
-        dequantized = qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype)
+        dequantized = activation_qdq(graph, group[0][0].inputs[group[0][1]], value_range, symmetric)
         for node, position in group:
             node.inputs[position] = dequantized
 
 
-def quantize_weight(
+def activation_qdq(
+    graph: gs.Graph, variable: gs.Tensor, value_range: TensorRange, symmetric: bool, prefix: str | None = None
+) -> gs.Variable:
+    """Q→DQ of an activation with its range: symmetric int8 (zero point 0) or asymmetric uint8; the DQ output."""
+    float_dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
+    if symmetric:
+        scale = symmetric_scale(value_range.amax, float_dtype)
+        zero_point = np.zeros((), dtype=np.int8)
+    else:
+        scale_u8, zero_point_u8 = asymmetric_uint8(value_range.min, value_range.max)
+        scale, zero_point = np.asarray(scale_u8, dtype=float_dtype), np.asarray(zero_point_u8)
+    return _qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype, prefix=prefix)
+
+
+def _quantize_weight(
     graph: gs.Graph, unit: Unit, weight: np.ndarray, flavour: Flavour, amax: tuple[float, ...] | None
 ) -> np.ndarray:
     """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ.
@@ -198,7 +204,7 @@ def quantize_weight(
     prefix = f"{unit.name}/weight"
     if keep_float_weight:
         source = gs.Constant(f"{prefix}_float", weight.astype(float_dtype))
-        dequantized = qdq_pair(graph, source, scale, zero_point, axis=axis, float_dtype=float_dtype, prefix=prefix)
+        dequantized = _qdq_pair(graph, source, scale, zero_point, axis=axis, float_dtype=float_dtype, prefix=prefix)
     else:
         source = gs.Constant(f"{prefix}_int8", quantize_int8(weight, scale, axis))
         dequantized = _dq(graph, source, scale, zero_point, axis, float_dtype, prefix)
@@ -206,7 +212,7 @@ def quantize_weight(
     return scale
 
 
-def quantize_gemm_bias(
+def _quantize_gemm_bias(
     graph: gs.Graph, unit: Unit, original: GraphIndex, weight_scale: np.ndarray, x: TensorRange
 ) -> None:
     """Gemm bias as int32 → DQ (scale = input scale × weight scale), the form ORT fuses into QGemm.
@@ -226,7 +232,7 @@ def quantize_gemm_bias(
     anchor.inputs[2] = _dq(graph, source, bias_scale, zero_point, 0, np.dtype(np.float32), prefix)
 
 
-def qdq_pair(
+def _qdq_pair(
     graph: gs.Graph,
     source: gs.Tensor,
     scale: np.ndarray,

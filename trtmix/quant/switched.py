@@ -21,7 +21,7 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, model_sha256
 from trtmix.ir.units import Unit
-from trtmix.quant.compile import reader_edges, working_graph
+from trtmix.quant.compile import activation_qdq, reader_edges, working_graph
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.qdq import asymmetric_uint8, per_channel_amax, quantize_int8, symmetric_scale
@@ -53,7 +53,8 @@ def compile_switched(
             for node, position in reader_edges(graph, original, tensor, readers):
                 current = node.inputs[position]
                 if current.name not in rerouted:
-                    quantized = _fake_quantized(graph, current, ranges, tensor, flavour, f"s{index}")
+                    quantized = activation_qdq(graph, current, ranges.tensors[tensor], flavour.symmetric,
+                                               prefix=f"{current.name}/s{index}")  # names unique to this switch
                     rerouted[current.name] = _where(graph, switch, quantized, current)
                 node.inputs[position] = rerouted[current.name]
         if unit.weight is not None:
@@ -67,30 +68,6 @@ def compile_switched(
 def switch_feeds(switches: dict[str, str], on: str | None) -> dict[str, np.ndarray]:
     """Every switch off except ``on``'s (None: all off, the float graph)."""
     return {name: np.array(unit == on) for unit, name in switches.items()}
-
-
-def _fake_quantized(
-    graph: gs.Graph, variable: gs.Tensor, ranges: Ranges, tensor: str, flavour: Flavour, tag: str
-) -> gs.Variable:
-    """Q→DQ of ``variable`` with ``tensor``'s range in the flavour's form, under names unique to this switch."""
-    value_range = ranges.tensors[tensor]
-    float_dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
-    if flavour.symmetric:
-        scale = np.asarray(symmetric_scale(value_range.amax, float_dtype), float_dtype)
-        zero_point = np.zeros((), dtype=np.int8)
-    else:
-        scale_u8, zero_u8 = asymmetric_uint8(value_range.min, value_range.max)
-        scale, zero_point = np.asarray(scale_u8, dtype=float_dtype), np.asarray(zero_u8)
-    prefix = f"{variable.name}/{tag}"
-    scale_const = gs.Constant(f"{prefix}_scale", scale)
-    zero_const = gs.Constant(f"{prefix}_zero_point", zero_point)
-    quantized = gs.Variable(f"{prefix}_quantized", dtype=zero_point.dtype)
-    dequantized = gs.Variable(f"{prefix}_dequantized", dtype=float_dtype)
-    graph.nodes.append(gs.Node("QuantizeLinear", f"{prefix}/QuantizeLinear", {}, [variable, scale_const, zero_const],
-                               [quantized]))  # fmt: skip
-    graph.nodes.append(gs.Node("DequantizeLinear", f"{prefix}/DequantizeLinear", {},
-                               [quantized, scale_const, zero_const], [dequantized]))  # fmt: skip
-    return dequantized
 
 
 def _switch_weight(
