@@ -16,6 +16,14 @@ from trtmix.ir.units import find_units
 from trtmix.models import tiny
 
 SHAPES = {"convnet": (2, 3, 16, 16), "transformer": (2, 8, 16)}
+# A data recipe for the tiny conv net: 4 seeded batches per split, for the tests that run whole compile jobs.
+TINY_RECIPE = """
+import numpy as np
+def load_data(split="calibration"):
+    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
+    for _ in range(4):
+        yield {"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
+"""
 
 
 @pytest.fixture(autouse=True)

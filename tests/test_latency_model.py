@@ -15,13 +15,7 @@ from trtmix.runtime.attribution import attribute, latency_model, node_owners
 from trtmix.runtime.engine_report import EngineLayer
 from trtmix.search.orderings import gain_order
 
-RECIPE = """
-import numpy as np
-def load_data(split="calibration"):
-    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
-    for _ in range(4):
-        yield {"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
-"""
+from .conftest import TINY_RECIPE as RECIPE
 
 
 def _compiled(calibrated: dict, plan: PrecisionPlan):

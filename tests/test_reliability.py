@@ -19,13 +19,8 @@ import pytest
 
 from trtmix.cli import main
 
-RECIPE = """
-import numpy as np
-def load_data(split="calibration"):
-    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
-    for _ in range(4):
-        yield {"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
-"""
+from .conftest import TINY_RECIPE as RECIPE
+
 PACKAGE = Path(__file__).resolve().parents[1] / "trtmix"
 
 
