@@ -34,9 +34,10 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
             fix="re-export with torch.onnx.export(..., external_data=True) (dynamo does it by default), or save with "
             "onnx.save_model(model, path, save_as_external_data=True)",
         )
-    _require_external_data(source)
     try:
-        model = onnx.load(str(source))
+        model = onnx.load(str(source), load_external_data=False)  # parsed once; the weights follow if external
+        _require_external_data(model, source)
+        external_data_helper.load_external_data_for_model(model, str(source.parent))
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
         raise ModelLoadError(
             f"{source} is not a readable ONNX model ({type(err).__name__}: {err}).",
@@ -112,13 +113,9 @@ def copy_onnx(source: Path, target: Path) -> Path:
     return target
 
 
-def _require_external_data(source: Path) -> None:
+def _require_external_data(model: onnx.ModelProto, source: Path) -> None:
     """A clear error when the external data files a graph names are not beside it."""
-    try:
-        proto = onnx.load(str(source), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError):
-        return  # load_onnx's own message says the file is unreadable
-    missing = sorted(name for name in external_locations(proto) if not (source.parent / name).is_file())
+    missing = sorted(name for name in external_locations(model) if not (source.parent / name).is_file())
     if missing:
         raise ModelLoadError(
             f"{source} keeps its weights in external data, and {', '.join(missing)} is not beside it.",
