@@ -1,17 +1,25 @@
-"""Latency-aware ordering: `gain` (kl divergence per ms saved) against `kl`, on the tensorrt flavour's CPU engine.
+"""Latency-aware ordering: `gain` (kl divergence per ms saved) against `kl` and others, with and without unit groups.
 
-    python benchmarks/gain.py [--models minilm efficientnet-lite0 digits-resnet] [--runs 20] [--json gain.json]
+    python benchmarks/gain.py [--models minilm efficientnet-lite0 digits-resnet bert-base resnet-50 mobilenetv2]
+                              [--orderings gain kl kl+groups gain+groups random hessian augmented-a]
+                              [--runs 20] [--json gain.json]
 
-For each model, one `trtmix compile` job (tensorrt flavour, OpenVINO, budgets relative to the all-FP16 plan):
+For each model, `trtmix compile` pipelines (tensorrt flavour, OpenVINO, budgets relative to the all-FP16 plan); an
+ordering ending in `+groups` runs with `--groups` (a group of units is one step):
 
 * the per-unit latency model from OpenVINO's per-layer profile of the all-FP16 and all-INT8 builds: units attributed,
   and the relative error of its predictions over every plan this run measured (the search never uses them);
-* each ordering's plans at 25%, 50% and 75% of the units INT8: accuracy and latency (ratio to FP32 and to all-FP16);
+* with groups: each group's profiled saving together against its members' alone;
+* each ordering's plans at 25%, 50% and 75% of the units INT8 (with groups: the first step count reaching that
+  share): accuracy and latency (ratio to FP32 and to all-FP16);
 * the frontier area of each ordering's measured points (latency ÷ all-FP16 against accuracy ÷ all-FP16, in the box
   spanned by all of the model's points; higher is better);
-* the search at 99.9% and 99% with each ordering: chosen k and latency ratios.
+* the search at 99.99%, 99.9% and 99% with each ordering: chosen k and latency ratios.
 
-The CPU line says which machine this was. Every number comes from this one run.
+`bert-base`, `resnet-50` and `mobilenetv2` are the paper's architectures at real size from `trtmix.models.zoo`
+(seeded random init, dynamo export, batch 1): their accuracy is fidelity to their own FP32 output, and the Hessian
+orderings need a torch source, so they run the ONNX orderings only. The CPU line says which machine this was. Every
+number comes from this one run.
 """
 
 from __future__ import annotations
@@ -27,60 +35,95 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper import MODELS  # noqa: E402
+from zoo import RECIPE, data_args  # noqa: E402
 
 from trtmix.job.config import CompileConfig  # noqa: E402
-from trtmix.job.latency import add_predictions  # noqa: E402
+from trtmix.job.latency import add_predictions, job_group_savings  # noqa: E402
 from trtmix.job.pipeline import Pipeline  # noqa: E402
+from trtmix.models.zoo import export_as_user, zoo_model  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
 from trtmix.runtime.cpu import cpu_features  # noqa: E402
 from trtmix.search.bisection import Budget, hypervolume  # noqa: E402
+from trtmix.sensitivity.run import TORCH_METHODS  # noqa: E402
 
-ORDERINGS = ("gain", "kl")
+ORDERINGS = ("gain", "kl", "kl+groups", "gain+groups", "random", "hessian", "augmented-a")
 FRACTIONS = (0.25, 0.5, 0.75)
-BUDGETS = {"99.9%": "0.1%", "99%": "1%"}
+BUDGETS = {"99.99%": "0.01%", "99.9%": "0.1%", "99%": "1%"}
+REAL = {"bert-base": ("bert", "text"), "resnet-50": ("resnet", "image"), "mobilenetv2": ("mobilenetv2", "image")}
+GROUPS = "+groups"
 
 
-def run_model(name: str, folder: Path, runs: int) -> dict[str, Any]:
-    """The sweep, the searches and the latency model's check for one model."""
+def _config(name: str, folder: Path, orderings: list[str], runs: int) -> tuple[str, CompileConfig]:
+    """The source and the job settings of ``name`` (a real-size zoo graph is exported into ``folder`` first)."""
+    bases = [o.removesuffix(GROUPS) for o in orderings]
+    common = {"budget": Budget.parse("1%"), "ordering": bases[0], "compare": tuple(bases[1:]), "runs": runs,
+              "groups": orderings[0].endswith(GROUPS)}  # fmt: skip
+    if name in REAL:
+        zoo_name, kind = REAL[name]
+        path = folder / f"{name}.onnx"
+        if not path.exists():
+            export_as_user(zoo_model(zoo_name, "real"), path, "dynamo")
+        return str(path), CompileConfig(data=RECIPE, metric="cosine" if kind == "text" else "agreement",
+                                        data_args=tuple(sorted(data_args(kind, "real").items())), **common)  # fmt: skip
     spec = MODELS[name]
-    config = CompileConfig(data=spec.data, budget=Budget.parse("1%"), metric=spec.metric, ordering="gain",
-                           compare=("kl",), runs=runs, input_names=spec.inputs,
-                           eval_batches=spec.eval_batches)  # fmt: skip
-    pipeline = Pipeline(spec.source, folder / name, config)
+    return spec.source, CompileConfig(data=spec.data, metric=spec.metric, input_names=spec.inputs,
+                                      eval_batches=spec.eval_batches, **common)  # fmt: skip
+
+
+def run_model(name: str, folder: Path, runs: int, orderings: list[str]) -> dict[str, Any]:
+    """The sweep, the searches and the latency model's check for one model (two pipelines: without and with groups)."""
+    if name in REAL:
+        orderings = [o for o in orderings if o.removesuffix(GROUPS) not in TORCH_METHODS]
+    records: dict[str, dict[str, Any]] = {}
+    result: dict[str, Any] = {"model": name, "sweep": {}, "searches": {}, "ordering_seconds": {}}
+    for grouped in (False, True):
+        chosen = [o for o in orderings if o.endswith(GROUPS) == grouped]
+        if chosen:
+            source, config = _config(name, folder, chosen, runs)
+            pipeline = Pipeline(source, folder / name, config)
+            try:
+                _measure(pipeline, chosen, result, records)
+            finally:
+                pipeline.close()
+    probes = [dict(r) for r in records.values()]
+    model = result.pop("latency_model")
+    result["latency_model_errors"] = add_predictions(model, probes, result["high_ms"]) if model else None
+    result["unattributed"] = model.unattributed if model else None
+    result["areas"] = _areas(result["sweep"])
+    return result
+
+
+def _measure(pipeline: Pipeline, orderings: list[str], result: dict[str, Any], records: dict[str, Any]) -> None:
+    """One pipeline's share: the baseline, the sweep and the searches of ``orderings``."""
     baseline = pipeline.baseline()
     high_ms, fp32_ms = baseline["all_high"]["latency"]["median_ms"], baseline["fp32"]["latency"]["median_ms"]
-    model = pipeline.latency_model()
-    records: dict[str, dict[str, Any]] = {}
-    sweep: dict[str, list[dict[str, Any]]] = {}
-    units = len(pipeline.units)
-    for ordering in ORDERINGS:
-        order, _ = pipeline.order(ordering)
-        sweep[ordering] = []
+    result.update(units=len(pipeline.units), fp32_ms=fp32_ms, high_ms=high_ms, latency_model=pipeline.latency_model())
+    if pipeline.groups and result["latency_model"]:
+        result["groups"] = job_group_savings(pipeline.driver, pipeline.groups, result["latency_model"])
+    for ordering in orderings:
+        base = ordering.removesuffix(GROUPS)
+        steps = pipeline.orderings.group_order(base)[0] if pipeline.groups else pipeline.order(base)[0]
+        members = {g.name: g.members for g in pipeline.groups}
+        units = [[u for s in steps[:k] for u in members.get(s, (s,))] for k in range(len(steps) + 1)]
+        result["sweep"][ordering] = []
         for fraction in (0.0, *FRACTIONS, 1.0):
-            k = round(fraction * units)
-            record = pipeline.measure(PrecisionPlan.with_int8(order[:k]), k)
+            int8 = next(prefix for prefix in units if len(prefix) >= round(fraction * len(pipeline.units)))
+            record = pipeline.measure(PrecisionPlan.with_int8(int8))
             records[record["plan_hash"]] = record
-            sweep[ordering].append(_point(record, baseline, high_ms, fp32_ms, fraction))
-    searches = {}
-    for budget_name, drop in BUDGETS.items():
-        for ordering in ORDERINGS:
-            search = pipeline.search(ordering, baseline["accuracy"], Budget.parse(drop))
+            result["sweep"][ordering].append(_point(record, baseline, high_ms, fp32_ms, fraction))
+        for budget_name, drop in BUDGETS.items():
+            search = pipeline.search(base, baseline["accuracy"], Budget.parse(drop))
             for k in search.probes:
                 record = pipeline.journal.get(search.plan_for(k).stable_hash())
                 if record:
                     records[record["plan_hash"]] = record
             best = search.best()
-            searches[f"{ordering} @ {budget_name}"] = {
-                "k": best.k if best else None, "latency_vs_fp32": best.latency_ms / fp32_ms if best else None,
+            best_k = len(search.plan_for(best.k).int8_units()) if best else None
+            result["searches"][f"{ordering} @ {budget_name}"] = {
+                "k": best_k, "latency_vs_fp32": best.latency_ms / fp32_ms if best else None,
                 "latency_vs_high": best.latency_ms / high_ms if best else None,
                 "accuracy": best.relative if best else None, "probes": len(search.probes)}  # fmt: skip
-    probes = [dict(r) for r in records.values()]
-    errors = add_predictions(model, probes, high_ms) if model else None
-    seconds = {o: pipeline.ordering_seconds(o) for o in ORDERINGS}
-    pipeline.close()
-    return {"model": name, "units": units, "fp32_ms": fp32_ms, "high_ms": high_ms, "sweep": sweep,
-            "areas": _areas(sweep), "searches": searches, "latency_model_errors": errors,
-            "unattributed": model.unattributed if model else None, "ordering_seconds": seconds}  # fmt: skip
+        result["ordering_seconds"][ordering] = pipeline.ordering_seconds(base)
 
 
 def _point(record: dict[str, Any], baseline: dict[str, Any], high_ms: float, fp32_ms: float, fraction: float) -> dict:
@@ -107,6 +150,11 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(f"Latency model: {len(result['unattributed'] or [])} units unattributed; predictions off by "
                  f"{errors.get('median_abs', float('nan')):.1%} median, {errors.get('max_abs', float('nan')):.1%} max "
                  f"over {errors.get('probes', 0)} measured plans. Ordering seconds: {result['ordering_seconds']}.")
+    if result.get("groups"):
+        rows = [g for g in result["groups"] if g["together_ms"] is not None and g["members_alone_ms"] is not None]
+        together, alone = sum(g["together_ms"] for g in rows), sum(g["members_alone_ms"] for g in rows)
+        lines.append(f"Groups: {len(result['groups'])} of several units; profiled saving together {together:.3f} ms "
+                     f"against {alone:.3f} ms for their members alone ({len(rows)} groups fully attributed).")
     lines += ["", "| ordering | INT8 share | k | accuracy (÷ all-FP16) | ms | ÷ FP32 | ÷ all-FP16 |",
               "|---|---|---|---|---|---|---|"]
     for ordering, points in result["sweep"].items():
@@ -128,8 +176,10 @@ def _f(value: float | None, digits: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["minilm", "efficientnet-lite0", "digits-resnet"],
-                        choices=sorted(MODELS))  # fmt: skip
+    parser.add_argument("--models", nargs="+", default=["minilm", "efficientnet-lite0", "digits-resnet", *REAL],
+                        choices=sorted([*MODELS, *REAL]))  # fmt: skip
+    parser.add_argument("--orderings", nargs="+", default=list(ORDERINGS),
+                        help="orderings to compare; NAME+groups runs NAME with --groups")  # fmt: skip
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -139,7 +189,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trtmix-gain-") as folder:
         for name in args.models:
             print(f"{name}...", file=sys.stderr, flush=True)
-            results.append(run_model(name, Path(folder), args.runs))
+            results.append(run_model(name, Path(folder), args.runs, args.orderings))
             print(markdown(results[-1]) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -152,7 +152,7 @@ def _latency_scaling(pipeline: Pipeline, baseline: dict[str, Any]) -> list[dict[
     float_ms, rows = baseline["latency"]["median_ms"], []
     for fraction in SCALING_FRACTIONS:
         k = round(fraction * len(order))
-        record = pipeline.measure(PrecisionPlan.with_int8(order[:k]), k)
+        record = pipeline.measure(PrecisionPlan.with_int8(order[:k]))
         rows.append({"budget": "–", "ordering": "random prefix", "probes": 1, "alone_seconds": record["seconds"],
                      "chosen": k, "ms": record["latency"]["median_ms"],
                      "vs_float": record["latency"]["median_ms"] / float_ms,
@@ -254,7 +254,7 @@ def _references(
     rows = [{"name": "float (FP32)", "ms": float_ms, "search": 1.0, "holdout": 1.0,
              **quality.measure(_runner(pipeline, pipeline.float_artifact))}]  # fmt: skip
     all_int8 = PrecisionPlan.with_int8([unit.name for unit in pipeline.units])
-    record = pipeline.measure(all_int8, len(pipeline.units))
+    record = pipeline.measure(all_int8)
     rows.append({"name": "all-INT8 (trtmix)", "ms": record["latency"]["median_ms"],
                  "search": record["accuracy"] / baseline["accuracy"],
                  **_plan_quality(pipeline, quality, all_int8, baseline, measured)})  # fmt: skip

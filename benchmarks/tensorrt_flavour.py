@@ -73,7 +73,7 @@ def run_model(name: str, folder: Path, runs: int, threads: int | None) -> dict[s
     baseline = pipeline.baseline()
     units = [u.name for u in pipeline.units]
     all_int8 = PrecisionPlan.with_int8(units)
-    int8 = pipeline.measure(all_int8, len(units))
+    int8 = pipeline.measure(all_int8)
     checks = pipeline.driver.precision_checks(all_int8, Path(int8["artifact"])) or []
     high_artifact = pipeline.build(PrecisionPlan())
     high_f32 = OpenVinoBackend(threads, precision="f32").time(high_artifact, pipeline.evaluation.feeds["search"][0],
@@ -83,7 +83,7 @@ def run_model(name: str, folder: Path, runs: int, threads: int | None) -> dict[s
         search = pipeline.search("kl", baseline["accuracy"], Budget.parse(drop))
         best = search.best()
         plan = search.plan_for(best.k) if best else None
-        record = pipeline.measure(plan, best.k) if plan else None
+        record = pipeline.measure(plan) if plan else None
         holdout = holdout_check(pipeline.driver, plan, baseline)["relative"] if plan is not None else None
         searches[label] = {"k": best.k if best else None, "record": record, "holdout": holdout,
                            "builds": len(search.probes)}  # fmt: skip

@@ -142,6 +142,12 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "of one graph with a switch per unit (the default; fake-quant semantics)",
     )
     parser.add_argument(
+        "--groups", action="store_true",
+        help="decide units in groups: units reading one tensor (Q/K/V projections) and chains with nothing between "
+        "them flip together, as one bisection step; the report compares each group's saving with its members' "
+        "(default: every unit is its own step)",
+    )
+    parser.add_argument(
         "--score-output", metavar="NAME",
         help="the graph output the metric scores, for models with several (default: the first; the summary names it)",
     )

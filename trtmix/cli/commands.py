@@ -241,6 +241,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         score_output=args.score_output,
         weight_bits=args.weight_bits,
         kl_exact=args.kl_exact,
+        groups=args.groups,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config

@@ -54,6 +54,7 @@ class CompileConfig:
     score_output: str | None = None  # the graph output the metric scores (None: the first)
     weight_bits: int | None = None  # ort-cpu weight width (None: 8 with VNNI/AMX, else 7)
     kl_exact: bool = False  # score each unit for kl on its own compiled graph (else one switched graph for all)
+    groups: bool = False  # decide units in groups (shared input, chains) as single bisection steps
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""

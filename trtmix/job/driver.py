@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,12 @@ class SearchDriver:
         """The first output of ``artifact`` on every evaluated batch of ``split``."""
         return self.evaluation.outputs(self.backend, artifact, split)
 
-    def measure(self, plan: PrecisionPlan, k: int) -> dict[str, Any]:
-        """The journal record of ``plan``: measured now unless a previous run already did."""
-        plan_hash = plan.stable_hash()
+    def measure(self, plan: PrecisionPlan) -> dict[str, Any]:
+        """The journal record of ``plan``: measured now unless a previous run already did.
+
+        Its ``k`` is the number of units the plan puts in INT8 (a search step may flip a group of several).
+        """
+        plan_hash, k = plan.stable_hash(), len(plan.int8_units())
         recorded = self.journal.get(plan_hash)
         if recorded is not None:
             return recorded
@@ -119,7 +122,7 @@ class SearchDriver:
     def all_high(self) -> dict[str, Any]:
         """The all-high-precision plan (k = 0, the paper's 16-bit baseline): the search's own k = 0 probe."""
         plan = PrecisionPlan(default=self.config.default)
-        record = self.measure(plan, 0)
+        record = self.measure(plan)
         if record["status"] != "ok":
             raise TrtmixError(f"The all-high-precision plan could not be measured: {record['error']}",
                               fix="use --relative-to fp32, or another --backend")  # fmt: skip
@@ -141,12 +144,19 @@ class SearchDriver:
         return {"accuracy": reference["accuracy"], "holdout": reference["holdout"], "latency": reference["latency"],
                 "relative_to": self.config.relative_to, "fp32": fp32, "all_high": all_high}  # fmt: skip
 
-    def search(self, order: Sequence[str], label: str, baseline_accuracy: float, budget: Budget) -> BisectionSearch:
-        """Run one bisection along ``order`` to its end, measuring (or replaying) each probe."""
-        search = BisectionSearch(order, budget, self.config.default, self.config.frontier)
+    def search(
+        self,
+        order: Sequence[str],
+        label: str,
+        baseline_accuracy: float,
+        budget: Budget,
+        members: Mapping[str, Sequence[str]] | None = None,
+    ) -> BisectionSearch:
+        """Run one bisection along ``order`` (``members``: a group step's units) to its end, measuring each probe."""
+        search = BisectionSearch(order, budget, self.config.default, self.config.frontier, members or {})
         progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
         while (k := search.ask()) is not None:
-            record = self.measure(search.plan_for(k), k)
+            record = self.measure(search.plan_for(k))
             relative = record["accuracy"] / baseline_accuracy if record["status"] == "ok" else None
             latency = record["latency"]["median_ms"] if record["status"] == "ok" else None
             search.tell(k, relative, latency, record["status"])

@@ -86,5 +86,5 @@ def _extra_probes(
     spread = {int(round(k)) for k in np.linspace(0, max(feasible_ks), EXTRA_PROBES + 2)[1:-1]}
     extra = sorted(spread - set(records))
     for k in extra:
-        records[k] = pipeline.measure(search.plan_for(k), k)
+        records[k] = pipeline.measure(search.plan_for(k))
     return extra

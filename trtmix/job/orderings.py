@@ -10,14 +10,15 @@ from tqdm import tqdm
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import TrtmixError
+from trtmix.ir.groups import UnitGroup
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import scored_output, split_feeds
 from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
-from trtmix.search.orderings import gain_order, order_units
-from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer, single_unit_scores
+from trtmix.search.orderings import gain_order, order_by_score, order_groups, order_units
+from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer
 from trtmix.sensitivity.run import TORCH_METHODS
 
 CALIBRATION_FEEDS = 2  # calibration batches the measured orderings score on
@@ -43,9 +44,11 @@ class JobOrderings:
         builder: Builder,
         journal: Journal,
         latency: Callable[[], LatencyModel | None] = lambda: None,
+        groups: list[UnitGroup] | None = None,
     ) -> None:
         self.source, self.config, self.builder, self.journal = source, config, builder, journal
         self.latency = latency  # the job's per-unit latency model (``gain`` needs it)
+        self.groups = groups or []  # with --groups: the bisection's steps (``group_order``)
 
     @property
     def units(self) -> list[Unit]:
@@ -78,6 +81,45 @@ class JobOrderings:
                                                "seconds": time.perf_counter() - start})  # fmt: skip
         return order, scores
 
+    def group_order(self, name: str) -> tuple[list[str], dict[str, float]]:
+        """``--groups``: the groups (by name), least sensitive first, and each group's score (cached in the journal).
+
+        ``kl`` scores each group of several units with all its members INT8 together; ``gain`` divides that by the
+        members' summed saving.  Any other ordering places each group where its most sensitive member stands.
+        """
+        cached = self.journal.cached(f"ordering:{name}:groups")
+        if cached is not None:
+            return cached["order"], cached["scores"]
+        start = time.perf_counter()
+        names = [group.name for group in self.groups]
+        if name in ("kl", "gain"):
+            divergence = self._group_divergence()
+            scores = divergence if name == "kl" else self._gain_scores(divergence)
+            order = order_by_score(scores, names)
+        else:
+            order, scores = order_groups(self.order(name)[0], self.groups)
+        unit_ordering = "kl" if name in ("kl", "gain") else name  # what the group scores were built on
+        seconds = time.perf_counter() - start + (self.seconds(unit_ordering) or 0.0)
+        self.journal.store(f"ordering:{name}:groups", {"order": order, "scores": scores, "seconds": seconds})
+        return order, scores
+
+    def _group_divergence(self) -> dict[str, float]:
+        """The kl score of every group: its unit's for a group of one, all members INT8 together for the others."""
+        _, unit_scores = self.order("kl")
+        several = {g.name: g.members for g in self.groups if len(g.members) > 1}
+        together = self.journal.cached("kl-group-scores") or {}
+        if set(several) - set(together):
+            together = self._measured_scores([list(members) for members in several.values()], "kl groups")
+            together = dict(zip(several, together, strict=True))
+            self.journal.store("kl-group-scores", together)
+        return {g.name: together.get(g.name, unit_scores[g.name]) for g in self.groups}
+
+    def _gain_scores(self, divergence: dict[str, float]) -> dict[str, float]:
+        """``gain`` per group: divergence per millisecond its members save (their profiled savings, summed)."""
+        model = self._require_latency()
+        savings = {g.name: sum(model.savings_ms.get(m, 0.0) for m in g.members) for g in self.groups}
+        return gain_order(divergence, savings, list(divergence))[1]
+
     def seconds(self, name: str) -> float | None:
         """Seconds ``name`` cost when it was computed (the Hessian ones include their share: kl, traces, variant)."""
         cached = self.journal.cached(f"ordering:{name}")
@@ -86,6 +128,9 @@ class JobOrderings:
     def _gain(self) -> tuple[list[str], dict[str, float]]:
         """``kl`` divergence per millisecond each unit saves, from the engine's per-layer profile."""
         _, divergence = self.order("kl")
+        return gain_order(divergence, self._require_latency().savings_ms, [unit.name for unit in self.units])
+
+    def _require_latency(self) -> LatencyModel:
         model = self.latency()
         if model is None:
             raise TrtmixError(
@@ -93,17 +138,24 @@ class JobOrderings:
                 "backend gives none.",
                 fix="use --backend openvino or onnxruntime, or --ordering kl",
             )
-        return gain_order(divergence, model.savings_ms, [unit.name for unit in self.units])
+        return model
 
     def _kl_scores(self) -> dict[str, float]:
-        """Each unit alone in INT8, measured on calibration batches (a compile and a short run per unit)."""
+        """Each unit alone in INT8, measured on calibration batches (one switched graph, or a compile per unit)."""
+        scores = self._measured_scores([[unit.name] for unit in self.units], "ordering kl")
+        return dict(zip([unit.name for unit in self.units], scores, strict=True))
+
+    def _measured_scores(self, plans: list[list[str]], label: str) -> list[float]:
+        """Divergence of each plan (its units INT8, the rest float) on calibration batches, from one scorer."""
         feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
         index, _ = scored_output(self.builder.model, self.config.score_output)
         kind = PlanScorer if self.config.kl_exact else SwitchedScorer
         scorer = kind(self.builder, self.config.metric, feeds, self.config.default, index)
         try:
-            with tqdm(total=len(self.units), desc="ordering kl", unit="unit") as progress:
-                return single_unit_scores(scorer, self.units, lambda: progress.update())
+            scores = []
+            for plan in tqdm(plans, desc=label, unit="plan"):
+                scores.append(scorer.distance(plan))
+            return scores
         finally:
             scorer.close()
 

@@ -15,6 +15,7 @@ from typing import Any
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
 from trtmix.ir.graph import model_sha256
+from trtmix.ir.groups import find_groups
 from trtmix.job.config import CompileConfig
 from trtmix.job.driver import SearchDriver
 from trtmix.job.evaluation import load_evaluation
@@ -59,7 +60,8 @@ class Pipeline:
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
         self.evaluation = load_evaluation(config, self.model, self.model_path)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)
-        self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model)
+        self.groups = find_groups(self.units, self.model) if config.groups else []
+        self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups)
 
     def close(self) -> None:
         """Close the journal and release the output folder for the next job."""
@@ -100,9 +102,9 @@ class Pipeline:
         """What budgets are relative to (all-high plan or FP32), with both references (``SearchDriver.baseline``)."""
         return self.driver.baseline()
 
-    def measure(self, plan: PrecisionPlan, k: int) -> dict[str, Any]:
+    def measure(self, plan: PrecisionPlan) -> dict[str, Any]:
         """The journal record of ``plan``, measured now unless a previous run already did."""
-        return self.driver.measure(plan, k)
+        return self.driver.measure(plan)
 
     def latency_model(self) -> LatencyModel | None:
         """Per-unit latency from the engine's per-layer profile of the all-high and all-INT8 builds (cached)."""
@@ -113,13 +115,18 @@ class Pipeline:
         return self.orderings.order(name)
 
     def ordering_seconds(self, name: str) -> float | None:
-        """Seconds ``name`` cost when it was computed."""
-        return self.orderings.seconds(name)
+        """Seconds ``name`` cost when it was computed (with ``--groups``: its group ordering, unit scores included)."""
+        return self.orderings.seconds(f"{name}:groups" if self.groups else name)
 
     def search(self, ordering: str, baseline_accuracy: float, budget: Budget | None = None) -> BisectionSearch:
         """One bisection along ``ordering``; ``budget`` overrides the configured one (probes do not depend on it).
 
         The ordering is computed only if the bisection needs it (not when all-INT8 meets the budget).
         """
+        budget = budget or self.config.budget
+        if self.groups:
+            order = LazyOrder([g.name for g in self.groups], lambda: self.orderings.group_order(ordering)[0])
+            members = {g.name: g.members for g in self.groups}
+            return self.driver.search(order, ordering, baseline_accuracy, budget, members)
         order = LazyOrder([unit.name for unit in self.units], lambda: self.order(ordering)[0])
-        return self.driver.search(order, ordering, baseline_accuracy, budget or self.config.budget)
+        return self.driver.search(order, ordering, baseline_accuracy, budget)

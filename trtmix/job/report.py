@@ -97,8 +97,29 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}tr.chosen{{back
 </tr>{rows}</table>
 <h2>Chosen plan, unit by unit</h2><table><tr><th>unit</th><th>kind</th><th>precision</th><th>engine runs</th>
 <th>engine kernel</th><th>layer ms</th><th>profiled ms high / INT8 (saving)</th><th>torch module</th>
-{rank_headers}</tr>{units}</table><p>Versions: <code>{versions}</code></p></body></html>
+{rank_headers}</tr>{units}</table>{_groups_html(report.get("groups"))}
+<p>Versions: <code>{versions}</code></p></body></html>
 """
+
+
+def _groups_html(section: dict[str, Any] | None) -> str:
+    """``--groups``: each group of several units, why it is one, and its profiled saving together vs alone."""
+    if not section:
+        return ""
+    rows = "".join(
+        f"<tr><td>{'<br>'.join(f'<code>{html.escape(m)}</code>' for m in g['members'])}</td>"
+        f"<td>{html.escape(', '.join(g['reasons']))}</td><td>{_opt_ms(g.get('together_ms'))}</td>"
+        f"<td>{_opt_ms(g.get('members_alone_ms'))}</td></tr>"
+        for g in section["groups"]
+    )
+    return (f"<h2>Unit groups</h2><p>{html.escape(section['description'])}. Each group is one bisection step. "
+            "Savings are profiled: together from the all-INT8 build, alone from builds with one member of each group "
+            "in INT8.</p><table><tr><th>members</th><th>why</th><th>saving together, ms</th>"
+            f"<th>members alone, summed, ms</th></tr>{rows}</table>")  # fmt: skip
+
+
+def _opt_ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def _engine_cells(check: dict[str, Any] | None) -> str:

@@ -13,9 +13,10 @@ from typing import Any
 from trtmix import __version__
 from trtmix.errors import JobInterruptedError, TrtmixError
 from trtmix.ir.graph import model_sha256
+from trtmix.ir.groups import describe_groups
 from trtmix.job.config import CompileConfig
 from trtmix.job.final import final_choice
-from trtmix.job.latency import add_predictions
+from trtmix.job.latency import add_predictions, job_group_savings
 from trtmix.job.outputs import holdout_check, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
 from trtmix.job.report import mark_pareto, reference_latencies, write_report
@@ -84,7 +85,7 @@ def _report(
             record["relative"] = _relative(record, baseline)
             entry = by_hash.setdefault(record["plan_hash"], {**record, "orderings": []})
             entry["orderings"].append(name)
-            orderings[name].append({**record, "k": k})
+            orderings[name].append({**record, "step": k})
     high = dict(pipeline.journal.get(PrecisionPlan(default=config.default).stable_hash()) or {})
     if high and high["plan_hash"] not in by_hash:  # measured as the baseline though no search visited k = 0
         by_hash[high["plan_hash"]] = {**high, "relative": _relative(high, baseline), "orderings": ["baseline"]}
@@ -127,6 +128,7 @@ def _report(
         "holdout": {"baseline": baseline["holdout"]},
         "units": _unit_table(pipeline, searches, chosen_plan, latency),
         "latency_model": latency and {k: v for k, v in latency.items() if k != "units"},
+        "groups": _groups_section(pipeline),
         "versions": _versions(),
     }
 
@@ -159,6 +161,24 @@ def _latency_section(
             "profiled_int8_ms": round(model.int8_total_ms, 4), "units": units}  # fmt: skip
 
 
+def _groups_section(pipeline: Pipeline) -> dict[str, Any] | None:
+    """With ``--groups``: the steps, and per group of several units its saving together vs its members alone."""
+    if not pipeline.groups:
+        return None
+    section: dict[str, Any] = {"steps": len(pipeline.groups), "description": describe_groups(pipeline.groups),
+                               "groups": []}  # fmt: skip
+    try:
+        model = pipeline.latency_model()
+        if model is not None:
+            section["groups"] = job_group_savings(pipeline.driver, pipeline.groups, model)
+    except TrtmixError as err:  # as for the latency model: the report goes on without it
+        LOG.warning("no group savings: %s", str(err).splitlines()[0])
+    if not section["groups"]:
+        section["groups"] = [{"group": g.name, "members": list(g.members), "reasons": list(g.reasons)}
+                             for g in pipeline.groups if len(g.members) > 1]  # fmt: skip
+    return section
+
+
 def _relative(record: dict[str, Any], baseline: dict[str, Any]) -> float | None:
     """A probe's accuracy relative to the baseline's (None for a failed probe)."""
     return record["accuracy"] / baseline["accuracy"] if record.get("status") == "ok" else None
@@ -183,7 +203,7 @@ def _unit_table(
     chosen_plan: PrecisionPlan | None,
     latency: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
-    ranks = {name: {unit: i + 1 for i, unit in enumerate(search.order)}
+    ranks = {name: {unit: i + 1 for i, step in enumerate(search.order) for unit in search.expand([step])}
              for name, search in searches.items() if order_computed(search.order)}  # fmt: skip
     table = []
     for unit in pipeline.units:
@@ -250,6 +270,8 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         lines.append(f"latency model: the per-unit profile predicted the {errors['probes']} probes' latency within "
                      f"{errors['median_abs']:.1%} (median), {errors['max_abs']:.1%} (max); the search ranks by "
                      "measured latency only")  # fmt: skip
+    if report.get("groups"):
+        lines.append(_groups_line(report["groups"]))
     skipped = [name for name, computed in (report.get("orderings_computed") or {}).items() if not computed]
     if skipped:
         lines.append(f"ordering {', '.join(skipped)}: not computed, the search never needed it")
@@ -268,6 +290,18 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
             "pay on this backend at these shapes; consider shipping the high-precision plan"
         )
     return lines
+
+
+def _groups_line(section: dict[str, Any]) -> str:
+    """``--groups``: the steps, and the groups' profiled saving together against their members' alone."""
+    rows = [g for g in section["groups"] if g.get("together_ms") is not None and g.get("members_alone_ms") is not None]
+    line = f"groups: {section['description']}"
+    if rows:
+        together = sum(g["together_ms"] for g in rows)
+        alone = sum(g["members_alone_ms"] for g in rows)
+        line += (f"; profiled, {len(rows)} groups save {together:.3f} ms together against {alone:.3f} ms for their "
+                 "members alone (report.html has each group)")  # fmt: skip
+    return line
 
 
 def _engine_line(report: dict[str, Any]) -> str:

@@ -13,6 +13,8 @@ check this one (``--kl-exact``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -65,9 +67,14 @@ def compile_switched(
     return switched, switches
 
 
-def switch_feeds(switches: dict[str, str], on: str | None) -> dict[str, np.ndarray]:
-    """Every switch off except ``on``'s (None: all off, the float graph)."""
-    return {name: np.array(unit == on) for unit, name in switches.items()}
+def switch_feeds(switches: dict[str, str], on: str | Iterable[str] | None) -> dict[str, np.ndarray]:
+    """Every switch off except those of the unit(s) ``on`` (None: all off, the float graph).
+
+    Several switches on give the plan with those units in INT8: each unit's edges read its own quantizer, and an
+    edge two of them quantize reads both, nested, with the same scale (quantizing twice is quantizing once).
+    """
+    chosen = {on} if isinstance(on, str) else set(on or ())
+    return {name: np.array(unit in chosen) for unit, name in switches.items()}
 
 
 def _switch_weight(

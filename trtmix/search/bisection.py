@@ -1,9 +1,10 @@
 """Bisection over the sensitivity order, as an ask/tell object.
 
-The plan with ``k`` INT8 units puts the first ``k`` units of the order (least sensitive first) in INT8 and the rest in
-high precision.  ``ask()`` names the next ``k`` to measure, ``tell()`` takes its accuracy (relative to the float model)
-and latency.  The search probes all-INT8 first (a budget it already meets ends the search after one build), then
-all-high-precision, then bisects: at most ⌈log2 U⌉ + 3 builds for U units, plus any frontier probes.
+The plan with ``k`` INT8 steps puts the first ``k`` steps of the order (least sensitive first) in INT8 and the rest in
+high precision.  A step is one unit, or a group of units flipped together (``trtmix.ir.groups``).
+``ask()`` names the next ``k`` to measure, ``tell()`` takes its accuracy (relative to the float model) and latency.
+The search probes all-INT8 first (a budget it already meets ends the search after one build), then all-high
+precision, then bisects: at most ⌈log2 U⌉ + 3 builds for U steps, plus any frontier probes.
 
 Accuracy is not assumed monotone in k: every probe is kept, the fastest feasible probe wins, and each pair of probes
 where more INT8 gave *higher* accuracy is reported.  The object holds no I/O; the pipeline drives it, so tests can
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import overload
 
@@ -147,12 +148,16 @@ class Probe:
 
 @dataclass
 class BisectionSearch:
-    """Bisection of k (number of INT8 units from the front of ``order``) against ``budget``."""
+    """Bisection of k (number of INT8 steps from the front of ``order``) against ``budget``.
+
+    ``members`` maps a step (a group's name) to the units it flips; a step it does not name is one unit.
+    """
 
     order: Sequence[str]
     budget: Budget
     default: Precision = Precision.FP16
     frontier: int = 0
+    members: Mapping[str, Sequence[str]] = field(default_factory=dict)
     probes: dict[int, Probe] = field(default_factory=dict)
     _low: int = 0
     _high: int = 0
@@ -165,7 +170,7 @@ class BisectionSearch:
 
     @property
     def units(self) -> int:
-        """U, the number of units being ordered."""
+        """U, the number of steps being ordered (units, or groups of units)."""
         return len(self.order)
 
     @property
@@ -174,12 +179,15 @@ class BisectionSearch:
         return math.ceil(math.log2(max(self.units, 1))) + 3
 
     def plan_for(self, k: int) -> PrecisionPlan:
-        """The plan with the first ``k`` units of the order in INT8 (k = 0 and k = U need no order)."""
+        """The plan with the first ``k`` steps of the order in INT8 (k = 0 and k = U need no order)."""
         if k == 0:
             return PrecisionPlan(default=self.default)
-        if k == self.units and isinstance(self.order, LazyOrder):
-            return PrecisionPlan.with_int8(self.order.names, default=self.default)
-        return PrecisionPlan.with_int8(self.order[:k], default=self.default)
+        steps = self.order.names if k == self.units and isinstance(self.order, LazyOrder) else self.order[:k]
+        return PrecisionPlan.with_int8(self.expand(steps), default=self.default)
+
+    def expand(self, steps: Sequence[str]) -> list[str]:
+        """The unit names of ``steps``, in order."""
+        return [unit for step in steps for unit in self.members.get(step, (step,))]
 
     def ask(self) -> int | None:
         """The next k to measure, or None when the search is over."""

@@ -19,6 +19,7 @@ import onnx
 from trtmix import registry
 from trtmix.errors import TrtmixError
 from trtmix.ir.graph import GraphIndex
+from trtmix.ir.groups import UnitGroup
 from trtmix.ir.units import Unit
 from trtmix.quant.qdq import fake_quantize_weight
 from trtmix.registry import is_random_ordering
@@ -44,9 +45,7 @@ def order_units(
         scores = {unit.name: single_unit_divergence(unit) for unit in units}
     else:
         raise TrtmixError(f"Unknown ordering {name!r}.", expected=f"one of {', '.join(registry.ONNX_ORDERINGS)}")
-    position = {unit.name: i for i, unit in enumerate(units)}
-    order = sorted(scores, key=lambda n: (scores[n], position[n]))
-    return order, scores
+    return order_by_score(scores, [unit.name for unit in units]), scores
 
 
 SAVING_FLOOR_MS = 1e-6  # a unit that saves nothing (or costs time) in INT8 goes after every unit that saves
@@ -60,8 +59,23 @@ def gain_order(
     Units that save nothing get divergence / 1e-6 ms: after every unit that saves, among themselves by divergence.
     """
     scores = {name: divergence[name] / max(savings_ms.get(name, 0.0), SAVING_FLOOR_MS) for name in names}
+    return order_by_score(scores, names), scores
+
+
+def order_groups(unit_order: list[str], groups: list[UnitGroup]) -> tuple[list[str], dict[str, float]]:
+    """Groups in the order of a unit ordering: each where its most sensitive member stands (score: that position).
+
+    A group flips when its last member would have, so no unit goes INT8 earlier than its own ordering put it.
+    """
+    position = {name: i for i, name in enumerate(unit_order)}
+    scores = {group.name: float(max(position[m] for m in group.members)) for group in groups}
+    return sorted(scores, key=lambda name: scores[name]), scores
+
+
+def order_by_score(scores: dict[str, float], names: list[str]) -> list[str]:
+    """``names`` lowest score first, ties in the given order."""
     position = {name: i for i, name in enumerate(names)}
-    return sorted(names, key=lambda n: (scores[n], position[n])), scores
+    return sorted(names, key=lambda n: (scores[n], position[n]))
 
 
 def _weight_noise(units: list[Unit], model: onnx.ModelProto) -> dict[str, float]:

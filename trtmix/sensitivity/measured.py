@@ -50,10 +50,10 @@ class PlanScorer:
 
 
 class SwitchedScorer(PlanScorer):
-    """``PlanScorer`` for single units from one switched graph and one session (``trtmix.quant.switched``).
+    """``PlanScorer`` from one switched graph and one session (``trtmix.quant.switched``).
 
-    The exact scorer compiles and opens a session per unit; this one compiles once, so the ``kl`` ordering costs one
-    graph plus a short run per unit.  Plans of several units still compile exactly (``distance`` falls back).
+    The exact scorer compiles and opens a session per plan; this one compiles once, so the ``kl`` ordering costs one
+    graph plus a short run per unit, and a group of units is scored by turning on all its switches.
     """
 
     def __init__(
@@ -71,10 +71,8 @@ class SwitchedScorer(PlanScorer):
         self._session = OnnxRuntimeRunner(graph, optimize=True)
 
     def distance(self, int8_units: list[str]) -> float:
-        """Divergence with ``int8_units`` in INT8: one switch flipped in the shared session, for a single unit."""
-        if len(int8_units) != 1:
-            return super().distance(int8_units)
-        outputs = [self._session.infer({**feed, **switch_feeds(self.switches, int8_units[0])})[self.output_index]
+        """Divergence with ``int8_units`` in INT8: their switches flipped in the shared session."""
+        outputs = [self._session.infer({**feed, **switch_feeds(self.switches, int8_units)})[self.output_index]
                    for feed in self.feeds]  # fmt: skip
         return divergence(self.metric, np.concatenate(outputs), self.reference)
 
