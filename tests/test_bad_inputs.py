@@ -173,6 +173,9 @@ def cases(ws: Path) -> list[tuple[str, list[str], tuple[str, ...], Path | None]]
          ("does not exist",), out),
         ("weight bits on tensorrt", ["build", m, "--plan", "int8", "--ranges", ranges, "--weight-bits", "7",
                                      "-o", str(out)], ("ort-cpu flavour only",), out),  # fmt: skip
+        ("smooth alpha 1", ["build", m, "--plan", "int8", "--ranges", ranges, "--smooth-alpha", "1",
+                            "-o", str(out)], ("outside (0, 1)", "--no-smooth"), out),  # fmt: skip
+        job("smooth alpha negative", ("--smooth-alpha -0.2 is outside (0, 1)",), "--smooth-alpha", "-0.2"),
         ("tensorrt cache", ["calibrate", m, "--from-tensorrt-cache", str(ws / "bad.cache"), "-o", str(ws / "r.json")],
          ("TensorRT cache header",), ws / "r.json"),
         # data files

@@ -20,6 +20,7 @@ from trtmix.ir.units import Unit, require_units
 from trtmix.job.config import CompileConfig
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.smooth import SmoothSettings, prepare_ranges
 from trtmix.runtime import LatencyStats, get_backend, resolve_backend
 from trtmix.runtime.build import Builder
 
@@ -77,18 +78,26 @@ def build(
     artifact: str | Path | None = None,
     tensorrt: dict[str, object] | None = None,
     weight_bits: int | None = None,
+    smooth: SmoothSettings | None = None,
+    bias_correction: bool = False,
 ) -> BuildResult:
     """Compile ``plan`` into ``output`` (atomically, checked by the flavour's rules); with ``artifact``, also build it.
 
     An unknown flavour, or a ``backend`` that cannot run the flavour's graphs, is an error before any work.
-    ``weight_bits`` (7 or 8) sets the ``ort-cpu`` weight width; by default it follows the CPU.
+    ``weight_bits`` (7 or 8) sets the ``ort-cpu`` weight width; by default it follows the CPU.  ``smooth`` (default:
+    on, α searched) and ``bias_correction`` adjust the quantizers, as ``compile`` does, when ``ranges`` are given.
     """
     backend = resolve_backend(backend, flavour)
     configured = get_flavour(flavour, weight_bits)
     configured.check_backend(backend)
+    smooth = smooth or SmoothSettings()
+    smooth.validate()
     model = load_onnx(model_path)
     units = require_units(model, str(model_path))
     resolved = resolve_plan(plan, units)
+    if ranges is not None:
+        float16 = configured.float_base is Precision.FP16
+        ranges, _ = prepare_ranges(model, units, ranges, smooth, bias_correction, float16)
     compiled = Builder(model, units, ranges, configured).compile(resolved, check=True)
     onnx.checker.check_model(compiled, full_check=True)
     save_onnx(compiled, output)

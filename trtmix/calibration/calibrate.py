@@ -17,7 +17,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ import onnx
 from tqdm import tqdm
 
 from trtmix import registry
+from trtmix.calibration.channels import ChannelStats, ChannelSummary, tracked_tensors
 from trtmix.calibration.histogram import (
     TensorHistogram,
     entropy_threshold,
@@ -36,7 +37,7 @@ from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.data.recipes import checked_batches
 from trtmix.data.user_code import source_identity
 from trtmix.errors import CalibrationError
-from trtmix.io import atomic_write_bytes
+from trtmix.io import atomic_write_bytes, atomic_write_text
 from trtmix.ir.graph import GraphIndex, model_sha256, two_activation_adds
 from trtmix.ir.units import Unit
 
@@ -45,7 +46,7 @@ METHODS = tuple(registry.CALIBRATION_METHODS)
 WEIGHT_METHODS = tuple(registry.WEIGHT_METHODS)
 # Part of every cache key: bump it whenever a fix changes what a range method or the histograms compute, so no cache
 # written before the fix is served after it.
-CACHE_FORMAT = 3  # 3: only tensors a plan can quantize are calibrated
+CACHE_FORMAT = 4  # 3: only tensors a plan can quantize are calibrated; 4: channel statistics
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,20 @@ def collect_histograms(
 
     ``owners`` (tensor → the units that quantize it) lets a NaN/Inf error name the unit concerned.
     """
+    histograms, count, _ = collect_statistics(model, batches, tensors, limit, progress, owners)
+    return histograms, count
+
+
+def collect_statistics(
+    model: onnx.ModelProto,
+    batches: Iterable[object],
+    tensors: list[str],
+    limit: int | None = None,
+    progress: bool = True,
+    owners: dict[str, list[str]] | None = None,
+    channels: dict[str, int] | None = None,
+) -> tuple[dict[str, TensorHistogram], int, dict[str, ChannelStats]]:
+    """``collect_histograms``, plus per-channel statistics of ``channels`` (tensor → channel axis) in the same pass."""
     from trtmix.runtime.onnxruntime import ort_session
 
     probed = _with_outputs(model, tensors)
@@ -117,6 +132,7 @@ def collect_histograms(
     wanted = set(tensors)
     output_names = [o.name for o in session.get_outputs() if o.name in wanted]
     histograms = {name: TensorHistogram() for name in output_names}
+    per_channel = {name: ChannelStats(axis) for name, axis in (channels or {}).items() if name in histograms}
     count = 0
     feeds = checked_batches(batches, model, limit)
     for index, feed in enumerate(tqdm(feeds, desc="calibrate", disable=not progress, unit="batch", total=limit)):
@@ -129,8 +145,10 @@ def collect_histograms(
                     fix="check the inputs of that batch; NaN/Inf never become a scale",
                 )
             histograms[name].add(value)
+            if name in per_channel:
+                per_channel[name].add(value)
         count += 1
-    return histograms, count
+    return histograms, count, per_channel
 
 
 def ranges_from_histograms(histograms: dict[str, TensorHistogram], config: CalibrationConfig) -> dict[str, TensorRange]:
@@ -173,18 +191,22 @@ def calibrate(
     *,
     progress: bool = True,
     histograms: dict[str, TensorHistogram] | None = None,
+    channels: dict[str, ChannelSummary] | None = None,
 ) -> Ranges:
-    """Ranges of every tensor a plan may quantize (histograms are collected unless given)."""
-    count = None
+    """Ranges of every tensor a plan may quantize (histograms and channel statistics are collected unless given)."""
+    count, summaries = None, channels
     if histograms is None:
         owners = tensor_owners(model, units)
-        histograms, count = collect_histograms(model, batches, sorted(owners), config.batches, progress, owners)
+        histograms, count, stats = collect_statistics(model, batches, sorted(owners), config.batches, progress,
+                                                      owners, tracked_tensors(units))  # fmt: skip
+        summaries = {name: stat.summary() for name, stat in stats.items() if stat.count}
     ranges = ranges_from_histograms(histograms, config)
     meta = {"model_sha256": model_sha256(model), **asdict(config)}
     if count is not None:
         meta["batches_seen"] = count
     LOG.info("calibrated %d tensors (%s)", len(ranges), config.method)
-    return Ranges(tensors=ranges, meta=meta, weights=weight_ranges(model, units, config.weights))
+    return Ranges(tensors=ranges, meta=meta, weights=weight_ranges(model, units, config.weights),
+                  channels=summaries or {})  # fmt: skip
 
 
 def calibrate_max(
@@ -226,21 +248,34 @@ def calibrate_cached(
         LOG.info("calibration cache hit: %s", ranges_path)
         return Ranges.load(ranges_path)
     stats_path = cache_dir / f"histograms-{stats_key}.npz"
+    channels_path = cache_dir / f"channels-{stats_key}.json"
     histograms = load_histograms(stats_path) if stats_path.is_file() else None
-    if histograms is None:
+    channels = _load_channels(channels_path) if histograms is not None else None
+    if histograms is None or channels is None:
         owners = tensor_owners(model, units)
-        histograms, count = collect_histograms(model, load(), sorted(owners), config.batches, progress, owners)
+        histograms, _, stats = collect_statistics(model, load(), sorted(owners), config.batches, progress, owners,
+                                                  tracked_tensors(units))  # fmt: skip
+        channels = {name: stat.summary() for name, stat in stats.items() if stat.count}
         save_histograms(stats_path, histograms)
+        atomic_write_text(channels_path, json.dumps({n: c.to_dict() for n, c in channels.items()}))
     else:
         LOG.info("reusing histograms %s", stats_path)
-    ranges = calibrate(model, units, (), config, progress=progress, histograms=histograms)
-    ranges = Ranges(ranges.tensors, {**ranges.meta, "data": data, "split": split}, ranges.weights)
+    ranges = calibrate(model, units, (), config, progress=progress, histograms=histograms, channels=channels)
+    ranges = replace(ranges, meta={**ranges.meta, "data": data, "split": split})
     ranges.save(ranges_path)
     return ranges
 
 
 def _key(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:24]
+
+
+def _load_channels(path: Path) -> dict[str, ChannelSummary] | None:
+    """Channel statistics written beside the histograms, or None if missing or unreadable (then recomputed)."""
+    try:
+        return {name: ChannelSummary.from_dict(c) for name, c in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def save_histograms(path: Path, histograms: dict[str, TensorHistogram]) -> None:

@@ -6,6 +6,7 @@ applied to the wrong model by accident.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trtmix.calibration.channels import ChannelSummary
 from trtmix.errors import CalibrationError, CompileError
 from trtmix.io import atomic_write_text, read_json
 
@@ -38,12 +40,17 @@ class Ranges:
     """Ranges of activation tensors, plus where they came from (``meta``: model hash, method, data, batches).
 
     ``weights`` optionally overrides the per-output-channel amax of weight tensors (MSE clipping); weights not named
-    there are quantized at their own max.
+    there are quantized at their own max.  ``channels`` holds per-channel statistics of unit inputs; ``smoothing``
+    (tensor → per-channel divisor s) and ``bias_correction`` are what ``trtmix.quant.smooth`` decided from them, so
+    every artifact key, which holds the ranges' hash, changes with them.
     """
 
     tensors: Mapping[str, TensorRange]
     meta: Mapping[str, Any] = field(default_factory=dict)
     weights: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    channels: Mapping[str, ChannelSummary] = field(default_factory=dict)
+    smoothing: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    bias_correction: bool = False
 
     def require(self, names: Iterable[str], model_hash: str | None = None) -> None:
         """Fail clearly if ranges are missing for tensors the plan quantizes, or were measured on another model."""
@@ -66,12 +73,19 @@ class Ranges:
         """The JSON form."""
         tensors = {name: {"min": r.min, "max": r.max} for name, r in sorted(self.tensors.items())}
         weights = {name: list(amax) for name, amax in sorted(self.weights.items())}
-        return {"format": FORMAT, "meta": dict(self.meta), "tensors": tensors, "weights": weights}
+        return {"format": FORMAT, "meta": dict(self.meta), "tensors": tensors, "weights": weights,
+                "channels": {name: c.to_dict() for name, c in sorted(self.channels.items())},
+                "smoothing": {name: list(s) for name, s in sorted(self.smoothing.items())},
+                "bias_correction": self.bias_correction}  # fmt: skip
 
-    def stable_hash(self) -> str:
-        """A hash of everything in the ranges (values, weight overrides, method and settings in ``meta``)."""
+    @functools.cached_property
+    def _hash(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def stable_hash(self) -> str:
+        """A hash of everything in the ranges (values, weight overrides, channel statistics, smoothing, settings)."""
+        return self._hash
 
     def save(self, path: str | Path) -> None:
         """Write atomically as JSON."""
@@ -90,4 +104,7 @@ class Ranges:
                 raise CalibrationError(f"{path}: tensor {name!r} has an invalid range [{low}, {high}].")
             tensors[name] = TensorRange(low, high)
         weights = {name: tuple(float(v) for v in amax) for name, amax in data.get("weights", {}).items()}
-        return cls(tensors=tensors, meta=data.get("meta", {}), weights=weights)
+        channels = {name: ChannelSummary.from_dict(c) for name, c in data.get("channels", {}).items()}
+        smoothing = {name: tuple(float(v) for v in s) for name, s in data.get("smoothing", {}).items()}
+        return cls(tensors=tensors, meta=data.get("meta", {}), weights=weights, channels=channels,
+                   smoothing=smoothing, bias_correction=bool(data.get("bias_correction", False)))  # fmt: skip

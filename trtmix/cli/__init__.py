@@ -122,6 +122,7 @@ def _add_build(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     flags.add_flavour_flag(parser, "tensorrt", "how the plan is written")
     flags.add_weight_bits_flag(parser)
+    flags.add_quantizer_flags(parser)
     parser.add_argument("--ranges", type=Path, help="activation ranges from `trtmix calibrate`")
     flags.add_data_flags(parser, required=False, split=True, help_text="calibrate on this data when --ranges is absent")
     flags.add_calibration_flags(parser)
@@ -161,6 +162,7 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     flags.add_backend_flag(parser)
     flags.add_flavour_flag(parser, "tensorrt", "graph flavour the backend builds")
     flags.add_weight_bits_flag(parser)
+    flags.add_quantizer_flags(parser)
     parser.add_argument(
         "--relative-to",
         choices=("high", "fp32"),

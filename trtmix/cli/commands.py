@@ -12,6 +12,7 @@ from trtmix import api
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.calibration.ranges import Ranges
 from trtmix.calibration.tensorrt_cache import ranges_from_tensorrt_cache
+from trtmix.cli.flags import smooth_settings
 from trtmix.data.feeds import parse_dims, tensorrt_settings, timing_feeds
 from trtmix.data.recipes import parse_data_args
 from trtmix.data.user_code import load_model_factory
@@ -140,6 +141,8 @@ def run_build(args: argparse.Namespace) -> None:
         artifact=args.artifact,
         tensorrt=tensorrt_settings(args),
         weight_bits=args.weight_bits,
+        smooth=smooth_settings(args),
+        bias_correction=args.bias_correction,
     )
     print(
         f"wrote {result.onnx_path}: {args.flavour} flavour, {len(result.int8_units)} of {result.unit_count} "
@@ -242,6 +245,8 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         weight_bits=args.weight_bits,
         kl_exact=args.kl_exact,
         groups=args.groups,
+        smooth=smooth_settings(args),
+        bias_correction=args.bias_correction,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config

@@ -101,6 +101,33 @@ def add_weight_bits_flag(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_quantizer_flags(parser: argparse.ArgumentParser) -> None:
+    """``--smooth-alpha``, ``--no-smooth``, ``--bias-correction``: how INT8 units are quantized."""
+    parser.add_argument(
+        "--smooth-alpha", type=float, metavar="A",
+        help="SmoothQuant migration strength for MatMul/Gemm inputs, in (0, 1) (default: searched per model over "
+        "0.3-0.8 from calibration statistics; a tensor keeps its scaling only where the expected int8 noise drops)",
+    )
+    parser.add_argument(
+        "--no-smooth", action="store_true",
+        help="no outlier-aware scaling: every unit reads its input as exported",
+    )
+    parser.add_argument(
+        "--bias-correction", action="store_true",
+        help="subtract the mean output shift that int8 weight rounding causes from each INT8 unit's bias, measured "
+        "with the calibration data's per-channel means (default: off)",
+    )  # fmt: skip
+
+
+def smooth_settings(args: argparse.Namespace) -> Any:
+    """The ``SmoothSettings`` the flags ask for (α checked here, before any work)."""
+    from trtmix.quant.smooth import SmoothSettings
+
+    settings = SmoothSettings(enabled=not args.no_smooth, alpha=args.smooth_alpha)
+    settings.validate()
+    return settings
+
+
 def add_backend_flag(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--backend``: the engine that builds, runs and times."""
     add_choice_flag(parser, "--backend", registry.BACKENDS, default, "engine backend")

@@ -14,13 +14,15 @@ from trtmix.data.user_code import source_identity
 from trtmix.errors import TrtmixError
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision
+from trtmix.quant.smooth import SmoothSettings
 from trtmix.runtime.timing import TimingPolicy
 from trtmix.search.bisection import Budget
 
 # The settings that change what a probe measures; the journal refuses to mix runs that differ in any of them.
 MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
                      "warmup", "threads", "default", "tensorrt", "timing_target", "max_runs",
-                     "max_timing_seconds", "score_output", "weight_bits", "kl_exact")  # fmt: skip
+                     "max_timing_seconds", "score_output", "weight_bits", "kl_exact", "smooth",
+                     "bias_correction")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class CompileConfig:
     weight_bits: int | None = None  # ort-cpu weight width (None: 8 with VNNI/AMX, else 7)
     kl_exact: bool = False  # score each unit for kl on its own compiled graph (else one switched graph for all)
     groups: bool = False  # decide units in groups (shared input, chains) as single bisection steps
+    smooth: SmoothSettings = field(default_factory=SmoothSettings)  # outlier-aware scaling of MatMul/Gemm inputs
+    bias_correction: bool = False  # subtract int8 weight rounding's mean output shift from unit biases
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""
@@ -77,6 +81,7 @@ class CompileConfig:
         if self.backend not in registry.BACKENDS:
             raise TrtmixError(f"Unknown backend {self.backend!r}.", expected=f"one of {', '.join(registry.BACKENDS)}")
         get_flavour(self.flavour, self.weight_bits).check_backend(self.backend)
+        self.smooth.validate()
 
     @property
     def reference(self) -> str:

@@ -23,7 +23,8 @@ from trtmix.job.latency import job_latency_model
 from trtmix.job.orderings import JobOrderings, check_source
 from trtmix.job.workspace import Workspace
 from trtmix.quant.flavours import get_flavour
-from trtmix.quant.plan import PrecisionPlan
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.smooth import prepare_ranges
 from trtmix.runtime import get_backend
 from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
@@ -69,9 +70,13 @@ class Pipeline:
         self.workspace.close()
 
     def _ranges(self) -> Ranges:
+        """Calibrated ranges with the job's quantizer settings decided (smoothing, bias correction), as built."""
         config = self.config
         ranges = collect_ranges(self.model_path, config.data, "calibration", config.calibration,
                                 data_args=dict(config.data_args), cache_dir=default_cache_dir())  # fmt: skip
+        float16 = get_flavour(config.flavour).float_base is Precision.FP16
+        ranges, self.quantizers = prepare_ranges(self.model, self.units, ranges, config.smooth,
+                                                 config.bias_correction, float16)  # fmt: skip
         ranges.save(self.output / "ranges.json")
         return ranges
 

@@ -21,6 +21,7 @@ from trtmix.job.outputs import holdout_check, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
 from trtmix.job.report import mark_pareto, reference_latencies, write_report
 from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.smooth import describe_quantizers
 from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.timing import busy
 from trtmix.search.bisection import BisectionSearch, order_computed
@@ -107,6 +108,7 @@ def _report(
         "flavour": config.flavour,
         "flavour_note": pipeline.builder.flavour.note(backend.name),
         "flavour_settings": pipeline.builder.flavour.metadata(),
+        "quantizers": pipeline.quantizers,
         "scored_output": pipeline.evaluation.output_note,
         "cpu": cpu_features().describe(),
         "relative_to": config.relative_to,
@@ -236,6 +238,8 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
     settings = report.get("flavour_settings") or {}
     if "trtmix.weight_bits_reason" in settings:
         lines.append(f"weights: {settings['trtmix.weight_bits']}-bit ({settings['trtmix.weight_bits_reason']})")
+    if report.get("quantizers"):
+        lines.append(describe_quantizers(report["quantizers"]))
     chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
     if chosen is None:
         lines.append(f"no plan met the budget ({report['budget_text']}): {report['stop_reason']}")

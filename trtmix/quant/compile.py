@@ -22,6 +22,7 @@ from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, model_sha256, opset_version
 from trtmix.ir.units import Unit, require_units
+from trtmix.quant.bias import correct_bias
 from trtmix.quant.flavours import ALL_READERS, Flavour, get_flavour
 from trtmix.quant.float_types import to_float16
 from trtmix.quant.plan import Precision, PrecisionPlan
@@ -31,6 +32,7 @@ from trtmix.quant.qdq import (
     quantize_int8,
     symmetric_scale,
 )
+from trtmix.quant.smooth import divided_input, input_range, scaled_weight, smoothed_range, unit_scales
 
 LOG = logging.getLogger(__name__)
 
@@ -53,21 +55,48 @@ def compile_plan(
     graph = working_graph(model, units, plan, flavour)
     _drop_relus(graph, sites.dropped_relus)
     original = GraphIndex(model)
+    smoothed = {u.name: u.inputs[0] for u in int8_units if unit_scales(u, ranges) is not None}
     for tensor, readers in sorted(sites.activations.items()):
         edges = reader_edges(graph, original, tensor, readers)
-        _quantize_activation(graph, edges, ranges.tensors[tensor], flavour.symmetric)  # type: ignore[union-attr]
+        if not edges:
+            continue
+        scaled = [(node, i) for node, i in edges if i == 0 and smoothed.get(node.name) == tensor]
+        plain = [(node, i) for node, i in edges if not (i == 0 and smoothed.get(node.name) == tensor)]
+        if plain:
+            _quantize_activation(graph, plain, ranges.tensors[tensor], flavour.symmetric)  # type: ignore[union-attr]
+        if scaled:
+            divided = divided_input(graph, original, tensor, scaled, ranges)  # type: ignore[arg-type]
+            quantized = activation_qdq(graph, divided, smoothed_range(ranges, tensor), flavour.symmetric)  # type: ignore[arg-type]
+            for node, position in scaled:
+                node.inputs[position] = quantized
     for unit in sites.weight_units:
-        weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
-        amax = ranges.weights.get(unit.weight) if ranges is not None else None  # type: ignore[arg-type]
-        weight_scale = _quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
-        if flavour.int32_gemm_bias and unit.op == "Gemm":
-            _quantize_gemm_bias(graph, unit, original, weight_scale, ranges.tensors[unit.inputs[0]])  # type: ignore[union-attr]
+        _quantize_unit_weight(graph, unit, original, ranges, flavour)
     graph.cleanup().toposort()
     compiled = gs.export_onnx(graph)
     compiled.ir_version = model.ir_version
     onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})
     LOG.debug("compiled %s flavour: %d of %d units INT8", flavour.name, len(int8_units), len(units))
     return compiled
+
+
+def _quantize_unit_weight(
+    graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges | None, flavour: Flavour
+) -> None:
+    """The unit's int8 weight, scaled first where it is smoothed.
+
+    Also its bias corrected for the weight's rounding (where the ranges ask for it) and its int32 Gemm bias (where
+    the flavour wants one).
+    """
+    weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
+    amax = ranges.weights.get(unit.weight) if ranges is not None else None  # type: ignore[arg-type]
+    s = unit_scales(unit, ranges)
+    if s is not None:
+        weight, amax = scaled_weight(unit, weight, s), None  # type: ignore[arg-type]
+    weight_scale = _quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
+    if ranges is not None and ranges.bias_correction:
+        correct_bias(graph, unit, weight, weight_scale, ranges, s)  # type: ignore[arg-type]
+    if flavour.int32_gemm_bias and unit.op == "Gemm":
+        _quantize_gemm_bias(graph, unit, original, weight_scale, input_range(unit, ranges))  # type: ignore[arg-type]
 
 
 def working_graph(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan, flavour: Flavour) -> gs.Graph:
@@ -153,7 +182,7 @@ def reader_edges(graph: gs.Graph, original: GraphIndex, tensor: str, readers: se
     for name in sorted(readers):
         positions = [i for i, inp in enumerate(original.nodes[name].input) if inp == tensor]
         edges.extend((nodes[name], position) for position in positions)
-    if not edges:
+    if not edges and tensor not in original.graph_outputs:  # a graph output nothing reads is left float
         raise CompileError(f"Internal error: no reader of {tensor!r} found to quantize ({sorted(readers)}).")
     return edges
 
@@ -220,7 +249,10 @@ def _quantize_gemm_bias(
     ORT's QGemm selector rejects a float bias; its own quantizer writes the bias this way.
     """
     anchor = next(n for n in graph.nodes if n.name == unit.name)
-    bias = original.constant_value(original.nodes[unit.name].input[2]) if len(anchor.inputs) > 2 else None
+    current = anchor.inputs[2] if len(anchor.inputs) > 2 else None
+    bias = current.values if isinstance(current, gs.Constant) else (  # as bias correction left it
+        original.constant_value(original.nodes[unit.name].input[2]) if current is not None else None
+    )
     if bias is None or bias.ndim != 1:
         return
     input_scale, _ = asymmetric_uint8(x.min, x.max)
