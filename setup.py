@@ -33,6 +33,8 @@ EXTRAS = {
     ],
     # tensorrt-stubs declares a dependency on tensorrt itself, which cannot install without NVIDIA's servers:
     # install it with `pip install --no-deps tensorrt-stubs==10.13.0.35.1` (README and .ci/run do).
+    # benchmarks/int8_quality.py's reference quantizer (no torch dependency)
+    "bench": ["nncf==3.4.0"],
     "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "ruff==0.17.5", "mypy==2.4.1", "hypothesis==6.170.17"],
 }
 

@@ -17,9 +17,10 @@ from trtmix.calibration.calibrate import CalibrationConfig, calibrate
 from trtmix.cli import main
 from trtmix.errors import TrtmixError
 from trtmix.ir.units import find_units
+from trtmix.quant.bias import shift_product
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.plan import PrecisionPlan
-from trtmix.quant.smooth import SmoothSettings, plan_smoothing, scaled_weight, unit_scales
+from trtmix.quant.smooth import SmoothSettings, plan_smoothing, scaled_weight, unit_scales, unit_shift
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
 OUTLIER_RECIPE = """
@@ -119,6 +120,40 @@ def test_scaled_weights_and_divided_inputs_compute_the_float_product() -> None:
         np.testing.assert_allclose((x / s) @ scaled_weight(unit, weight, s), x @ weight, rtol=1e-5, atol=1e-5)
 
 
+def test_a_shifted_input_keeps_the_float_product_through_the_bias() -> None:
+    model = _layernorm_model(residual=True)
+    units = find_units(model)
+    ranges = calibrate(model, units, _feeds(4, 0), CalibrationConfig(), progress=False)
+    shifted, report = plan_smoothing(model, units, ranges, SmoothSettings(alpha=0.5), True, centre=True)
+    assert report["shifted"] == 1
+    x = np.random.default_rng(4).standard_normal((5, 16))
+    for unit in units:
+        s, z = unit_scales(unit, shifted), unit_shift(unit, shifted)
+        weight = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == unit.weight))
+        moved = ((x - z) / s) @ scaled_weight(unit, weight, s) + shift_product(unit, weight, z)
+        np.testing.assert_allclose(moved, x @ weight, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flavour", ["tensorrt", "ort-cpu"])
+def test_the_switched_kl_graph_applies_every_quantizer_as_compile_does(flavour: str) -> None:
+    from trtmix.quant.switched import compile_switched, switch_feeds
+
+    model = _layernorm_model(residual=True)
+    units = find_units(model)
+    ranges = calibrate(model, units, _feeds(4, 0), CalibrationConfig(), progress=False)
+    prepared, _ = plan_smoothing(model, units, ranges, SmoothSettings(alpha=0.5), flavour == "tensorrt",
+                                 centre=flavour == "tensorrt")  # fmt: skip
+    prepared = replace(prepared, bias_correction=True)
+    graph, switches = compile_switched(model, units, prepared, flavour)
+    feed = _feeds(1, 9)[0]
+    with OnnxRuntimeRunner(graph, threads=1, optimize=True) as runner:
+        switched = {u.name: runner.infer({**feed, **switch_feeds(switches, u.name)})[0] for u in units}
+    for unit in units:
+        expected = _outputs(compile_plan(model, PrecisionPlan.with_int8([unit.name]), prepared, flavour), [feed])
+        error = np.abs(switched[unit.name] - expected).max() / np.abs(expected).max()
+        assert error < 2e-3, f"{flavour} {unit.name}: switched differs from its single-unit graph by {error:.2e}"
+
+
 def test_alpha_outside_the_open_interval_is_refused() -> None:
     for alpha in (0.0, 1.0, -0.5, 2.0):
         with pytest.raises(TrtmixError, match=r"outside \(0, 1\)"):
@@ -180,16 +215,22 @@ def test_compile_and_build_record_the_quantizer_settings(tmp_path: Path) -> None
     (tmp_path / "recipe.py").write_text(OUTLIER_RECIPE)
     out = tmp_path / "job"
     args = ["-q", "compile", "trtmix.models.tiny:transformer", "--data", str(tmp_path / "recipe.py"), "--metric",
-            "cosine", "--max-drop", "1%", "--runs", "3", "--final-rounds", "0", "--backend", "onnxruntime",
-            "--flavour", "ort-cpu", "--smooth-alpha", "0.5", "--bias-correction", "-o", str(out)]  # fmt: skip
+            "cosine", "--max-drop", "1%", "--runs", "3", "--final-rounds", "0",
+            "--backend", "onnxruntime", "--flavour", "ort-cpu", "--smooth-alpha", "0.5", "-o", str(out)]  # fmt: skip
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     smoothing = report["quantizers"]["smoothing"]
-    assert smoothing["alpha"] == 0.5 and not smoothing["searched"] and smoothing["tensors"] > 0
-    assert report["quantizers"]["bias_correction"]["enabled"]
+    assert set(smoothing["measured"]) == {"off", "α=0.5"}, "ort-cpu: no centring to measure"
+    assert smoothing["measured"]["α=0.5"] < smoothing["measured"]["off"], "the planted outliers make smoothing pay"
+    assert smoothing["option"] == "α=0.5" and not smoothing["searched"] and smoothing["tensors"] > 0
+    assert report["quantizers"]["bias_correction"]["enabled"], "on by default"
     saved = json.loads((out / "ranges.json").read_text())
     assert saved["bias_correction"] and len(saved["smoothing"]) == smoothing["tensors"]
-    for flag, expect in (([], True), (["--no-smooth"], False)):
+    centred = tmp_path / "centred"
+    assert main([*args[:-8], "-o", str(centred)]) == 0  # the defaults: tensorrt flavour on OpenVINO
+    measured = json.loads((centred / "report.json").read_text())["quantizers"]["smoothing"]["measured"]
+    assert set(measured) == {"off", "α=0.5", "α=0.8", "α=0.8, centred"}
+    for flag, expect in (([], True), (["--no-smooth", "--no-bias-correction"], False)):
         target = tmp_path / f"built{len(flag)}.onnx"
         assert main(["-q", "build", str(out / "model.onnx"), "--plan", "int8", "--data", str(tmp_path / "recipe.py"),
                      "--flavour", "ort-cpu", *flag, "-o", str(target)]) == 0  # fmt: skip

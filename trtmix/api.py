@@ -79,13 +79,14 @@ def build(
     tensorrt: dict[str, object] | None = None,
     weight_bits: int | None = None,
     smooth: SmoothSettings | None = None,
-    bias_correction: bool = False,
+    bias_correction: bool = True,
 ) -> BuildResult:
     """Compile ``plan`` into ``output`` (atomically, checked by the flavour's rules); with ``artifact``, also build it.
 
     An unknown flavour, or a ``backend`` that cannot run the flavour's graphs, is an error before any work.
     ``weight_bits`` (7 or 8) sets the ``ort-cpu`` weight width; by default it follows the CPU.  ``smooth`` (default:
-    on, α searched) and ``bias_correction`` adjust the quantizers, as ``compile`` does, when ``ranges`` are given.
+    on, α from the expected-noise model) and ``bias_correction`` (default on) adjust the quantizers when ``ranges``
+    are given.
     """
     backend = resolve_backend(backend, flavour)
     configured = get_flavour(flavour, weight_bits)
@@ -96,8 +97,7 @@ def build(
     units = require_units(model, str(model_path))
     resolved = resolve_plan(plan, units)
     if ranges is not None:
-        float16 = configured.float_base is Precision.FP16
-        ranges, _ = prepare_ranges(model, units, ranges, smooth, bias_correction, float16)
+        ranges, _ = prepare_ranges(model, units, ranges, smooth, bias_correction, configured)
     compiled = Builder(model, units, ranges, configured).compile(resolved, check=True)
     onnx.checker.check_model(compiled, full_check=True)
     save_onnx(compiled, output)

@@ -41,8 +41,8 @@ class Ranges:
 
     ``weights`` optionally overrides the per-output-channel amax of weight tensors (MSE clipping); weights not named
     there are quantized at their own max.  ``channels`` holds per-channel statistics of unit inputs; ``smoothing``
-    (tensor → per-channel divisor s) and ``bias_correction`` are what ``trtmix.quant.smooth`` decided from them, so
-    every artifact key, which holds the ranges' hash, changes with them.
+    (tensor → per-channel divisor s), ``shifts`` (tensor → per-channel centre z) and ``bias_correction`` are what
+    ``trtmix.quant.smooth`` decided from them, so every artifact key, which holds the ranges' hash, changes with them.
     """
 
     tensors: Mapping[str, TensorRange]
@@ -50,6 +50,7 @@ class Ranges:
     weights: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     channels: Mapping[str, ChannelSummary] = field(default_factory=dict)
     smoothing: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    shifts: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     bias_correction: bool = False
 
     def require(self, names: Iterable[str], model_hash: str | None = None) -> None:
@@ -76,6 +77,7 @@ class Ranges:
         return {"format": FORMAT, "meta": dict(self.meta), "tensors": tensors, "weights": weights,
                 "channels": {name: c.to_dict() for name, c in sorted(self.channels.items())},
                 "smoothing": {name: list(s) for name, s in sorted(self.smoothing.items())},
+                "shifts": {name: list(z) for name, z in sorted(self.shifts.items())},
                 "bias_correction": self.bias_correction}  # fmt: skip
 
     @functools.cached_property
@@ -106,5 +108,7 @@ class Ranges:
         weights = {name: tuple(float(v) for v in amax) for name, amax in data.get("weights", {}).items()}
         channels = {name: ChannelSummary.from_dict(c) for name, c in data.get("channels", {}).items()}
         smoothing = {name: tuple(float(v) for v in s) for name, s in data.get("smoothing", {}).items()}
+        shifts = {name: tuple(float(v) for v in z) for name, z in data.get("shifts", {}).items()}
         return cls(tensors=tensors, meta=data.get("meta", {}), weights=weights, channels=channels,
-                   smoothing=smoothing, bias_correction=bool(data.get("bias_correction", False)))  # fmt: skip
+                   smoothing=smoothing, shifts=shifts,
+                   bias_correction=bool(data.get("bias_correction", False)))  # fmt: skip

@@ -58,7 +58,7 @@ class CompileConfig:
     kl_exact: bool = False  # score each unit for kl on its own compiled graph (else one switched graph for all)
     groups: bool = False  # decide units in groups (shared input, chains) as single bisection steps
     smooth: SmoothSettings = field(default_factory=SmoothSettings)  # outlier-aware scaling of MatMul/Gemm inputs
-    bias_correction: bool = False  # subtract int8 weight rounding's mean output shift from unit biases
+    bias_correction: bool = True  # subtract int8 weight rounding's mean output shift from unit biases
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""

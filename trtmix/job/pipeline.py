@@ -21,10 +21,10 @@ from trtmix.job.driver import SearchDriver
 from trtmix.job.evaluation import load_evaluation
 from trtmix.job.latency import job_latency_model
 from trtmix.job.orderings import JobOrderings, check_source
+from trtmix.job.quantizers import job_quantizers
 from trtmix.job.workspace import Workspace
 from trtmix.quant.flavours import get_flavour
-from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.quant.smooth import prepare_ranges
+from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime import get_backend
 from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
@@ -54,11 +54,15 @@ class Pipeline:
         """Everything after the workspace: ranges, builder, journal, evaluation, driver, orderings."""
         self.model_path, self.model, self.units = self.workspace.model_path, self.workspace.model, self.workspace.units
         get_flavour(config.flavour).check_model(self.model)  # before calibration, the first costly step
-        self.ranges = self._ranges()
-        self.builder = self._builder(config.flavour)
-        engine = {"flavour": self.builder.flavour.options(), "backend": self.backend.name,
+        calibrated = self._calibrated()
+        flavour = get_flavour(config.flavour, config.weight_bits)
+        engine = {"flavour": flavour.options(), "backend": self.backend.name,
                   "version": self.backend.version, "options": self.backend.options()}  # fmt: skip
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
+        self.ranges, self.quantizers = job_quantizers(config, self.model, self.units, calibrated, flavour,
+                                                      self.journal)  # fmt: skip
+        self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
+        self.builder = self._builder(config.flavour)
         self.evaluation = load_evaluation(config, self.model, self.model_path)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)
         self.groups = find_groups(self.units, self.model) if config.groups else []
@@ -69,16 +73,11 @@ class Pipeline:
         self.journal.close()
         self.workspace.close()
 
-    def _ranges(self) -> Ranges:
-        """Calibrated ranges with the job's quantizer settings decided (smoothing, bias correction), as built."""
+    def _calibrated(self) -> Ranges:
+        """The calibrated ranges and channel statistics (cached across jobs by model and data)."""
         config = self.config
-        ranges = collect_ranges(self.model_path, config.data, "calibration", config.calibration,
-                                data_args=dict(config.data_args), cache_dir=default_cache_dir())  # fmt: skip
-        float16 = get_flavour(config.flavour).float_base is Precision.FP16
-        ranges, self.quantizers = prepare_ranges(self.model, self.units, ranges, config.smooth,
-                                                 config.bias_correction, float16)  # fmt: skip
-        ranges.save(self.output / "ranges.json")
-        return ranges
+        return collect_ranges(self.model_path, config.data, "calibration", config.calibration,
+                              data_args=dict(config.data_args), cache_dir=default_cache_dir())  # fmt: skip
 
     def _builder(self, flavour: str) -> Builder:
         configured = get_flavour(flavour, self.config.weight_bits if flavour == self.config.flavour else None)

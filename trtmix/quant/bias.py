@@ -13,6 +13,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from trtmix.calibration.ranges import Ranges
+from trtmix.errors import CompileError
 from trtmix.ir.units import KIND_CONV, Unit
 from trtmix.quant.qdq import quantize_int8
 
@@ -24,25 +25,48 @@ def correct_bias(
     weight_scale: np.ndarray,
     ranges: Ranges,
     smoothing: np.ndarray | None = None,
+    shift: np.ndarray | None = None,
 ) -> bool:
-    """Subtract E[X]·ΔW from the unit's bias in ``graph``; False when there is no bias or no channel mean."""
+    """Subtract E[X]·ΔW from the unit's bias in ``graph``; False when there is no bias or no channel mean.
+
+    ``weight`` is the weight as quantized (scaled by the smoothing, if any); the unit then reads (X − shift)/s.
+    """
     summary = ranges.channels.get(unit.inputs[0])
     found = bias_input(graph, unit)
     if summary is None or found is None or unit.weight_axis is None:
         return False
-    node, position = found
-    mean = np.asarray(summary.mean, dtype=np.float64)
-    if smoothing is not None:
-        mean = mean / smoothing  # the unit reads X / s
-    shift = expected_shift(unit, weight, weight_scale, mean)
-    if shift is None:
+    delta = expected_shift(unit, weight, weight_scale, input_mean(summary.mean, smoothing, shift))
+    if delta is None:
         return False
-    bias = node.inputs[position]
-    values = bias.values
-    node.inputs[position] = gs.Constant(
-        f"{bias.name}/corrected", (values.astype(np.float64) - shift).astype(values.dtype)
-    )
+    add_to_bias(*found, -delta, "corrected")
     return True
+
+
+def input_mean(mean: tuple[float, ...], smoothing: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+    """E[(X − shift)/s] per channel: the mean of what the unit reads."""
+    value = np.asarray(mean, dtype=np.float64) - (shift if shift is not None else 0.0)
+    return value / smoothing if smoothing is not None else value
+
+
+def absorb_shift(graph: gs.Graph, unit: Unit, weight: np.ndarray, shift: np.ndarray) -> None:
+    """Add shift·W (the float weight, unscaled) to the unit's bias: (X − z)·W + z·W + b is X·W + b."""
+    found = bias_input(graph, unit)
+    if found is None:
+        raise CompileError(f"Internal error: unit {unit.name} has no bias to take its input shift.")
+    add_to_bias(*found, shift_product(unit, weight, shift), "shifted")
+
+
+def shift_product(unit: Unit, weight: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """z·W per output channel, for a 2-D weight in either orientation."""
+    oriented = weight.astype(np.float64) if (unit.weight_axis or 0) == 1 else weight.astype(np.float64).T
+    return shift @ oriented
+
+
+def add_to_bias(node: gs.Node, position: int, delta: np.ndarray, label: str) -> None:
+    """Replace the bias constant at ``node.inputs[position]`` by bias + ``delta``, in its own dtype."""
+    bias = node.inputs[position]
+    moved = (bias.values.astype(np.float64) + delta).astype(bias.values.dtype)
+    node.inputs[position] = gs.Constant(f"{bias.name}/{label}", moved)
 
 
 def expected_shift(unit: Unit, weight: np.ndarray, weight_scale: np.ndarray, mean: np.ndarray) -> np.ndarray | None:

@@ -22,7 +22,7 @@ from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, model_sha256, opset_version
 from trtmix.ir.units import Unit, require_units
-from trtmix.quant.bias import correct_bias
+from trtmix.quant.bias import absorb_shift, correct_bias
 from trtmix.quant.flavours import ALL_READERS, Flavour, get_flavour
 from trtmix.quant.float_types import to_float16
 from trtmix.quant.plan import Precision, PrecisionPlan
@@ -32,7 +32,14 @@ from trtmix.quant.qdq import (
     quantize_int8,
     symmetric_scale,
 )
-from trtmix.quant.smooth import divided_input, input_range, scaled_weight, smoothed_range, unit_scales
+from trtmix.quant.smooth import (
+    divided_input,
+    input_range,
+    scaled_weight,
+    smoothed_range,
+    unit_scales,
+    unit_shift,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -84,17 +91,19 @@ def _quantize_unit_weight(
 ) -> None:
     """The unit's int8 weight, scaled first where it is smoothed.
 
-    Also its bias corrected for the weight's rounding (where the ranges ask for it) and its int32 Gemm bias (where
-    the flavour wants one).
+    Also its bias: plus z·W where its input is shifted, corrected for the weight's rounding where the ranges ask for
+    it, and as int32 where the flavour wants a Gemm bias so.
     """
-    weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
-    amax = ranges.weights.get(unit.weight) if ranges is not None else None  # type: ignore[arg-type]
-    s = unit_scales(unit, ranges)
+    float_weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
+    weight, amax = float_weight, (ranges.weights.get(unit.weight) if ranges is not None else None)  # type: ignore[arg-type]
+    s, z = unit_scales(unit, ranges), unit_shift(unit, ranges)
     if s is not None:
-        weight, amax = scaled_weight(unit, weight, s), None  # type: ignore[arg-type]
+        weight, amax = scaled_weight(unit, float_weight, s), None  # type: ignore[arg-type]
     weight_scale = _quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
+    if z is not None:
+        absorb_shift(graph, unit, float_weight, z)  # type: ignore[arg-type]
     if ranges is not None and ranges.bias_correction:
-        correct_bias(graph, unit, weight, weight_scale, ranges, s)  # type: ignore[arg-type]
+        correct_bias(graph, unit, weight, weight_scale, ranges, s, z)  # type: ignore[arg-type]
     if flavour.int32_gemm_bias and unit.op == "Gemm":
         _quantize_gemm_bias(graph, unit, original, weight_scale, input_range(unit, ranges))  # type: ignore[arg-type]
 

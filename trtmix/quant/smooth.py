@@ -29,6 +29,8 @@ from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import TrtmixError
 from trtmix.ir.graph import GraphIndex
 from trtmix.ir.units import KIND_LINEAR, Unit
+from trtmix.quant.flavours import Flavour
+from trtmix.quant.plan import Precision
 
 LOG = logging.getLogger(__name__)
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -68,60 +70,104 @@ def input_axis(unit: Unit) -> int:
     return 1 - (unit.weight_axis or 0)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A tensor smoothing may apply to: its channel statistics, its readers and their weights as [in, out]."""
+
+    summary: ChannelSummary
+    readers: tuple[Unit, ...]
+    weights: tuple[np.ndarray, ...]
+    shiftable: bool  # every reader has a bias to take the shift's z·W
+
+
 def plan_smoothing(
-    model: onnx.ModelProto, units: list[Unit], ranges: Ranges, settings: SmoothSettings, float16: bool
-) -> tuple[Ranges, dict[str, Any]]:
-    """``ranges`` with the chosen scales in ``smoothing``, and a report of what was decided and why."""
+    model: onnx.ModelProto, units: list[Unit], ranges: Ranges, settings: SmoothSettings, float16: bool,
+    centre: bool = False,
+) -> tuple[Ranges, dict[str, Any]]:  # fmt: skip
+    """``ranges`` with the chosen scales (and, with ``centre``, shifts) and a report of what was decided.
+
+    With ``centre`` (meant for symmetric int8, the ``tensorrt`` flavour) a channel is also centred,
+    X' = (X − z) / s with z = (max + min) / 2, and z·W goes into each reader's bias: a skewed channel (GELU's
+    output) then uses both halves of the int8 range, which asymmetric uint8 (``ort-cpu``) gets from its zero point.
+    """
     settings.validate()
     if not settings.enabled:
-        return replace(ranges, smoothing={}), {"enabled": False}
+        return replace(ranges, smoothing={}, shifts={}), {"enabled": False}
+    candidates = find_candidates(model, units, ranges)
+    if not candidates:
+        return replace(ranges, smoothing={}, shifts={}), {"enabled": True, "tensors": 0,
+                                                          "reason": "no MatMul/Gemm input"}  # fmt: skip
+    alphas = ALPHAS if settings.alpha is None else (settings.alpha,)
+    choices = {alpha: _choose(candidates, alpha, float16, centre) for alpha in alphas}
+    alpha = min(choices, key=lambda a: choices[a][2])
+    scales, shifts, noise, clamped = choices[alpha]
+    for unit_names in clamped:
+        LOG.warning("smoothing scale clamped to keep float16 finite for %s", ", ".join(unit_names))
+    baseline = sum(_noise(c.summary.amax, np.asarray(c.summary.mean_square), c.weights, 1.0)
+                   for c in candidates.values())  # fmt: skip
+    report = {"enabled": True, "alpha": alpha, "searched": settings.alpha is None, "candidates": len(candidates),
+              "tensors": len(scales), "shifted": len(shifts),
+              "kept_units": sorted(u.name for t in scales for u in candidates[t].readers),
+              "noise_ratio": noise / max(baseline, 1e-30),
+              "clamped": [name for names in clamped for name in names]}  # fmt: skip
+    as_tuples = {tensor: tuple(float(v) for v in value) for tensor, value in scales.items()}
+    centred = {tensor: tuple(float(v) for v in value) for tensor, value in shifts.items()}
+    return replace(ranges, smoothing=as_tuples, shifts=centred, meta={**ranges.meta, "smoothing_alpha": alpha}), report
+
+
+def find_candidates(model: onnx.ModelProto, units: list[Unit], ranges: Ranges) -> dict[str, Candidate]:
+    """Every tensor read by MatMul/Gemm units with 2-D weights whose channel statistics were recorded."""
     index = GraphIndex(model)
     candidates = {}
     for tensor, summary in ranges.channels.items():
         reading = readers(units, tensor)
-        if reading and summary.axis == -1:
-            weights = [_oriented(index, unit) for unit in reading]
-            if all(w is not None and w.shape[0] == len(summary.maximum) for w in weights):
-                candidates[tensor] = (summary, weights, reading)
-    if not candidates:
-        return replace(ranges, smoothing={}), {"enabled": True, "tensors": 0, "reason": "no MatMul/Gemm input"}
-    alphas = ALPHAS if settings.alpha is None else (settings.alpha,)
-    choices = {alpha: _choose(candidates, alpha, float16) for alpha in alphas}
-    alpha = min(choices, key=lambda a: choices[a][1])
-    scales, noise, clamped = choices[alpha]
-    for unit_names in clamped:
-        LOG.warning("smoothing scale clamped to keep float16 finite for %s", ", ".join(unit_names))
-    report = {"enabled": True, "alpha": alpha, "searched": settings.alpha is None, "candidates": len(candidates),
-              "tensors": len(scales), "kept_units": sorted(u.name for t in scales for u in candidates[t][2]),
-              "noise_ratio": noise / max(_baseline_noise(candidates), 1e-30),
-              "clamped": [name for names in clamped for name in names]}  # fmt: skip
-    smoothing = {tensor: tuple(float(v) for v in s) for tensor, s in scales.items()}
-    return replace(ranges, smoothing=smoothing, meta={**ranges.meta, "smoothing_alpha": alpha}), report
+        if not reading or summary.axis != -1:
+            continue
+        weights = [_oriented(index, unit) for unit in reading]
+        if all(w is not None and w.shape[0] == len(summary.maximum) for w in weights):
+            shiftable = all(_has_bias(index, unit) for unit in reading)
+            candidates[tensor] = Candidate(summary, tuple(reading), tuple(weights), shiftable)  # type: ignore[arg-type]
+    return candidates
+
+
+def _has_bias(index: GraphIndex, unit: Unit) -> bool:
+    """True when the unit ends in a constant per-output-channel bias (Gemm input 2, or a MatMul's bias Add)."""
+    anchor = index.nodes[unit.name]
+    if unit.op == "Gemm":
+        return len(anchor.input) > 2 and index.is_constant(anchor.input[2])
+    return len(unit.nodes) > 1 and index.nodes[unit.nodes[1]].op_type == "Add"
 
 
 def prepare_ranges(
     model: onnx.ModelProto, units: list[Unit], ranges: Ranges, smooth: SmoothSettings, bias_correction: bool,
-    float16: bool,
+    flavour: Flavour,
 ) -> tuple[Ranges, dict[str, Any]]:  # fmt: skip
-    """The ranges every build of a job uses: smoothing decided, bias correction set; and what was decided."""
+    """``build``'s ranges: smoothing from the expected-noise model alone (no metric to measure with, no centring).
+
+    ``compile`` measures its options instead (``trtmix.job.quantizers``).
+    """
+    float16 = flavour.float_base is Precision.FP16
     smoothed, report = plan_smoothing(model, units, ranges, smooth, float16)
     correction = {"enabled": bias_correction, "channel_statistics": len(ranges.channels)}
     return replace(smoothed, bias_correction=bias_correction), {"smoothing": report, "bias_correction": correction}
 
 
 def describe_quantizers(report: dict[str, Any]) -> str:
-    """One summary line: smoothing (α, how many tensors) and bias correction."""
+    """One summary line: the smoothing option chosen (and what each measured option scored), bias correction."""
     smoothing = report["smoothing"]
+    measured = smoothing.get("measured") or {}
     if not smoothing["enabled"]:
-        text = "smoothing off (--no-smooth)"
+        text = "smoothing off" + (" (--no-smooth)" if not measured else "")
     elif not smoothing.get("tensors"):
         text = f"smoothing: no tensor gains ({smoothing.get('reason', 'expected noise not lower')})"
     else:
-        how = "searched" if smoothing["searched"] else "--smooth-alpha"
-        text = (f"smoothing: α={smoothing['alpha']} ({how}) on {smoothing['tensors']} of {smoothing['candidates']} "
-                f"MatMul/Gemm input tensors ({len(smoothing['kept_units'])} units), expected int8 noise "
-                f"{smoothing['noise_ratio']:.2f}x unsmoothed")  # fmt: skip
-    correction = "on" if report["bias_correction"]["enabled"] else "off (--bias-correction turns it on)"
+        centred = f", {smoothing['shifted']} centred" if smoothing.get("shifted") else ""
+        text = (f"smoothing α={smoothing['alpha']} on {smoothing['tensors']} of {smoothing['candidates']} "
+                f"MatMul/Gemm input tensors{centred}")  # fmt: skip
+    if len(measured) > 1:
+        scores = ", ".join(f"{label} {value:.3g}" for label, value in measured.items())
+        text += f" (all-INT8 divergence on calibration batches: {scores})"
+    correction = "on" if report["bias_correction"]["enabled"] else "off (--no-bias-correction)"
     return f"quantizers: {text}; bias correction {correction}"
 
 
@@ -134,24 +180,38 @@ def _oriented(index: GraphIndex, unit: Unit) -> np.ndarray | None:
 
 
 def _choose(
-    candidates: dict[str, Any], alpha: float, float16: bool
-) -> tuple[dict[str, np.ndarray], float, list[list[str]]]:
-    """Per tensor at ``alpha``: the scales where they lower the expected noise; the total noise; clamped units."""
-    scales, total, clamped = {}, 0.0, []
-    for tensor, (summary, weights, reading) in candidates.items():
-        s, was_clamped = _scales(summary, weights, alpha, float16)
-        with_scaling, without = _noise(summary, weights, s), _noise(summary, weights, np.ones_like(s))
+    candidates: dict[str, Candidate], alpha: float, float16: bool, centre: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float, list[list[str]]]:
+    """Per tensor at ``alpha``: scales (and shifts) where they lower the expected noise; total noise; clamped units."""
+    scales, shifts, total, clamped = {}, {}, 0.0, []
+    for tensor, candidate in candidates.items():
+        summary = candidate.summary
+        without = _noise(summary.amax, np.asarray(summary.mean_square), candidate.weights, 1.0)
+        shift = centre and candidate.shiftable
+        amax, mean_square, z = _centred(summary) if shift else (summary.amax, np.asarray(summary.mean_square), None)
+        s, was_clamped = _scales(amax, candidate.weights, alpha, float16)
+        with_scaling = _noise(amax, mean_square, candidate.weights, s)
         if with_scaling < without:
             scales[tensor] = s
+            if z is not None:
+                shifts[tensor] = z
             if was_clamped:
-                clamped.append([u.name for u in reading])
+                clamped.append([u.name for u in candidate.readers])
         total += min(with_scaling, without)
-    return scales, total, clamped
+    return scales, shifts, total, clamped
 
 
-def _scales(summary: ChannelSummary, weights: list[np.ndarray], alpha: float, float16: bool) -> tuple[np.ndarray, bool]:
+def _centred(summary: ChannelSummary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel amax and mean square of X − z, and z, the middle of each channel's range."""
+    low, high = np.asarray(summary.minimum), np.asarray(summary.maximum)
+    z = (high + low) / 2
+    mean, mean_square = np.asarray(summary.mean), np.asarray(summary.mean_square)
+    return (high - low) / 2, np.maximum(mean_square - 2 * z * mean + z**2, 0.0), z
+
+
+def _scales(amax: np.ndarray, weights: tuple[np.ndarray, ...], alpha: float, float16: bool) -> tuple[np.ndarray, bool]:
     """s_j = max|X_j|^α / max|W_j|^(1−α), 1 where a channel is all zero; clamped to keep float16 finite."""
-    activation = summary.amax.astype(np.float64)
+    activation = amax.astype(np.float64)
     weight = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
     usable = (activation > 0) & (weight > 0)
     s = np.ones_like(activation)
@@ -164,21 +224,25 @@ def _scales(summary: ChannelSummary, weights: list[np.ndarray], alpha: float, fl
     return bounded, bool(np.any(bounded != s))
 
 
-def _noise(summary: ChannelSummary, weights: list[np.ndarray], s: np.ndarray) -> float:
+def _noise(amax: np.ndarray, mean_square: np.ndarray, weights: tuple[np.ndarray, ...], s: np.ndarray | float) -> float:
     """Expected squared output error of int8 X/s (one scale) and per-output-channel int8 W·s, summed over readers."""
-    activation_step = float((summary.amax / s).max()) / LEVELS
-    mean_square = np.asarray(summary.mean_square) / s**2
+    s = np.broadcast_to(np.asarray(s, dtype=np.float64), amax.shape)
+    activation_step = float((amax / s).max()) / LEVELS
+    scaled_square = float((mean_square / s**2).sum())
     total = 0.0
     for weight in weights:
         scaled = weight * s[:, None]
         weight_step = np.abs(scaled).max(axis=0) / LEVELS
         total += activation_step**2 / 12 * float(np.square(scaled).sum())
-        total += float((weight_step**2 / 12).sum()) * float(mean_square.sum())
+        total += float((weight_step**2 / 12).sum()) * scaled_square
     return total
 
 
-def _baseline_noise(candidates: dict[str, Any]) -> float:
-    return sum(_noise(summary, weights, np.ones(len(summary.maximum))) for summary, weights, _ in candidates.values())
+def unit_shift(unit: Unit, ranges: Ranges | None) -> np.ndarray | None:
+    """The centre z subtracted from ``unit``'s input channels before scaling (None: not shifted)."""
+    if ranges is None or unit_scales(unit, ranges) is None or unit.inputs[0] not in ranges.shifts:
+        return None
+    return np.asarray(ranges.shifts[unit.inputs[0]], dtype=np.float64)
 
 
 def unit_scales(unit: Unit, ranges: Ranges | None) -> np.ndarray | None:
@@ -196,9 +260,11 @@ def scaled_weight(unit: Unit, weight: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def smoothed_range(ranges: Ranges, tensor: str) -> TensorRange:
-    """The range of X/s: per-channel observed min/max divided by s, shrunk as the calibration method clipped X."""
+    """The range of (X − z)/s: per-channel observed min/max moved and divided, shrunk as calibration clipped X."""
     summary, s = ranges.channels[tensor], np.asarray(ranges.smoothing[tensor])
-    low, high = float((np.asarray(summary.minimum) / s).min()), float((np.asarray(summary.maximum) / s).max())
+    z = np.asarray(ranges.shifts.get(tensor, np.zeros_like(s)))
+    low = float(((np.asarray(summary.minimum) - z) / s).min())
+    high = float(((np.asarray(summary.maximum) - z) / s).max())
     calibrated, observed_low, observed_high = ranges.tensors[tensor], min(summary.minimum), max(summary.maximum)
     low *= calibrated.min / observed_low if observed_low < 0 else 1.0
     high *= calibrated.max / observed_high if observed_high > 0 else 1.0
@@ -208,37 +274,56 @@ def smoothed_range(ranges: Ranges, tensor: str) -> TensorRange:
 def divided_input(
     graph: gs.Graph, original: GraphIndex, tensor: str, edges: list[tuple[gs.Node, int]], ranges: Ranges
 ) -> gs.Tensor:
-    """The tensor the smoothed readers on ``edges`` quantize: X/s.
+    """The tensor the smoothed readers on ``edges`` quantize: (X − z)/s.
 
-    Folded into X's LayerNormalization when every reader of X is on ``edges`` (γ and β divided by s), else an
-    explicit Mul by 1/s shared by those readers.
+    Folded into X's LayerNormalization when every reader of X is on ``edges`` (γ/s, (β − z)/s), else explicit
+    Sub and Mul nodes shared by those readers.
     """
     variable = edges[0][0].inputs[edges[0][1]]
     s = np.asarray(ranges.smoothing[tensor], dtype=np.float64)
+    z = np.asarray(ranges.shifts[tensor], dtype=np.float64) if tensor in ranges.shifts else None
     readers_of_x = {node.name for node in original.consumers.get(tensor, [])}
     if readers_of_x <= {node.name for node, _ in edges} and tensor not in original.graph_outputs:
         producer = original.producer.get(tensor)
-        if producer is not None and producer.op_type == "LayerNormalization" and _fold(graph, producer.name, s):
+        if producer is not None and producer.op_type == "LayerNormalization" and _fold(graph, producer.name, s, z):
             return variable
+    return explicit_division(graph, variable, s, z, tensor)
+
+
+def explicit_division(
+    graph: gs.Graph, variable: gs.Tensor, s: np.ndarray, z: np.ndarray | None, prefix: str
+) -> gs.Variable:
+    """(X − z) · (1/s) as graph nodes (the Sub only when there is a shift)."""
     dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
-    inverse = gs.Constant(f"{tensor}/smooth_inverse", (1.0 / s).astype(dtype))
-    divided = gs.Variable(f"{tensor}/smoothed", dtype=variable.dtype, shape=variable.shape)
-    graph.nodes.append(gs.Node("Mul", f"{tensor}/smooth/Mul", {}, [variable, inverse], [divided]))
+    if z is not None:
+        centred = gs.Variable(f"{prefix}/centred", dtype=variable.dtype, shape=variable.shape)
+        shift = gs.Constant(f"{prefix}/smooth_shift", z.astype(dtype))
+        graph.nodes.append(gs.Node("Sub", f"{prefix}/smooth/Sub", {}, [variable, shift], [centred]))
+        variable = centred
+    divided = gs.Variable(f"{prefix}/smoothed", dtype=variable.dtype, shape=variable.shape)
+    inverse = gs.Constant(f"{prefix}/smooth_inverse", (1.0 / s).astype(dtype))
+    graph.nodes.append(gs.Node("Mul", f"{prefix}/smooth/Mul", {}, [variable, inverse], [divided]))
     return divided
 
 
-def _fold(graph: gs.Graph, layernorm: str, s: np.ndarray) -> bool:
-    """Divide the LayerNormalization's γ (and β) by ``s``; False when they are not constants of the right length."""
+def _fold(graph: gs.Graph, layernorm: str, s: np.ndarray, z: np.ndarray | None) -> bool:
+    """γ/s and (β − z)/s in the LayerNormalization; False when they are not constants of the right length."""
     node = next(n for n in graph.nodes if n.name == layernorm)
-    parameters = [t for t in node.inputs[1:3] if t is not None and t.name]
-    if not all(isinstance(t, gs.Constant) and t.values.shape == s.shape for t in parameters):
+    gamma = node.inputs[1]
+    beta = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    if not all(isinstance(t, gs.Constant) and t.values.shape == s.shape for t in (gamma, beta) if t is not None):
         return False
-    for position, tensor in enumerate(parameters, start=1):
-        values = tensor.values
-        node.inputs[position] = gs.Constant(
-            f"{tensor.name}/smoothed", (values.astype(np.float64) / s).astype(values.dtype)
-        )
+    if beta is None and z is not None:
+        return False  # nowhere to put the shift
+    node.inputs[1] = _constant(f"{gamma.name}/smoothed", gamma.values.astype(np.float64) / s, gamma.values.dtype)
+    if beta is not None:
+        moved = (beta.values.astype(np.float64) - (z if z is not None else 0.0)) / s
+        node.inputs[2] = _constant(f"{beta.name}/smoothed", moved, beta.values.dtype)
     return True
+
+
+def _constant(name: str, values: np.ndarray, dtype: np.dtype) -> gs.Constant:
+    return gs.Constant(name, values.astype(dtype))
 
 
 def input_range(unit: Unit, ranges: Ranges) -> TensorRange:

@@ -23,12 +23,19 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, model_sha256
 from trtmix.ir.units import Unit
-from trtmix.quant.bias import bias_input, expected_shift
+from trtmix.quant.bias import bias_input, expected_shift, input_mean, shift_product
 from trtmix.quant.compile import activation_qdq, reader_edges, working_graph
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.qdq import asymmetric_uint8, per_channel_amax, quantize_int8, symmetric_scale
-from trtmix.quant.smooth import input_range, scaled_weight, smoothed_range, unit_scales
+from trtmix.quant.smooth import (
+    explicit_division,
+    input_range,
+    scaled_weight,
+    smoothed_range,
+    unit_scales,
+    unit_shift,
+)
 
 SWITCH_PREFIX = "trtmix_switch_"
 
@@ -61,7 +68,8 @@ def compile_switched(
                 key = f"{current.name}/smoothed" if smoothed else current.name
                 if key not in rerouted:
                     prefix = f"{current.name}/s{index}"  # names unique to this switch
-                    source = _divided(graph, current, smoothing, prefix) if smoothed else current  # type: ignore[arg-type]
+                    source = (explicit_division(graph, current, smoothing, unit_shift(unit, ranges), prefix)  # type: ignore[arg-type]
+                              if smoothed else current)  # never folded: one switch flips one reader of X
                     value_range = smoothed_range(ranges, tensor) if smoothed else ranges.tensors[tensor]
                     quantized = activation_qdq(graph, source, value_range, flavour.symmetric, prefix=prefix)
                     rerouted[key] = _where(graph, switch, quantized, current)
@@ -84,15 +92,6 @@ def switch_feeds(switches: dict[str, str], on: str | Iterable[str] | None) -> di
     return {name: np.array(unit in chosen) for unit, name in switches.items()}
 
 
-def _divided(graph: gs.Graph, variable: gs.Tensor, s: np.ndarray, prefix: str) -> gs.Variable:
-    """X / s as an explicit Mul (this graph never folds: one switch flips one unit, never every reader of X)."""
-    dtype = np.dtype(variable.dtype) if variable.dtype is not None else np.dtype(np.float32)
-    output = gs.Variable(f"{prefix}/smoothed", dtype=variable.dtype, shape=variable.shape)
-    inverse = gs.Constant(f"{prefix}/smooth_inverse", (1.0 / s).astype(dtype))
-    graph.nodes.append(gs.Node("Mul", f"{prefix}/smooth/Mul", {}, [variable, inverse], [output]))
-    return output
-
-
 def _switch_weight(
     graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges, flavour: Flavour, switch: gs.Variable
 ) -> None:
@@ -103,12 +102,11 @@ def _switch_weight(
     its constant folding leaves DequantizeLinear alone).
     """
     anchor = next(n for n in graph.nodes if n.name == unit.name)
-    weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
-    if weight is None:
+    exact = original.constant_value(unit.weight)  # type: ignore[arg-type]
+    if exact is None:
         raise CompileError(f"Internal error: unit {unit.name} has no constant weight to switch.")
     smoothing = unit_scales(unit, ranges)
-    if smoothing is not None:
-        weight = scaled_weight(unit, weight, smoothing)
+    weight = scaled_weight(unit, exact, smoothing) if smoothing is not None else exact
     float_weight = anchor.inputs[1]
     float_dtype = np.dtype(float_weight.dtype) if float_weight.dtype is not None else np.dtype(np.float32)
     axis = unit.weight_axis if unit.weight_axis is not None else 0
@@ -120,37 +118,40 @@ def _switch_weight(
     dequantized = quantize_int8(weight, scale, axis).astype(np.float64) * scale.astype(np.float64).reshape(shape)
     fake = gs.Constant(f"{unit.name}/weight_fake_quantized", dequantized.astype(float_dtype))
     anchor.inputs[1] = _where(graph, switch, fake, float_weight)
-    shift = _bias_shift(unit, weight, scale, ranges, smoothing)
+    delta = _bias_delta(unit, exact, weight, scale, ranges)
     if flavour.int32_gemm_bias and unit.op == "Gemm" and len(anchor.inputs) > 2:
-        _switch_gemm_bias(graph, unit, anchor, original, scale, ranges, switch, shift)
-    elif shift is not None and (found := bias_input(graph, unit)) is not None:
+        _switch_gemm_bias(graph, unit, anchor, original, scale, ranges, switch, delta)
+    elif delta is not None and (found := bias_input(graph, unit)) is not None:
         node, position = found
         current = node.inputs[position]
-        corrected = gs.Constant(f"{current.name}/s_corrected", (current.values - shift).astype(current.values.dtype))
-        node.inputs[position] = _where(graph, switch, corrected, current)
+        moved = gs.Constant(f"{current.name}/s_moved", (current.values + delta).astype(current.values.dtype))
+        node.inputs[position] = _where(graph, switch, moved, current)
 
 
-def _bias_shift(
-    unit: Unit, weight: np.ndarray, scale: np.ndarray, ranges: Ranges, smoothing: np.ndarray | None
+def _bias_delta(
+    unit: Unit, exact: np.ndarray, weight: np.ndarray, scale: np.ndarray, ranges: Ranges
 ) -> np.ndarray | None:
-    """What bias correction subtracts from the unit's bias (None when it is off or cannot apply)."""
+    """What ``compile`` adds to the unit's bias in INT8: z·W for a shifted input, minus bias correction's shift."""
+    smoothing, shift = unit_scales(unit, ranges), unit_shift(unit, ranges)
+    delta = shift_product(unit, exact, shift) if shift is not None else None
     summary = ranges.channels.get(unit.inputs[0])
-    if not ranges.bias_correction or summary is None:
-        return None
-    mean = np.asarray(summary.mean, dtype=np.float64)
-    return expected_shift(unit, weight, scale, mean / smoothing if smoothing is not None else mean)
+    if ranges.bias_correction and summary is not None:
+        correction = expected_shift(unit, weight, scale, input_mean(summary.mean, smoothing, shift))
+        if correction is not None:
+            delta = -correction if delta is None else delta - correction
+    return delta
 
 
 def _switch_gemm_bias(
     graph: gs.Graph, unit: Unit, anchor: gs.Node, original: GraphIndex, weight_scale: np.ndarray, ranges: Ranges,
-    switch: gs.Variable, shift: np.ndarray | None,
+    switch: gs.Variable, delta: np.ndarray | None,
 ) -> None:  # fmt: skip
     """The int32 Gemm bias ORT's QGemm needs (scale = input scale x weight scale), dequantized, behind ``switch``."""
     bias = original.constant_value(original.nodes[unit.name].input[2])
     if bias is None or bias.ndim != 1:
         return
-    if shift is not None:
-        bias = bias - shift
+    if delta is not None:
+        bias = bias + delta
     x = input_range(unit, ranges)
     input_scale, _ = asymmetric_uint8(x.min, x.max)
     bias_scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)

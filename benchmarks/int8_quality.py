@@ -1,0 +1,206 @@
+"""INT8 quality ablation: all-INT8 fidelity and latency with each quantizer technique on and off, both flavours,
+against ONNX Runtime's ``quantize_static`` and NNCF's ``nncf.quantize`` on the same calibration batches.
+
+    pip install -e '.[bench]'   # nncf
+    python benchmarks/int8_quality.py [--models minilm efficientnet-lite0 digits-resnet] [--rounds 7] [--json q.json]
+
+Per model and flavour (``tensorrt`` on OpenVINO, ``ort-cpu`` on ONNX Runtime), the all-INT8 plan under:
+
+* ``plain``: no smoothing, no bias correction (what trtmix wrote before these techniques);
+* ``smooth``: outlier-aware scaling, the option ``compile`` measures best (no smoothing, α 0.5 or 0.8, and in the
+  tensorrt flavour α 0.8 with centred channels; each option's divergence on calibration batches is printed);
+* ``bias``: bias correction alone; ``smooth + bias (default)``: both, ``compile``'s defaults.
+
+Fidelity is the job's metric against the FP32 model on the search split: cosine to FP32 embeddings (MiniLM-L6), top-1
+agreement with FP32 on 256 crops (EfficientNet-Lite0), top-1 accuracy on the real digits labels (the FP32 figure is
+printed beside it).  Latency: every artifact of one engine is timed in the same interleaved rounds (``--rounds``,
+10 runs each per round, median of the round medians), so the ratios to ``plain`` compare like with like.
+Reference rows: ``quantize_static`` (QDQ, u8/s8 per-channel, the same batches and the max range method) on ONNX
+Runtime, and ``nncf.quantize`` (ONNX backend, the same batches; ``model_type=TRANSFORMER`` for MiniLM, which turns
+on NNCF's own SmoothQuant) on both engines.  The CPU line says which machine this was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paper import MODELS  # noqa: E402
+
+from trtmix.job.config import CompileConfig  # noqa: E402
+from trtmix.job.evaluation import split_feeds  # noqa: E402
+from trtmix.job.pipeline import Pipeline  # noqa: E402
+from trtmix.quant.plan import PrecisionPlan  # noqa: E402
+from trtmix.quant.smooth import SmoothSettings  # noqa: E402
+from trtmix.runtime import get_backend  # noqa: E402
+from trtmix.runtime.cpu import cpu_features  # noqa: E402
+from trtmix.search.bisection import Budget  # noqa: E402
+
+SETTINGS = {
+    "plain": (SmoothSettings(enabled=False), False),
+    "smooth": (SmoothSettings(), False),
+    "bias": (SmoothSettings(enabled=False), True),
+    "smooth + bias (default)": (SmoothSettings(), True),
+}
+ENGINES = {"tensorrt": "openvino", "ort-cpu": "onnxruntime"}
+ROUND_RUNS = 10
+
+
+def run_model(name: str, folder: Path, rounds: int) -> dict[str, Any]:
+    """Every (flavour, setting) all-INT8 plan and the reference quantizers of one model."""
+    spec = MODELS[name]
+    base = CompileConfig(data=spec.data, budget=Budget.parse("1%"), metric=spec.metric, input_names=spec.inputs,
+                         eval_batches=spec.eval_batches, runs=5, final_rounds=0)  # fmt: skip
+    source, result = spec.source, {"model": name, "rows": []}
+    for flavour, backend in ENGINES.items():
+        artifacts: dict[str, Path] = {}
+        pipeline = None
+        for label, (smooth, bias) in SETTINGS.items():
+            config = replace(base, flavour=flavour, backend=backend, smooth=smooth, bias_correction=bias)
+            pipeline = Pipeline(source, folder / name / f"{flavour}-{label}", config)
+            source = str(pipeline.model_path)  # export once; the other jobs read the same ONNX
+            try:
+                row, artifacts[label] = _all_int8(pipeline, flavour, label)
+                result["fp32"] = pipeline.evaluation.score("search", pipeline.evaluation.reference["search"])
+                result["rows"].append(row)
+            finally:
+                pipeline.close()
+        for label, artifact in _references(name, source, base, folder, flavour, backend).items():
+            artifacts[label] = artifact
+            fidelity = _fidelity(base, source, get_backend(backend, flavour=flavour), artifact)
+            result["rows"].append({"flavour": flavour, "setting": label, "fidelity": fidelity})
+        timings = _interleaved(get_backend(backend, flavour=flavour), artifacts, base, source, rounds)
+        for row in result["rows"]:
+            if row["flavour"] == flavour:
+                row["ms"] = timings[row["setting"]]
+                row["vs_plain"] = timings[row["setting"]] / timings["plain"]
+    return result
+
+
+def _all_int8(pipeline: Pipeline, flavour: str, label: str) -> tuple[dict[str, Any], Path]:
+    """The all-INT8 plan of ``pipeline``'s settings: its fidelity and what the quantizers decided."""
+    plan = PrecisionPlan.with_int8([unit.name for unit in pipeline.units])
+    artifact = pipeline.build(plan)
+    fidelity = pipeline.evaluation.score("search", pipeline.outputs(artifact, "search"))
+    smoothing = pipeline.quantizers["smoothing"]
+    return {"flavour": flavour, "setting": label, "fidelity": fidelity, "option": smoothing.get("option"),
+            "smoothed_tensors": smoothing.get("tensors"), "measured": smoothing.get("measured")}, artifact  # fmt: skip
+
+
+def _references(name: str, source: str, base: CompileConfig, folder: Path, flavour: str, backend: str) -> dict:
+    """quantize_static (ONNX Runtime only: its u8 QDQ graph is the ort-cpu kind) and NNCF, built for ``backend``."""
+    engine = get_backend(backend, flavour=flavour)
+    feeds = split_feeds(base, _model(source), "calibration", base.calibration.batches)
+    built = {}
+    if flavour == "ort-cpu":
+        path = folder / name / "quantize_static.onnx"
+        _quantize_static(source, path, feeds)
+        built["ORT quantize_static"] = engine.build(path, path.with_suffix(f".{backend}.onnx"))
+    path = folder / name / "nncf.onnx"
+    if not path.exists():
+        _nncf(name, source, path, feeds)
+    built["NNCF quantize"] = engine.build(path, path.with_suffix(f".{backend}.onnx"))
+    return built
+
+
+def _model(source: str) -> Any:
+    from trtmix.ir.graph import load_onnx
+
+    return load_onnx(source)
+
+
+def _quantize_static(source: str, path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    batches = iter(feeds)
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    reduce = not cpu_features().int8_exact  # 7-bit weights only without VNNI/AMX, as trtmix's ort-cpu
+    quantize_static(source, str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=reduce,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+
+
+def _nncf(name: str, source: str, path: Path, feeds: list[dict[str, np.ndarray]]) -> None:
+    import nncf
+    import onnx
+
+    model = onnx.load(source)
+    model_type = nncf.ModelType.TRANSFORMER if name == "minilm" else None
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), model_type=model_type, subset_size=len(feeds))
+    onnx.save(quantized, str(path))
+
+
+def _fidelity(base: CompileConfig, source: str, engine: Any, artifact: Path) -> float:
+    """The job's metric of ``artifact`` against the FP32 model on the search split."""
+    from trtmix.job.evaluation import load_evaluation
+
+    evaluation = load_evaluation(base, _model(source), Path(source))
+    return evaluation.score("search", evaluation.outputs(engine, artifact, "search"))
+
+
+def _interleaved(engine: Any, artifacts: dict[str, Path], base: CompileConfig, source: str, rounds: int) -> dict:
+    """Median over ``rounds`` interleaved rounds of each artifact's median of ``ROUND_RUNS`` runs."""
+    feed = split_feeds(base, _model(source), "search", 1)[0]
+    runners = {label: engine.open(path) for label, path in artifacts.items()}
+    medians: dict[str, list[float]] = {label: [] for label in artifacts}
+    try:
+        for _ in range(rounds):
+            for label, runner in runners.items():
+                medians[label].append(runner.time(feed, ROUND_RUNS, 2).median_ms)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return {label: float(np.median(values)) for label, values in medians.items()}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """One table per model."""
+    lines = [f"### {result['model']} (FP32 metric {result['fp32']:.4f})", "",
+             "| flavour (engine) | setting | smoothing chosen | smoothed tensors | fidelity | ms | ÷ plain |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in result["rows"]:
+        option = row.get("option") if row["setting"].startswith("smooth") else None
+        lines.append(f"| {row['flavour']} ({ENGINES[row['flavour']]}) | {row['setting']} | {option or '–'} | "
+                     f"{row.get('smoothed_tensors') or '–'} | {row['fidelity']:.4f} | {row['ms']:.2f} | "
+                     f"{row['vs_plain']:.3f} |")  # fmt: skip
+    for row in result["rows"]:
+        if row["setting"] == "smooth" and row.get("measured"):
+            scores = ", ".join(f"{label} {value:.3g}" for label, value in row["measured"].items())
+            lines.append(f"\n{row['flavour']}: all-INT8 divergence on 2 calibration batches per option: {scores}.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["minilm", "efficientnet-lite0", "digits-resnet"],
+                        choices=sorted(MODELS))  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(cpu_features().describe())
+    results = []
+    with tempfile.TemporaryDirectory(prefix="trtmix-int8-") as folder:
+        for name in args.models:
+            print(f"{name}...", file=sys.stderr, flush=True)
+            results.append(run_model(name, Path(folder), args.rounds))
+            print(markdown(results[-1]) + "\n", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
