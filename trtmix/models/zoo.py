@@ -2,8 +2,9 @@
 
 Each entry builds a seeded, randomly initialised ``transformers`` model from a config (no hub download) at two sizes:
 ``small`` (2 layers, narrow, for the test suite) and ``real`` (the published architecture: BERT-base, DistilBERT-base,
-GPT-2 small, ViT-B/16, ResNet-50, MobileNetV2 1.0). ``export_as_user`` calls ``torch.onnx.export`` directly, as a user
-does, not trtmix's exporter: the graph keeps the exporter's own node names, output names and (dynamo) external data.
+GPT-2 small, ViT-B/16, ResNet-50, MobileNetV2 1.0); BERT also at ``large`` (BERT-large, for the scaling benchmark).
+``export_as_user`` calls ``torch.onnx.export`` directly, as a user does, not trtmix's exporter: the graph keeps the
+exporter's own node names, output names and (dynamo) external data.
 
 Legacy exports of the text models go through a three-line wrapper that passes the inputs by keyword: ``transformers``
 5 models cannot be traced with positional inputs (``forward() got multiple values for argument 'use_cache'``), and
@@ -21,9 +22,11 @@ import torch
 TEXT_MODELS = ("bert", "distilbert", "gpt2")
 IMAGE_MODELS = ("vit", "resnet", "mobilenetv2")
 ZOO = TEXT_MODELS + IMAGE_MODELS
-SIZES = ("small", "real")
-VOCAB = {"small": 1000, "real": 30522}
-SHAPES = {"small": {"batch": 2, "sequence": 16, "image": 32}, "real": {"batch": 1, "sequence": 128, "image": 224}}
+SIZES = ("small", "real", "large")
+VOCAB = {"small": 1000, "real": 30522, "large": 30522}
+SHAPES = {"small": {"batch": 2, "sequence": 16, "image": 32}, "real": {"batch": 1, "sequence": 128, "image": 224},
+          "large": {"batch": 1, "sequence": 128, "image": 224}}  # fmt: skip
+LARGE = {"bert": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096}}
 
 
 @dataclass
@@ -88,6 +91,10 @@ def _build(name: str, size: str) -> torch.nn.Module:
 
     small = size == "small"
     text = {"vocab_size": VOCAB[size]}
+    if size == "large":  # BERT-large only: the scaling benchmark's largest model
+        if name not in LARGE:
+            raise ValueError(f"size 'large' exists for {sorted(LARGE)} only, not {name!r}")
+        return tf.BertModel(tf.BertConfig(**text, **LARGE[name]))
     if name == "bert":
         narrow = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
         return tf.BertModel(tf.BertConfig(**text, **(narrow if small else {})))

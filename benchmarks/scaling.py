@@ -1,0 +1,144 @@
+"""Scaling: what one `trtmix compile` costs in seconds and memory as the model grows, one process per run.
+
+    python benchmarks/scaling.py [--models minilm bert-base bert-large resnet-50] [--budgets 1% 0.1%] [--json s.json]
+
+Each (model, budget) runs in a fresh child process with its own empty calibration cache and output folder, so its
+peak RSS (``getrusage``) and its seconds are that job's alone.  The child exports the model (``transformers`` BERT-base
+and BERT-large from their configs at seeded random init, batch 1 × 128; ResNet-50 batch 1 × 224²; MiniLM-L6 is the
+pretrained package at its recipe's batch of 8 × 128), calibrates, and runs `compile --max-drop B` with the defaults
+(tensorrt flavour on OpenVINO, kl ordering, smoothing measured, bias correction).  Reported per run: export,
+calibration, quantizer choice, ordering and search seconds, total, builds, the peak RSS after each phase, and the
+cost per unit.  The CPU line says which machine this was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+MODELS = {"minilm": None, "bert-base": ("bert", "real"), "bert-large": ("bert", "large"),
+          "resnet-50": ("resnet", "real")}  # fmt: skip
+MINILM_DATA = "trtmix.models.minilm:load_data"
+
+
+def child(name: str, budget: str, folder: Path) -> dict[str, Any]:
+    """One run, in this process: export, calibrate, compile; seconds and peak RSS after each phase."""
+    from zoo import RECIPE, data_args
+
+    from trtmix import api
+    from trtmix.calibration.collect import collect_ranges, default_cache_dir
+    from trtmix.job.config import CompileConfig
+    from trtmix.models.zoo import export_as_user, zoo_model
+    from trtmix.search.bisection import Budget
+
+    row: dict[str, Any] = {"model": name, "budget": budget, "seconds": {}, "peak_rss_mb": {}}
+    start = time.perf_counter()
+    path = folder / f"{name}.onnx"
+    if MODELS[name] is None:
+        from trtmix.ir.export import export_onnx
+        from trtmix.models.minilm import minilm
+
+        export_onnx(*minilm(), path)
+        data, args, metric = MINILM_DATA, {}, "cosine"
+    else:
+        zoo_name, size = MODELS[name]
+        model = zoo_model(zoo_name, size)
+        export_as_user(model, path, "dynamo")
+        data, args = RECIPE, data_args(model.kind, "real")
+        metric = "cosine" if model.kind == "text" else "agreement"
+        del model
+    _phase(row, "export", start)
+    start = time.perf_counter()
+    collect_ranges(path, data, "calibration", data_args=args, cache_dir=default_cache_dir(), progress=False)
+    _phase(row, "calibration", start)
+    config = CompileConfig(data=data, budget=Budget.parse(budget), metric=metric, data_args=tuple(sorted(args.items())))
+    start = time.perf_counter()
+    report = api.compile(str(path), folder / "job", config, fresh=True)
+    _phase(row, "compile", start)
+    row["units"] = report["unit_count"]
+    row["model_mb"] = round(sum(p.stat().st_size for p in folder.glob(f"{name}.onnx*")) / 2**20, 1)
+    row["builds"], row["chosen_k"], row["stop"] = report["builds"], report["chosen_k"], report["stop_reason"]
+    row["seconds"]["quantizers"] = report["quantizers"]["smoothing"].get("seconds", 0.0)
+    row["seconds"]["ordering"] = sum(v or 0.0 for v in report["ordering_seconds"].values())
+    row["ordering_computed"] = report["orderings_computed"]
+    row["seconds"]["search"] = row["seconds"]["compile"] - row["seconds"]["quantizers"] - row["seconds"]["ordering"]
+    return row
+
+
+def _phase(row: dict[str, Any], name: str, start: float) -> None:
+    row["seconds"][name] = round(time.perf_counter() - start, 1)
+    row["peak_rss_mb"][name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run(name: str, budget: str) -> dict[str, Any]:
+    """``child`` in a fresh process with its own calibration cache; its JSON row, or the error it died of."""
+    with tempfile.TemporaryDirectory(prefix=f"trtmix-scaling-{name}-") as folder:
+        env = {**os.environ, "TRTMIX_CACHE": str(Path(folder) / "cache")}
+        command = [sys.executable, __file__, "--child", name, "--budget", budget, "--folder", folder]
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            return {"model": name, "budget": budget, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+        return json.loads(lines[-1])
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table: seconds per phase, peak RSS per phase, and the cost per unit."""
+    head = ["model", "budget", "units", "ONNX MB", "export s", "calibration s", "quantizers s", "ordering s",
+            "search s", "total s", "builds", "chosen k", "peak RSS MiB (export / calibration / compile)",
+            "ordering s per unit", "stop"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['budget']} | failed: {row['error']} |")
+            continue
+        seconds, rss = row["seconds"], row["peak_rss_mb"]
+        total = seconds["export"] + seconds["calibration"] + seconds["compile"]
+        per_unit = seconds["ordering"] / row["units"] if seconds["ordering"] else 0.0
+        lines.append(
+            f"| {row['model']} | {row['budget']} | {row['units']} | {row['model_mb']} | {seconds['export']:.0f} | "
+            f"{seconds['calibration']:.0f} | {seconds['quantizers']:.0f} | {seconds['ordering']:.0f} | "
+            f"{seconds['search']:.0f} | {total:.0f} | {row['builds']} | {row['chosen_k']} | "
+            f"{rss['export']:.0f} / {rss['calibration']:.0f} / {rss['compile']:.0f} | {per_unit:.2f} | {row['stop']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--budgets", nargs="+", default=["1%", "0.1%"])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--budget", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.budget, args.folder)), flush=True)
+        return
+    from trtmix.runtime.cpu import cpu_features
+
+    print(cpu_features().describe(), flush=True)
+    rows = []
+    for name in args.models:
+        for budget in args.budgets:
+            print(f"{name} at {budget}...", file=sys.stderr, flush=True)
+            rows.append(run(name, budget))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(markdown(rows), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
