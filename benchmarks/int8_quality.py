@@ -8,7 +8,7 @@ Per model and flavour (``tensorrt`` on OpenVINO, ``ort-cpu`` on ONNX Runtime), t
 
 * ``plain``: no smoothing, no bias correction (what trtmix wrote before these techniques);
 * ``smooth``: outlier-aware scaling, the option ``compile`` measures best (no smoothing, α 0.5 or 0.8, and in the
-  tensorrt flavour α 0.8 with centred channels; each option's divergence on calibration batches is printed);
+  tensorrt flavour α 0.8 with centred channels; each option's score is printed);
 * ``bias``: bias correction alone; ``smooth + bias (default)``: both, ``compile``'s defaults.
 
 Fidelity is the job's metric against the FP32 model on the search split: cosine to FP32 embeddings (MiniLM-L6), top-1
@@ -178,8 +178,9 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{row['vs_plain']:.3f} |")  # fmt: skip
     for row in result["rows"]:
         if row["setting"] == "smooth" and row.get("measured"):
-            scores = ", ".join(f"{label} {value:.3g}" for label, value in row["measured"].items())
-            lines.append(f"\n{row['flavour']}: all-INT8 divergence on 2 calibration batches per option: {scores}.")
+            scores = ", ".join(f"{label} {value:.4f}" for label, value in row["measured"].items())
+            lines.append(f"\n{row['flavour']}: all-INT8 metric per smoothing option (search split, ONNX Runtime): "
+                         f"{scores}.")  # fmt: skip
     return "\n".join(lines)
 
 

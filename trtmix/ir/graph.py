@@ -107,8 +107,12 @@ def self_contained(source: Path, target: Path) -> Path:
 
 
 def copy_onnx(source: Path, target: Path) -> Path:
-    """Copy an ONNX file atomically; one whose weights are in external data files becomes self-contained."""
-    if self_contained(source, target) == source:
+    """Copy an ONNX file atomically.
+
+    In the same folder, external data references still resolve, so the graph file is copied as it is (the job's
+    tensor store keeps one copy of each weight); elsewhere a graph with external data becomes self-contained.
+    """
+    if source.parent.resolve() == target.parent.resolve() or self_contained(source, target) == source:
         atomic_write_bytes(target, source.read_bytes())
     return target
 

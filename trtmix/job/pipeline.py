@@ -59,11 +59,11 @@ class Pipeline:
         engine = {"flavour": flavour.options(), "backend": self.backend.name,
                   "version": self.backend.version, "options": self.backend.options()}  # fmt: skip
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
+        self.evaluation = load_evaluation(config, self.model, self.model_path)
         self.ranges, self.quantizers = job_quantizers(config, self.model, self.units, calibrated, flavour,
-                                                      self.journal)  # fmt: skip
+                                                      self.journal, self.evaluation)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(config.flavour)
-        self.evaluation = load_evaluation(config, self.model, self.model_path)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)
         self.groups = find_groups(self.units, self.model) if config.groups else []
         self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups)

@@ -1,11 +1,14 @@
 """The job's quantizer settings, chosen by measurement: smoothing's α (and centring) from a few all-INT8 graphs.
 
 ``trtmix.quant.smooth`` proposes scales per tensor from an expected-noise model; that model does not see a
-classifier's argmax or a channel whose outliers are a few tokens, so the job checks it. For each option (no
+classifier's argmax or a channel whose outliers are a few tokens, so the job checks it.  For each option (no
 smoothing, each α of ``MEASURED_ALPHAS``, and for symmetric int8 the last one with its channels centred) the all-INT8
-plan is compiled and scored on calibration batches against the float model, with the job's metric, as the ``kl``
-ordering scores units; the lowest divergence wins.  ``--smooth-alpha`` fixes α (centring is still measured),
-``--no-smooth`` skips the search.  The choice and every measured divergence are cached in the journal and reported.
+plan is compiled, run by ONNX Runtime (the accuracy oracle) on the search split, and scored with the job's metric,
+as the search scores its probes; the best score wins, ties going to the simpler option.  A continuous stand-in on a
+few calibration batches was tried first and chose a scaling that cost EfficientNet-Lite0 17 points of top-1
+agreement while its KL moved by 0.5%.  ``--smooth-alpha`` fixes α (still measured against no smoothing and
+centring), ``--no-smooth`` skips the search.  Every option's score is cached in the journal and reported; the
+holdout split, which no choice sees, checks the result.
 """
 
 from __future__ import annotations
@@ -15,23 +18,24 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import onnx
+from tqdm import tqdm
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
-from trtmix.job.evaluation import scored_output, split_feeds
+from trtmix.job.evaluation import Evaluation
 from trtmix.quant.flavours import Flavour
-from trtmix.quant.plan import Precision
+from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import SmoothSettings, plan_smoothing
 from trtmix.runtime.build import Builder
+from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 from trtmix.search.journal import Journal
-from trtmix.sensitivity.measured import PlanScorer
 
 LOG = logging.getLogger(__name__)
 JOURNAL_KEY = "quantizers"
 MEASURED_ALPHAS = (0.5, 0.8)
-FEEDS = 2  # calibration batches each option is scored on
 
 
 def job_quantizers(
@@ -41,6 +45,7 @@ def job_quantizers(
     calibrated: Ranges,
     flavour: Flavour,
     journal: Journal,
+    evaluation: Evaluation,
 ) -> tuple[Ranges, dict[str, Any]]:
     """The ranges every build of the job uses, and the report of how they were chosen."""
     options = _options(config.smooth, flavour)
@@ -48,14 +53,16 @@ def job_quantizers(
     measured: dict[str, float] = cached["measured"] if cached else {}
     start = time.perf_counter()
     if len(options) > 1 and not cached:
-        feeds = split_feeds(config, model, "calibration", FEEDS)
-        index, _ = scored_output(model, config.score_output)
-        for label, (alpha, centre) in options.items():
+        plan = PrecisionPlan.with_int8([unit.name for unit in units], config.default)
+        for label, (alpha, centre) in tqdm(options.items(), desc="quantizers", unit="option"):
             ranges, _ = _prepared(model, units, calibrated, config, flavour, alpha, centre)
-            scorer = PlanScorer(Builder(model, units, ranges, flavour), config.metric, feeds, config.default, index)
-            measured[label] = scorer.distance([unit.name for unit in units])
-            LOG.info("quantizers %s: all-INT8 divergence %.3g", label, measured[label])
-    chosen = min(measured, key=lambda label: measured[label]) if measured else next(iter(options))
+            compiled = Builder(model, units, ranges, flavour).compile(plan, check=False)
+            with OnnxRuntimeRunner(compiled, config.threads, optimize=True) as runner:
+                outputs = [runner.infer(feed)[evaluation.output_index] for feed in evaluation.feeds["search"]]
+            measured[label] = evaluation.score("search", np.concatenate(outputs))
+            LOG.info("quantizers %s: all-INT8 %s %.5f", label, config.metric, measured[label])
+    best = max(measured.values()) if measured else None
+    chosen = next(label for label in options if best is None or measured[label] >= best)  # ties: the simpler option
     ranges, smoothing = _prepared(model, units, calibrated, config, flavour, *options[chosen])
     correction = {"enabled": config.bias_correction, "channel_statistics": len(calibrated.channels)}
     report = {"smoothing": {**smoothing, "option": chosen, "measured": measured}, "bias_correction": correction}

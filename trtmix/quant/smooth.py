@@ -165,8 +165,8 @@ def describe_quantizers(report: dict[str, Any]) -> str:
         text = (f"smoothing α={smoothing['alpha']} on {smoothing['tensors']} of {smoothing['candidates']} "
                 f"MatMul/Gemm input tensors{centred}")  # fmt: skip
     if len(measured) > 1:
-        scores = ", ".join(f"{label} {value:.3g}" for label, value in measured.items())
-        text += f" (all-INT8 divergence on calibration batches: {scores})"
+        scores = ", ".join(f"{label} {value:.5f}" for label, value in measured.items())
+        text += f" (all-INT8 score on the search split: {scores})"
     correction = "on" if report["bias_correction"]["enabled"] else "off (--no-bias-correction)"
     return f"quantizers: {text}; bias correction {correction}"
 

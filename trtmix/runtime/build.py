@@ -20,7 +20,8 @@ import onnx
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
 from trtmix.io import atomic_write_text
-from trtmix.ir.graph import model_sha256, save_onnx
+from trtmix.ir.graph import model_sha256
+from trtmix.ir.store import damaged, save_shared
 from trtmix.ir.units import Unit
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.flavours import Flavour, get_flavour
@@ -79,6 +80,7 @@ class Builder:
         self.model_hash = model_sha256(model)
         self.ranges_hash = ranges.stable_hash() if ranges is not None else "none"  # fixed for this builder
         self._verified: set[Path] = set()  # artifacts whose hash was checked by this builder
+        self._stored: set[Path] = set()  # store files whose content hash was checked by this builder
 
     def compile(self, plan: PrecisionPlan, check: bool = True) -> onnx.ModelProto:
         """``plan`` written into the graph; with ``check``, refused unless it passes the flavour's rules."""
@@ -121,7 +123,8 @@ class Builder:
         """Compile (checked) and build ``plan``, or the float model (None); reuses what is on disk.
 
         The float model is written into the artifact folder too, so a graph whose weights live in the user's
-        external data file builds from a self-contained copy.
+        external data file builds from the job's own copy.  Graphs keep their large weights in the folder's tensor
+        store (``trtmix.ir.store``): what two probes share is written once.
         """
         key = self.key(plan)
         onnx_path, artifact = self._paths(key)
@@ -130,18 +133,33 @@ class Builder:
                         artifact.name)  # fmt: skip
             artifact.unlink()
         if not artifact.is_file():
-            save_onnx(self.model if plan is None else self.compile(plan), onnx_path)
+            save_shared(self._float_copy() if plan is None else self.compile(plan), onnx_path)
             LOG.debug("building %s", artifact.name)
             self.require_backend().build(onnx_path, artifact)
             atomic_write_text(_hash_path(artifact), _file_sha256(artifact))
             self._verified.add(artifact)
         return Built(onnx_path, artifact, key)
 
+    def _float_copy(self) -> onnx.ModelProto:
+        """A copy of the float model for the store to take its weights from (the builder's own is never changed)."""
+        copy = onnx.ModelProto()
+        copy.CopyFrom(self.model)
+        return copy
+
     def _intact(self, artifact: Path) -> bool:
-        """True when ``artifact`` still has the hash recorded at its build (checked once per builder)."""
+        """True when ``artifact`` still has the hash recorded at its build, and so has every store file it reads.
+
+        Checked once per builder; a damaged store file is deleted, so the rebuild writes it again.
+        """
         if artifact not in self._verified:
             recorded = _hash_path(artifact)
             if not recorded.is_file() or recorded.read_text().strip() != _file_sha256(artifact):
+                return False
+            broken = damaged(artifact, self._stored) if artifact.suffix == ".onnx" else []
+            for file in broken:
+                LOG.warning("store file %s is missing or damaged: rebuilding what reads it", file.name)
+                file.unlink(missing_ok=True)
+            if broken:
                 return False
             self._verified.add(artifact)
         return True
