@@ -5,7 +5,7 @@ classifier's argmax or a channel whose outliers are a few tokens, so the job che
 smoothing, each α of ``MEASURED_ALPHAS``, and for symmetric int8 the last one with its channels centred) the all-INT8
 plan is compiled, run by ONNX Runtime (the accuracy oracle) on the search split, and scored with the job's metric,
 as the search scores its probes; the best score wins, ties going to the simpler option.  A continuous stand-in on a
-few calibration batches was tried first and chose a scaling that cost EfficientNet-Lite0 17 points of top-1
+few calibration batches was tried first and kept a scaling that cost EfficientNet-Lite0 17 points of top-1
 agreement while its KL moved by 0.5%.  ``--smooth-alpha`` fixes α (still measured against no smoothing and
 centring), ``--no-smooth`` skips the search.  Bias correction, when asked for (the default), is then measured
 against the chosen option without it.  Every option's score is cached in the journal and reported; the
