@@ -57,3 +57,7 @@ class JobInterruptedError(TrtmixError):
             f"interrupted. Every probe measured so far is in {output}/journal.sqlite.",
             fix="rerun the same command to resume; nothing is measured twice",
         )
+
+
+class ResourceError(TrtmixError):
+    """The machine ran out of memory or disk space during a step of a job."""

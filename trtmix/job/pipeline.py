@@ -22,6 +22,7 @@ from trtmix.job.evaluation import load_evaluation
 from trtmix.job.latency import job_latency_model
 from trtmix.job.orderings import JobOrderings, check_source
 from trtmix.job.quantizers import job_quantizers
+from trtmix.job.steps import step
 from trtmix.job.workspace import Workspace
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import PrecisionPlan
@@ -43,7 +44,8 @@ class Pipeline:
         self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt,
                                    flavour=config.flavour, cache_dir=cache_dir)  # fmt: skip
         get_flavour(config.flavour).check_backend(self.backend.name)  # `auto` resolved: still before any work
-        self.workspace = Workspace(source, output, config, fresh)
+        with step("the export", output):
+            self.workspace = Workspace(source, output, config, fresh)
         try:
             self._assemble(source, config)
         except BaseException:
@@ -54,14 +56,17 @@ class Pipeline:
         """Everything after the workspace: ranges, builder, journal, evaluation, driver, orderings."""
         self.model_path, self.model, self.units = self.workspace.model_path, self.workspace.model, self.workspace.units
         get_flavour(config.flavour).check_model(self.model)  # before calibration, the first costly step
-        calibrated = self._calibrated()
+        with step("calibration", self.output):
+            calibrated = self._calibrated()
         flavour = get_flavour(config.flavour, config.weight_bits)
         engine = {"flavour": flavour.options(), "backend": self.backend.name,
                   "version": self.backend.version, "options": self.backend.options()}  # fmt: skip
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
-        self.evaluation = load_evaluation(config, self.model, self.model_path)
-        self.ranges, self.quantizers = job_quantizers(config, self.model, self.units, calibrated, flavour,
-                                                      self.journal, self.evaluation)  # fmt: skip
+        with step("loading the search and holdout data", self.output):
+            self.evaluation = load_evaluation(config, self.model, self.model_path)
+        with step("the choice of quantizers", self.output):
+            self.ranges, self.quantizers = job_quantizers(config, self.model, self.units, calibrated, flavour,
+                                                          self.journal, self.evaluation)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(config.flavour)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)

@@ -20,6 +20,7 @@ from trtmix.job.latency import add_predictions, job_group_savings
 from trtmix.job.outputs import holdout_check, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
 from trtmix.job.report import mark_pareto, reference_latencies, write_report
+from trtmix.job.steps import step
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import describe_quantizers
 from trtmix.runtime.cpu import cpu_features
@@ -42,26 +43,34 @@ def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = 
 
 
 def _run(pipeline: Pipeline, output: Path, config: CompileConfig, started: float) -> dict[str, Any]:
-    """The job's steps after its pipeline is assembled."""
+    """The job's steps after its pipeline is assembled (each reports running out of memory or disk by name)."""
     resumed_before = len(pipeline.journal.records())
-    baseline = pipeline.baseline()
+    with step("the FP32 and all-high baselines", output):
+        baseline = pipeline.baseline()
     if baseline["accuracy"] <= 0:
         raise TrtmixError(f"The float model scores {baseline['accuracy']} on the search split: nothing to keep.",
                           fix="check the metric and the labels")  # fmt: skip
-    searches = {name: pipeline.search(name, baseline["accuracy"]) for name in config.orderings()}
+    searches = {}
+    for name in config.orderings():
+        with step(f"the search along the {name} ordering", output):
+            searches[name] = pipeline.search(name, baseline["accuracy"])
     primary = searches[config.ordering]
-    chosen_plan, final = final_choice(pipeline, primary, baseline)
-    report = _report(pipeline, searches, baseline, chosen_plan, final["extra_probes"])
+    with step("the final interleaved timing", output):
+        chosen_plan, final = final_choice(pipeline, primary, baseline)
+    with step("the report's latency model", output):
+        report = _report(pipeline, searches, baseline, chosen_plan, final["extra_probes"])
     report.update(final)
     if chosen_plan is not None:
-        report["engine_check"] = _engine_check(pipeline, chosen_plan)
-        report["holdout"] = holdout_check(pipeline.driver, chosen_plan, baseline)
-        report["files"] = write_plan_outputs(output, pipeline.builder, chosen_plan, pipeline.tensorrt_settings)
+        with step("checking the chosen plan and writing it", output):
+            report["engine_check"] = _engine_check(pipeline, chosen_plan)
+            report["holdout"] = holdout_check(pipeline.driver, chosen_plan, baseline)
+            report["files"] = write_plan_outputs(output, pipeline.builder, chosen_plan, pipeline.tensorrt_settings)
     report["builds"] = pipeline.measured
     report["resumed_probes"] = resumed_before
     report["wall_seconds"] = time.perf_counter() - started
     report["peak_rss_mb"] = peak_rss_mb()
-    write_report(report, output)
+    with step("writing the report", output):
+        write_report(report, output)
     return report
 
 
