@@ -1,6 +1,7 @@
 """Scaling: what one `trtmix compile` costs in seconds and memory as the model grows, one process per run.
 
-    python benchmarks/scaling.py [--models minilm bert-base bert-large resnet-50] [--budgets 1% 0.1%] [--json s.json]
+    python benchmarks/scaling.py [--models minilm bert-base bert-large resnet-50] [--budgets 1% 0.1%]
+                                 [--timeout 1200] [--json s.json]
 
 Each (model, budget) runs in a fresh child process with its own empty calibration cache and output folder, so its
 peak RSS (``getrusage``) and its seconds are that job's alone.  The child exports the model (``transformers`` BERT-base
@@ -80,12 +81,15 @@ def _phase(row: dict[str, Any], name: str, start: float) -> None:
     row["peak_rss_mb"][name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run(name: str, budget: str) -> dict[str, Any]:
+def run(name: str, budget: str, timeout: float) -> dict[str, Any]:
     """``child`` in a fresh process with its own calibration cache; its JSON row, or the error it died of."""
     with tempfile.TemporaryDirectory(prefix=f"trtmix-scaling-{name}-") as folder:
         env = {**os.environ, "TRTMIX_CACHE": str(Path(folder) / "cache")}
         command = [sys.executable, __file__, "--child", name, "--budget", budget, "--folder", folder]
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"model": name, "budget": budget, "error": f"not finished within {timeout:.0f} s (--timeout)"}
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
             return {"model": name, "budget": budget, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
@@ -119,6 +123,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--budgets", nargs="+", default=["1%", "0.1%"])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds one run may take (default 1200)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--budget", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -133,7 +138,7 @@ def main() -> None:
     for name in args.models:
         for budget in args.budgets:
             print(f"{name} at {budget}...", file=sys.stderr, flush=True)
-            rows.append(run(name, budget))
+            rows.append(run(name, budget, args.timeout))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(markdown(rows), flush=True)
     if args.json:
