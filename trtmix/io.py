@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -53,3 +54,12 @@ def read_json(path: str | Path, what: str, error: type[TrtmixError], missing_fix
         raise error(f"{what} {path} does not exist.", fix=missing_fix) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise error(f"{what} {path} is not valid JSON: {err}.") from err
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (artifacts and store files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

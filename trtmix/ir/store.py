@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from trtmix.io import atomic_write_bytes
+from trtmix.io import atomic_write_bytes, file_sha256
 
 STORE = "tensors"
 THRESHOLD = 1024
@@ -77,16 +77,8 @@ def damaged(path: Path, verified: set[Path]) -> list[Path]:
     for file, length in references(path).items():
         if file in verified:
             continue
-        if not file.is_file() or file.stat().st_size != length or _digest(file) != file.stem:
+        if not file.is_file() or file.stat().st_size != length or file_sha256(file) != file.stem:
             bad.append(file)
         else:
             verified.add(file)
     return bad
-
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -19,7 +19,7 @@ import onnx
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
-from trtmix.io import atomic_write_text
+from trtmix.io import atomic_write_text, file_sha256
 from trtmix.ir.graph import model_sha256
 from trtmix.ir.store import damaged, save_shared
 from trtmix.ir.units import Unit
@@ -136,7 +136,7 @@ class Builder:
             save_shared(self._float_copy() if plan is None else self.compile(plan), onnx_path)
             LOG.debug("building %s", artifact.name)
             self.require_backend().build(onnx_path, artifact)
-            atomic_write_text(_hash_path(artifact), _file_sha256(artifact))
+            atomic_write_text(_hash_path(artifact), file_sha256(artifact))
             self._verified.add(artifact)
         return Built(onnx_path, artifact, key)
 
@@ -153,7 +153,7 @@ class Builder:
         """
         if artifact not in self._verified:
             recorded = _hash_path(artifact)
-            if not recorded.is_file() or recorded.read_text().strip() != _file_sha256(artifact):
+            if not recorded.is_file() or recorded.read_text().strip() != file_sha256(artifact):
                 return False
             broken = damaged(artifact, self._stored) if artifact.suffix == ".onnx" else []
             for file in broken:
@@ -174,11 +174,3 @@ class Builder:
 def _hash_path(artifact: Path) -> Path:
     """Where the hash of ``artifact`` is recorded when it is built."""
     return artifact.with_name(f"{artifact.name}.sha256")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
