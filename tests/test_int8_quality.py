@@ -238,3 +238,48 @@ def test_compile_and_build_record_the_quantizer_settings(tmp_path: Path) -> None
                      "--flavour", "ort-cpu", *flag, "-o", str(target)]) == 0  # fmt: skip
         names = [n.name for n in onnx.load(str(target)).graph.node]
         assert any("smooth" in name for name in names) == expect
+
+
+def _shared_parameters_model(shared: bool) -> onnx.ModelProto:
+    """Two LayerNorm → MatMul + bias blocks whose γ, β and bias are equal; ``shared`` makes them one initializer each,
+    as exporters do for equal values (every zero bias and unit γ of a model at init)."""
+    rng = np.random.default_rng(5)
+    gamma, beta, bias = np.ones(16, np.float32), np.zeros(16, np.float32), np.zeros(16, np.float32)
+    inits, nodes, current = [], [], "input"
+    names = {"gamma": "gamma", "beta": "beta", "bias": "bias"}
+    for block in range(2):
+        if not shared or block == 0:
+            names = {key: f"{key}{block}" for key in names}
+            inits += [numpy_helper.from_array(value, names[key])
+                      for key, value in (("gamma", gamma), ("beta", beta), ("bias", bias))]  # fmt: skip
+        inits.append(numpy_helper.from_array(rng.standard_normal((16, 16)).astype(np.float32) * 0.3, f"w{block}"))
+        nodes += [helper.make_node("LayerNormalization", [current, names["gamma"], names["beta"]], [f"ln{block}"],
+                                   name=f"ln{block}", axis=-1),
+                  helper.make_node("MatMul", [f"ln{block}", f"w{block}"], [f"mm{block}"], name=f"mm{block}"),
+                  helper.make_node("Add", [f"mm{block}", names["bias"]], [f"out{block}"],
+                                   name=f"add{block}")]  # fmt: skip
+        current = f"out{block}"
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "shared", [value("input", onnx.TensorProto.FLOAT, [4, 16])],
+                              [value(current, onnx.TensorProto.FLOAT, [4, 16])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("flavour", ["tensorrt", "ort-cpu"])
+def test_initializers_shared_between_units_are_moved_for_each_unit_alone(flavour: str) -> None:
+    feeds = _feeds(4, 0)
+    for feed in feeds:
+        feed["input"][:, 3] *= 25  # an outlier channel, so both LayerNorms' outputs are smoothed
+    compiled = {}
+    for shared in (True, False):
+        model = _shared_parameters_model(shared)
+        units = find_units(model)
+        ranges = calibrate(model, units, feeds, CalibrationConfig(), progress=False)
+        prepared, report = plan_smoothing(model, units, ranges, SmoothSettings(alpha=0.5), flavour == "tensorrt")
+        assert report["tensors"] == 2
+        compiled[shared] = compile_plan(model, PrecisionPlan.with_int8([u.name for u in units]),
+                                        replace(prepared, bias_correction=True), flavour)  # fmt: skip
+        names = [init.name for init in compiled[shared].graph.initializer]
+        assert len(names) == len(set(names))
+    test = _feeds(2, 3)
+    np.testing.assert_allclose(_outputs(compiled[True], test), _outputs(compiled[False], test), rtol=0, atol=1e-6)

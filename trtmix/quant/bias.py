@@ -63,10 +63,14 @@ def shift_product(unit: Unit, weight: np.ndarray, shift: np.ndarray) -> np.ndarr
 
 
 def add_to_bias(node: gs.Node, position: int, delta: np.ndarray, label: str) -> None:
-    """Replace the bias constant at ``node.inputs[position]`` by bias + ``delta``, in its own dtype."""
+    """Replace the bias constant at ``node.inputs[position]`` by bias + ``delta``, in its own dtype.
+
+    The new constant is named after the node, not the old constant: exporters share one initializer between layers
+    whose values are equal (every zero bias of a model at init), and each node's moved bias differs.
+    """
     bias = node.inputs[position]
     moved = (bias.values.astype(np.float64) + delta).astype(bias.values.dtype)
-    node.inputs[position] = gs.Constant(f"{bias.name}/{label}", moved)
+    node.inputs[position] = gs.Constant(f"{node.name}/bias_{label}", moved)
 
 
 def expected_shift(unit: Unit, weight: np.ndarray, weight_scale: np.ndarray, mean: np.ndarray) -> np.ndarray | None:

@@ -79,8 +79,7 @@ def compile_plan(
     for unit in sites.weight_units:
         _quantize_unit_weight(graph, unit, original, ranges, flavour)
     graph.cleanup().toposort()
-    compiled = gs.export_onnx(graph)
-    compiled.ir_version = model.ir_version
+    compiled = exported(graph, model)
     onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})
     LOG.debug("compiled %s flavour: %d of %d units INT8", flavour.name, len(int8_units), len(units))
     return compiled
@@ -106,6 +105,22 @@ def _quantize_unit_weight(
         correct_bias(graph, unit, weight, weight_scale, ranges, s, z)  # type: ignore[arg-type]
     if flavour.int32_gemm_bias and unit.op == "Gemm":
         _quantize_gemm_bias(graph, unit, original, weight_scale, input_range(unit, ranges))  # type: ignore[arg-type]
+
+
+def exported(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """``graph`` as a model at ``model``'s IR version; two different initializers under one name is a trtmix bug.
+
+    onnx-graphsurgeon only warns about such a pair and keeps one of them, which would be a silently wrong graph.
+    """
+    seen: dict[str, gs.Constant] = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Constant) and seen.setdefault(tensor.name, tensor) is not tensor:
+                raise CompileError(f"Internal error: two different constants are both named {tensor.name!r}.",
+                                   fix="this is a trtmix bug; please report it with the model")  # fmt: skip
+    compiled = gs.export_onnx(graph)
+    compiled.ir_version = model.ir_version
+    return compiled
 
 
 def working_graph(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan, flavour: Flavour) -> gs.Graph:

@@ -315,10 +315,11 @@ def _fold(graph: gs.Graph, layernorm: str, s: np.ndarray, z: np.ndarray | None) 
         return False
     if beta is None and z is not None:
         return False  # nowhere to put the shift
-    node.inputs[1] = _constant(f"{gamma.name}/smoothed", gamma.values.astype(np.float64) / s, gamma.values.dtype)
+    # named after the node: exporters share one initializer between LayerNorms with equal γ (all ones at init)
+    node.inputs[1] = _constant(f"{layernorm}/gamma_smoothed", gamma.values.astype(np.float64) / s, gamma.values.dtype)
     if beta is not None:
         moved = (beta.values.astype(np.float64) - (z if z is not None else 0.0)) / s
-        node.inputs[2] = _constant(f"{beta.name}/smoothed", moved, beta.values.dtype)
+        node.inputs[2] = _constant(f"{layernorm}/beta_smoothed", moved, beta.values.dtype)
     return True
 
 

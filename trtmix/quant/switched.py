@@ -24,7 +24,7 @@ from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, model_sha256
 from trtmix.ir.units import Unit
 from trtmix.quant.bias import bias_input, expected_shift, input_mean, shift_product
-from trtmix.quant.compile import activation_qdq, reader_edges, working_graph
+from trtmix.quant.compile import activation_qdq, exported, reader_edges, working_graph
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.qdq import asymmetric_uint8, per_channel_amax, quantize_int8, symmetric_scale
@@ -77,8 +77,7 @@ def compile_switched(
         if unit.weight is not None:
             _switch_weight(graph, unit, original, ranges, flavour, switch)
     graph.cleanup().toposort()
-    switched = gs.export_onnx(graph)
-    switched.ir_version = model.ir_version
+    switched = exported(graph, model)
     return switched, switches
 
 
@@ -124,7 +123,7 @@ def _switch_weight(
     elif delta is not None and (found := bias_input(graph, unit)) is not None:
         node, position = found
         current = node.inputs[position]
-        moved = gs.Constant(f"{current.name}/s_moved", (current.values + delta).astype(current.values.dtype))
+        moved = gs.Constant(f"{node.name}/s{unit.name}_bias", (current.values + delta).astype(current.values.dtype))
         node.inputs[position] = _where(graph, switch, moved, current)
 
 
