@@ -40,6 +40,11 @@ def _slow(tmp_path: Path, output: Path) -> list[str]:
     return [sys.executable, "-m", "trtmix.cli", "-q", *args]
 
 
+def _default_sigint() -> None:
+    """Run in the child before exec: SIGINT back to its default, so Python turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(condition, seconds: float = 240) -> None:  # type: ignore[no-untyped-def]
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -90,7 +95,9 @@ def test_a_killed_jobs_lock_is_taken_over(tmp_path: Path, caplog: pytest.LogCapt
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
     output = tmp_path / "out"
-    process = subprocess.Popen(_slow(tmp_path, output), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell starts background jobs with SIGINT ignored, and Python keeps it so: give the job the default back
+    process = subprocess.Popen(_slow(tmp_path, output), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_sigint)  # fmt: skip
     _wait_for(lambda: _probes(output / "journal.sqlite") >= 2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
