@@ -69,3 +69,13 @@ def run_ort(model: onnx.ModelProto, feed: dict[str, np.ndarray], optimize: bool 
 
     with OnnxRuntimeRunner(model, threads=1, optimize=optimize) as runner:
         return np.asarray(runner.infer(feed)[0], dtype=np.float32)
+
+
+def journal_cached(output: Path, key: str) -> dict:
+    """A value a compile job cached in its journal (orderings, scores, the latency model), read back from SQLite."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(output / "journal.sqlite") as db:
+        (value,) = db.execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
+    return json.loads(value)

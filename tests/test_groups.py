@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 from trtmix.search.bisection import BisectionSearch, Budget, LazyOrder
 from trtmix.search.orderings import order_groups
 
-from .conftest import TINY_RECIPE, batches_for
+from .conftest import TINY_RECIPE, batches_for, journal_cached
 
 
 def _several(groups: list) -> list:
@@ -106,17 +105,11 @@ def test_compile_with_groups_flips_groups_whole_and_reports_their_savings(
         assert len(int8 & set(group["members"])) in (0, 2), "a group is never split"
         assert probe["k"] == len(int8)
     assert {p["k"] for p in report["probes"]} >= {0, 5}
-    cached = _cached(out, "ordering:kl:groups")
+    cached = journal_cached(out, "ordering:kl:groups")
     assert len(cached["order"]) == 4
-    together = _cached(out, "kl-group-scores")[group["group"]]
-    unit_kl = _cached(out, "ordering:kl")["scores"]
+    together = journal_cached(out, "kl-group-scores")[group["group"]]
+    unit_kl = journal_cached(out, "ordering:kl")["scores"]
     assert cached["scores"][group["group"]] == together and together > 0
     assert together != pytest.approx(sum(unit_kl[m] for m in group["members"]), rel=1e-6), "scored together, not summed"
     page = (out / "report.html").read_text()
     assert "Unit groups" in page and "members alone" in page
-
-
-def _cached(out: Path, key: str) -> dict:
-    with sqlite3.connect(out / "journal.sqlite") as db:
-        (value,) = db.execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
-    return json.loads(value)

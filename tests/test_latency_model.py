@@ -16,6 +16,7 @@ from trtmix.runtime.engine_report import EngineLayer
 from trtmix.search.orderings import gain_order
 
 from .conftest import TINY_RECIPE as RECIPE
+from .conftest import journal_cached
 
 
 def _compiled(calibrated: dict, plan: PrecisionPlan):
@@ -99,18 +100,9 @@ def test_compile_reports_unit_latency_and_predictions(flavour: str, backend: str
     assert all(p["predicted_ms"] > 0 for p in measured)
     assert model["errors"]["probes"] == len(measured) and model["errors"]["max_abs"] >= model["errors"]["median_abs"]
     assert report["orderings_computed"] == {"gain": True, "kl": True}  # the frontier needs both orders
-    kl, gain_scores = _cached(out, "ordering:kl")["scores"], _cached(out, "ordering:gain")["scores"]
-    saving = _cached(out, "latency-model")["savings_ms"]
+    kl, gain_scores = journal_cached(out, "ordering:kl")["scores"], journal_cached(out, "ordering:gain")["scores"]
+    saving = journal_cached(out, "latency-model")["savings_ms"]
     for name, score in gain_scores.items():
         assert score == pytest.approx(kl[name] / max(saving[name], 1e-6), rel=1e-3)
     page = (out / "report.html").read_text()
     assert "predicted ms" in page and "profiled ms high / INT8" in page
-
-
-def _cached(out: Path, key: str) -> dict:
-    import sqlite3
-
-    with sqlite3.connect(out / "journal.sqlite") as db:
-        (value,) = db.execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
-    return json.loads(value)
-
