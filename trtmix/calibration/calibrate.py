@@ -151,6 +151,16 @@ def collect_statistics(
     return histograms, count, per_channel
 
 
+def _unit_statistics(
+    model: onnx.ModelProto, units: list[Unit], batches: Iterable[object], limit: int, progress: bool
+) -> tuple[dict[str, TensorHistogram], int, dict[str, ChannelSummary]]:
+    """The one pass ``calibrate`` needs: histograms, channel summaries of unit inputs, and the batches seen."""
+    owners = tensor_owners(model, units)
+    histograms, count, stats = collect_statistics(model, batches, sorted(owners), limit, progress, owners,
+                                                  tracked_tensors(units))  # fmt: skip
+    return histograms, count, {name: stat.summary() for name, stat in stats.items() if stat.count}
+
+
 def ranges_from_histograms(histograms: dict[str, TensorHistogram], config: CalibrationConfig) -> dict[str, TensorRange]:
     """Per-tensor ranges by ``config.method``; clipping methods shrink [min, max] to [−T, T]."""
     pick: Callable[[TensorHistogram], float] = {
@@ -196,10 +206,7 @@ def calibrate(
     """Ranges of every tensor a plan may quantize (histograms and channel statistics are collected unless given)."""
     count, summaries = None, channels
     if histograms is None:
-        owners = tensor_owners(model, units)
-        histograms, count, stats = collect_statistics(model, batches, sorted(owners), config.batches, progress,
-                                                      owners, tracked_tensors(units))  # fmt: skip
-        summaries = {name: stat.summary() for name, stat in stats.items() if stat.count}
+        histograms, count, summaries = _unit_statistics(model, units, batches, config.batches, progress)
     ranges = ranges_from_histograms(histograms, config)
     meta = {"model_sha256": model_sha256(model), **asdict(config)}
     if count is not None:
@@ -252,10 +259,7 @@ def calibrate_cached(
     histograms = load_histograms(stats_path) if stats_path.is_file() else None
     channels = _load_channels(channels_path) if histograms is not None else None
     if histograms is None or channels is None:
-        owners = tensor_owners(model, units)
-        histograms, _, stats = collect_statistics(model, load(), sorted(owners), config.batches, progress, owners,
-                                                  tracked_tensors(units))  # fmt: skip
-        channels = {name: stat.summary() for name, stat in stats.items() if stat.count}
+        histograms, _, channels = _unit_statistics(model, units, load(), config.batches, progress)
         save_histograms(stats_path, histograms)
         atomic_write_text(channels_path, json.dumps({n: c.to_dict() for n, c in channels.items()}))
     else:
