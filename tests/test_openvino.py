@@ -140,3 +140,25 @@ def test_openvino_outputs_follow_graph_order(exported):
     feed = batches_for("convnet", 1, seed=2)[0]
     outputs = OpenVinoBackend(threads=1).run(path, feed)
     np.testing.assert_allclose(outputs[0], OnnxRuntimeRunner(path, threads=1).infer(feed)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_the_model_cache_stays_under_its_budget_and_an_evicted_graph_still_compiles(exported, tmp_path):
+    model = load_onnx(exported[("convnet", "dynamo")])
+    units = find_units(model)
+    feeds = batches_for("convnet", 2, seed=1)
+    ranges = calibrate_max(model, feeds, tensors_to_calibrate(model, units), progress=False)
+    unbounded = OpenVinoBackend(threads=1, cache_dir=tmp_path / "unbounded", cache_bytes=2**40)
+    plans = [PrecisionPlan.with_int8(u.name for u in units[:count]) for count in range(len(units) + 1)]
+    built = [Builder(model, units, ranges, "tensorrt", unbounded, tmp_path / "out").build(plan) for plan in plans]
+    sizes = [blob.stat().st_size for blob in (tmp_path / "unbounded").glob("*.blob")]
+    assert len(sizes) == len(plans)  # one blob per distinct graph: what grows without a budget
+
+    budget = 2 * max(sizes)
+    bounded = OpenVinoBackend(threads=1, cache_dir=tmp_path / "bounded", cache_bytes=budget)
+    for item in built:
+        bounded.compile(item.onnx_path, bounded.precision)
+        blobs = list((tmp_path / "bounded").glob("*.blob"))
+        assert sum(blob.stat().st_size for blob in blobs) <= budget and blobs
+    feed = batches_for("convnet", 1, seed=9)[0]
+    with bounded.open(built[0].artifact) as runner, unbounded.open(built[0].artifact) as reference:
+        np.testing.assert_allclose(runner.infer(feed)[0], reference.infer(feed)[0], rtol=1e-5, atol=1e-5)

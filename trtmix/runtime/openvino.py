@@ -7,7 +7,9 @@ The only module of trtmix that imports ``openvino``.
 
 * Build: read and compile the ONNX (so a graph OpenVINO cannot take fails at build, naming what OpenVINO names),
   then keep the ONNX itself as the artifact; compiling again costs under a second, and an optional model cache
-  folder (``CACHE_DIR``) makes it cheaper still.
+  folder (``CACHE_DIR``) makes it cheaper still.  That cache holds one compiled blob per graph (a ResNet-50 job
+  grew it to 1.7 GB; BERT-base's filled a disk), so it is kept under ``cache_bytes``, oldest blobs first out: the
+  blob a probe reuses is the one it wrote moments before, and an evicted one only costs a compile.
 * Latency: ``PERFORMANCE_HINT=LATENCY``, fixed threads, synchronous inferences with inputs bound once, and the
   CPU's native 16-bit type as the inference precision where it has one (bf16 with AVX512-BF16 or AMX), f32
   otherwise.  The hints are recorded in every ``LatencyStats``.
@@ -34,9 +36,28 @@ from trtmix.runtime.engine_report import EngineLayer
 from trtmix.runtime.timing import TimingPolicy
 
 LOG = logging.getLogger(__name__)
+DEFAULT_CACHE_BYTES = 2**30
 INT8_PRECISIONS = frozenset({"u8", "i8", "u4", "i4"})
 PRECISION_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
 SKIPPED_LAYER_TYPES = frozenset({"Input", "Output", "Const", "Parameter", "Result"})
+
+
+def prune_cache(folder: Path, budget_bytes: int) -> list[Path]:
+    """Delete the oldest compiled blobs in ``folder`` until the rest fit in ``budget_bytes``; the newest stays.
+
+    A compiled model that was read from a deleted blob keeps running (it is mapped, and Linux keeps the inode).
+    """
+    blobs = sorted((entry for entry in folder.glob("*.blob") if entry.is_file()),
+                   key=lambda entry: entry.stat().st_mtime_ns, reverse=True)  # fmt: skip
+    kept, removed = 0, []
+    for index, blob in enumerate(blobs):
+        size = blob.stat().st_size
+        if index and kept + size > budget_bytes:
+            blob.unlink(missing_ok=True)
+            removed.append(blob)
+        else:
+            kept += size
+    return removed
 
 
 def timing_precision() -> str:
@@ -49,20 +70,21 @@ class OpenVinoBackend(RunsThroughRunners):
 
     name = "openvino"
 
-    def __init__(self, threads: int | None = None, precision: str | None = None, cache_dir: Path | None = None):
+    def __init__(self, threads: int | None = None, precision: str | None = None, cache_dir: Path | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):  # fmt: skip
         import openvino
 
         from trtmix.runtime.onnxruntime import default_threads
 
         self.threads = threads or default_threads()
         self.precision = precision or timing_precision()
-        self.cache_dir = cache_dir
+        self.cache_dir, self.cache_bytes = cache_dir, cache_bytes
         self.version = openvino.__version__.split("-")[0]
         self.exact_int8 = cpu_features().int8_exact
 
     def at_precision(self, precision: str) -> OpenVinoBackend:
         """The same backend timing at ``precision``: the FP32 reference is timed at ``f32``, or it is not FP32."""
-        return OpenVinoBackend(self.threads, precision, self.cache_dir)
+        return OpenVinoBackend(self.threads, precision, self.cache_dir, self.cache_bytes)
 
     def options(self) -> dict[str, object]:
         """What changes a timing: threads and the inference precision (part of every artifact key)."""
@@ -88,11 +110,14 @@ class OpenVinoBackend(RunsThroughRunners):
         import openvino
 
         try:
-            return openvino.Core().compile_model(str(path), "CPU", self.config(precision, profile))
+            compiled = openvino.Core().compile_model(str(path), "CPU", self.config(precision, profile))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
             message = _message(err)
             nodes = implicated_nodes(path, message)
             raise BackendError(f"OpenVINO cannot compile {path.name}: {message}{nodes}") from err
+        if self.cache_dir is not None and not profile:
+            prune_cache(self.cache_dir, self.cache_bytes)
+        return compiled
 
     def build(self, onnx_path: Path, artifact_path: Path) -> Path:
         """Check that OpenVINO compiles ``onnx_path``, then keep the ONNX as the artifact (atomically)."""
