@@ -1,12 +1,13 @@
 """Scaling: what one `trtmix compile` costs in seconds and memory as the model grows, one process per run.
 
-    python benchmarks/scaling.py [--models minilm bert-base bert-large resnet-50] [--budgets 1% 0.1%]
+    python benchmarks/scaling.py [--models minilm bert-base bert-large resnet-50 mlp-2.3gb] [--budgets 1% 0.1%]
                                  [--timeout 1200] [--json s.json]
 
 Each (model, budget) runs in a fresh child process with its own empty calibration cache and output folder, so its
 peak RSS (``getrusage``) and its seconds are that job's alone.  The child exports the model (``transformers`` BERT-base
 and BERT-large from their configs at seeded random init, batch 1 × 128; ResNet-50 batch 1 × 224²; MiniLM-L6 is the
-pretrained package at its recipe's batch of 8 × 128), calibrates, and runs `compile --max-drop B` with the defaults
+pretrained package at its recipe's batch of 8 × 128; ``mlp-2.3gb`` is two MatMuls whose 2.3 GB of weights are over
+protobuf's limit, written with external data), calibrates, and runs `compile --max-drop B` with the defaults
 (tensorrt flavour on OpenVINO, kl ordering, smoothing measured, bias correction).  Reported per run: export,
 calibration, quantizer choice, ordering, and search seconds (with the baselines, the final re-timing, the latency
 model's profiles and the outputs), total, builds, the peak RSS after each phase, and the
@@ -29,7 +30,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODELS = {"minilm": None, "bert-base": ("bert", "real"), "bert-large": ("bert", "large"),
-          "resnet-50": ("resnet", "real")}  # fmt: skip
+          "resnet-50": ("resnet", "real"), "mlp-2.3gb": None}  # fmt: skip
+# mlp-2.3gb: two MatMuls, 4096 → 70000 → 4096 floats (2.29 GB of weights, over protobuf's 2 GiB), batch 1, seeded.
+MLP_WIDTH = 70000
+MLP_RECIPE = """
+import numpy as np
+def load_data(split="calibration"):
+    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
+    for _ in range(4):
+        yield {"input": rng.standard_normal((1, 4096)).astype(np.float32)}
+"""
 MINILM_DATA = "trtmix.models.minilm:load_data"
 
 
@@ -46,7 +56,11 @@ def child(name: str, budget: str, folder: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "budget": budget, "seconds": {}, "peak_rss_mb": {}}
     start = time.perf_counter()
     path = folder / f"{name}.onnx"
-    if MODELS[name] is None:
+    if name == "mlp-2.3gb":
+        _write_mlp(path)
+        (folder / "mlp_recipe.py").write_text(MLP_RECIPE)
+        data, args, metric = str(folder / "mlp_recipe.py"), {}, "cosine"
+    elif MODELS[name] is None:
         from trtmix.ir.export import export_onnx
         from trtmix.models.minilm import minilm
 
@@ -77,6 +91,25 @@ def child(name: str, budget: str, folder: Path) -> dict[str, Any]:
     return row
 
 
+def _write_mlp(path: Path) -> None:
+    """The 2.3 GB MatMul model, with its weights in ``<name>.data`` as an exporter writes one over 2 GiB."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[0])), name)
+               for name, shape in (("w1", (4096, MLP_WIDTH)), ("w2", (MLP_WIDTH, 4096)))]  # fmt: skip
+    nodes = [helper.make_node("MatMul", ["input", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["output"], name="fc2")]  # fmt: skip
+    tensor = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("input", tensor, [1, 4096])],
+                              [helper.make_tensor_value_info("output", tensor, [1, 4096])], weights)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save_model(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
+
+
 def _phase(row: dict[str, Any], name: str, start: float) -> None:
     row["seconds"][name] = round(time.perf_counter() - start, 1)
     row["peak_rss_mb"][name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -92,6 +125,11 @@ def run(name: str, budget: str, timeout: float) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             return {"model": name, "budget": budget, "error": f"not finished within {timeout:.0f} s (--timeout)"}
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode < 0:
+            last = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()][-1:] or ["?"]
+            return {"model": name, "budget": budget,
+                    "error": f"killed by signal {-done.returncode} (SIGKILL: the kernel's out-of-memory killer, or "
+                             f"--timeout); its last line: {last[0][:200]}"}  # fmt: skip
         if done.returncode != 0 or not lines:
             return {"model": name, "budget": budget, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
         return json.loads(lines[-1])

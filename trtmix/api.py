@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import PlanError
 from trtmix.ir.graph import QDQ_OPS, load_onnx, save_onnx
+from trtmix.ir.large import check_model
 from trtmix.ir.units import Unit, require_units
 from trtmix.job.config import CompileConfig
 from trtmix.quant.flavours import get_flavour
@@ -99,7 +99,7 @@ def build(
     if ranges is not None:
         ranges, _ = prepare_ranges(model, units, ranges, smooth, bias_correction, configured)
     compiled = Builder(model, units, ranges, configured).compile(resolved, check=True)
-    onnx.checker.check_model(compiled, full_check=True)
+    check_model(compiled, full_check=True)
     save_onnx(compiled, output)
     built = None
     if artifact is not None:

@@ -16,7 +16,7 @@ import onnx
 
 from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CalibrationError
-from trtmix.ir.graph import model_sha256
+from trtmix.ir.large import model_sha256
 
 HEADER = re.compile(r"^TRT-\d+-\w+$")
 LINE = re.compile(r"^(?P<name>.+):\s*(?P<hex>[0-9a-fA-F]{8})$")

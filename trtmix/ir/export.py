@@ -25,7 +25,7 @@ import torch
 
 from trtmix import registry
 from trtmix.errors import ExportError
-from trtmix.io import atomic_write_bytes
+from trtmix.ir.graph import save_onnx
 from trtmix.ir.units import MODULE_KEY
 
 LOG = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def export_onnx(
             expected=f"at most {tolerance:g} × {scale:.3g}",
             fix="try --exporter legacy (or dynamo), or raise --tolerance if the model is numerically sensitive",
         )
-    atomic_write_bytes(output, proto.SerializeToString())
+    save_onnx(proto, output)
     LOG.info(
         "exported %s with %s exporter: %d nodes, max |onnx - torch| = %.3g", output, used, len(proto.graph.node), diff
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -15,6 +16,7 @@ from onnx import external_data_helper, numpy_helper
 
 from trtmix.errors import ModelLoadError
 from trtmix.io import atomic_write_bytes
+from trtmix.ir.large import is_large, skeleton
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -37,6 +39,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(source), load_external_data=False)  # parsed once; the weights follow if external
         _require_external_data(model, source)
+        external = bool(external_locations(model))
         external_data_helper.load_external_data_for_model(model, str(source.parent))
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
         raise ModelLoadError(
@@ -50,16 +53,14 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
             expected="an ONNX model (a truncated or non-ONNX file parses as an empty one)",
             fix="re-export the model",
         )
-    try:
-        onnx.checker.check_model(model)
+    try:  # from the file when the weights are external: the checker would serialize them all (>2 GiB fails)
+        onnx.checker.check_model(str(source) if external else model)
     except onnx.checker.ValidationError as err:
         raise ModelLoadError(f"{source} is not a valid ONNX model: {err}", fix="re-export the model") from err
     name_unnamed_nodes(model)
     return model
 
 
-# Protobuf cannot serialize a message over 2 GiB; above this size the weights go to an external data file.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 PROTOBUF_LIMIT = 2**31
 
 
@@ -71,16 +72,30 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     ``<name>.data`` beside the file (written first; the graph file's rename commits both).
     """
     target = Path(path)
-    if model.ByteSize() < EXTERNAL_DATA_THRESHOLD:
+    if not is_large(model):
         atomic_write_bytes(target, model.SerializeToString())
         return target
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    temp = target.with_name(f".{target.name}.tmp")
-    onnx.save_model(copy, str(temp), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{target.name}.data", size_threshold=1024)
-    temp.replace(target)
+    data = target.with_name(f"{target.name}.data")
+    temp = data.with_name(f".{data.name}.tmp")
+    with temp.open("wb") as sink:
+        graph = skeleton(model, writer=_appender(sink, data.name))
+        sink.flush()
+        os.fsync(sink.fileno())
+    temp.replace(data)
+    atomic_write_bytes(target, graph.SerializeToString())
     return target
+
+
+def _appender(sink: BinaryIO, location: str) -> Callable[[bytes], tuple[str, int]]:
+    """A skeleton writer that appends each weight to ``sink`` (64-byte aligned) and refers to it there."""
+
+    def write(raw: bytes) -> tuple[str, int]:
+        sink.write(b"\0" * (-sink.tell() % 64))
+        offset = sink.tell()
+        sink.write(raw)
+        return location, offset
+
+    return write
 
 
 def external_locations(proto: onnx.ModelProto) -> set[str]:
@@ -135,11 +150,6 @@ def name_unnamed_nodes(model: onnx.ModelProto) -> None:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{index}"
         seen.add(node.name)
-
-
-def model_sha256(model: onnx.ModelProto) -> str:
-    """Hash of the serialized model: keys caches of ranges and artifacts."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
 
 
 def implicated_nodes(path: Path, message: str, limit: int = 5) -> str:

@@ -2,7 +2,7 @@
 
 Every probe of a job compiles the same float model with a different plan: a unit's fp16 weight, or its int8 weight,
 is the same bytes in every graph that holds it.  Written whole, each probe of BERT-base wrote ~220 MB twice (the
-compiled graph and the OpenVINO artifact).  Here each initializer of at least ``THRESHOLD`` bytes goes to
+compiled graph and the OpenVINO artifact).  Here each initializer of at least ``large.THRESHOLD`` bytes goes to
 ``tensors/<sha256>.bin`` beside the graph, once per job, and the graph file holds only an ONNX external-data
 reference to it; ONNX Runtime, OpenVINO and TensorRT's parser resolve such references relative to the graph file,
 and OpenVINO and ONNX Runtime map them from disk.  A probe then writes what its plan changed and a small graph.
@@ -11,50 +11,19 @@ Store files are named by their content's hash, so a damaged one is detected (``d
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import onnx
-from onnx import numpy_helper
 
 from trtmix.io import atomic_write_bytes, file_sha256
-
-STORE = "tensors"
-THRESHOLD = 1024
+from trtmix.ir.large import STORE, skeleton, store_writer
 
 
 def save_shared(model: onnx.ModelProto, path: Path) -> Path:
-    """Write ``model`` to ``path`` with its large initializers in the store beside it, atomically.
-
-    ``model`` is changed in place (its large initializers become references): pass a graph nobody uses afterwards.
-    """
-    store = path.parent / STORE
-    store.mkdir(parents=True, exist_ok=True)
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            continue
-        raw = tensor.raw_data or numpy_helper.to_array(tensor).tobytes()
-        if len(raw) < THRESHOLD:
-            continue
-        digest = hashlib.sha256(raw).hexdigest()
-        target = store / f"{digest}.bin"
-        if not target.is_file() or target.stat().st_size != len(raw):
-            atomic_write_bytes(target, raw)
-        _refer(tensor, os.path.relpath(target, path.parent), len(raw))
-    atomic_write_bytes(path, model.SerializeToString())
+    """Write ``model`` to ``path`` with its large initializers in the store beside it, atomically."""
+    graph = skeleton(model, store_writer(path.parent / STORE, path.parent))
+    atomic_write_bytes(path, graph.SerializeToString())
     return path
-
-
-def _refer(tensor: onnx.TensorProto, location: str, length: int) -> None:
-    """Make ``tensor`` an external-data reference to ``location`` (its data fields cleared)."""
-    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
-        tensor.ClearField(field)
-    del tensor.external_data[:]
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
 
 
 def references(path: Path) -> dict[Path, int]:

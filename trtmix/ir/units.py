@@ -15,6 +15,7 @@ import onnx
 
 from trtmix.errors import ModelLoadError
 from trtmix.ir.graph import GraphIndex, has_qdq, node_attribute
+from trtmix.ir.large import infer_shapes
 
 ACTIVATIONS = frozenset(
     {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Elu", "Selu", "Softplus"}
@@ -65,7 +66,7 @@ def find_units(model: onnx.ModelProto) -> list[Unit]:
             expected="a float model (trtmix adds the quantization itself)",
             fix="pass the float ONNX export, not a quantized one",
         )
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     shapes = _tensor_shapes(inferred)
     index = GraphIndex(model)
     units = []

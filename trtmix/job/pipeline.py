@@ -14,8 +14,8 @@ from typing import Any
 
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
-from trtmix.ir.graph import model_sha256
 from trtmix.ir.groups import find_groups
+from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.driver import SearchDriver
 from trtmix.job.evaluation import load_evaluation

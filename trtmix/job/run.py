@@ -12,8 +12,8 @@ from typing import Any
 
 from trtmix import __version__
 from trtmix.errors import JobInterruptedError, TrtmixError
-from trtmix.ir.graph import model_sha256
 from trtmix.ir.groups import describe_groups
+from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.final import final_choice
 from trtmix.job.latency import add_predictions, job_group_savings

@@ -20,7 +20,8 @@ import onnx_graphsurgeon as gs
 
 from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
-from trtmix.ir.graph import GraphIndex, model_sha256, opset_version
+from trtmix.ir.graph import GraphIndex, opset_version
+from trtmix.ir.large import convert_version, infer_shapes, model_sha256
 from trtmix.ir.units import Unit, require_units
 from trtmix.quant.bias import absorb_shift, correct_bias
 from trtmix.quant.flavours import ALL_READERS, Flavour, get_flavour
@@ -149,7 +150,7 @@ def _with_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
         copy.CopyFrom(model)
         return copy
     try:
-        return onnx.version_converter.convert_version(model, minimum)
+        return convert_version(model, minimum)
     except Exception as err:  # noqa: BLE001 - the converter raises RuntimeError from C++ assertions
         missing = sorted({f"{n.op_type} ({n.name})" for n in model.graph.node if not _has_schema(n, minimum)})
         reason = f"no opset {minimum} form of {', '.join(missing)}" if missing else str(err).splitlines()[0][:300]
@@ -190,7 +191,7 @@ def _retyped(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.toposort()
     sorted_model = gs.export_onnx(graph)
     del sorted_model.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(sorted_model, strict_mode=True)
+    return infer_shapes(sorted_model, strict=True)
 
 
 def reader_edges(graph: gs.Graph, original: GraphIndex, tensor: str, readers: set[str]) -> list[tuple[gs.Node, int]]:

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from trtmix.ir.large import infer_shapes
+
 FP16, FP32 = np.dtype(np.float16), np.dtype(np.float32)
 FP16_MAX = float(np.finfo(np.float16).max)
 # Inputs that ONNX types as float32 whatever the data type is (Resize roi/scales, Upsample scales).
@@ -24,7 +26,7 @@ DTYPE_ATTRIBUTES = {"Cast": "to", "RandomNormalLike": "dtype", "RandomUniformLik
 
 def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> onnx.ModelProto:
     """A copy of ``model`` whose nodes run in float16 except those ``is_fp32_node`` names."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     graph = gs.import_onnx(inferred)
     node_dtype = {node.name: FP32 if is_fp32_node(node.name) else FP16 for node in graph.nodes}
     for node in graph.nodes:

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from trtmix.ir.graph import GraphIndex, node_attribute, opset_version
+from trtmix.ir.large import infer_shapes
 from trtmix.ir.units import Unit
 from trtmix.quant.float_types import FLOAT32_ONLY_INPUTS
 from trtmix.quant.plan import Precision, PrecisionPlan
@@ -133,7 +134,7 @@ def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPla
     if base is Precision.FP32:
         return []
     fp32_nodes = {node for u in units if plan.precision_of(u.name) is Precision.FP32 for node in u.nodes}
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
     types.update({init.name: init.data_type for init in model.graph.initializer})
     issues = []

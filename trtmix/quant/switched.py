@@ -21,7 +21,8 @@ import onnx_graphsurgeon as gs
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
-from trtmix.ir.graph import GraphIndex, model_sha256
+from trtmix.ir.graph import GraphIndex
+from trtmix.ir.large import model_sha256
 from trtmix.ir.units import Unit
 from trtmix.quant.bias import bias_input, expected_shift, input_mean, shift_product
 from trtmix.quant.compile import activation_qdq, exported, reader_edges, working_graph

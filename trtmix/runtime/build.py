@@ -20,7 +20,7 @@ import onnx
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
 from trtmix.io import atomic_write_text, file_sha256
-from trtmix.ir.graph import model_sha256
+from trtmix.ir.large import model_sha256
 from trtmix.ir.store import damaged, save_shared
 from trtmix.ir.units import Unit
 from trtmix.quant.compile import compile_plan

@@ -26,6 +26,7 @@ import onnx
 from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
 from trtmix.ir.graph import has_qdq, implicated_nodes, self_contained
+from trtmix.ir.large import is_large, written
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.engine_report import EngineLayer
 from trtmix.runtime.timing import TimingPolicy
@@ -68,6 +69,9 @@ def ort_session(
     """
     import onnxruntime as ort
 
+    if isinstance(model, onnx.ModelProto) and is_large(model):
+        with written(model) as path:  # protobuf cannot hand ORT a message over 2 GiB: it reads a file instead
+            return ort_session(path, threads, optimize, optimized_path, profile_prefix)
     graph = model if isinstance(model, onnx.ModelProto) else _load_graph(model)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     options = ort.SessionOptions()

@@ -15,7 +15,8 @@ from trtmix.calibration.calibrate import CalibrationConfig, data_identity
 from trtmix.data.recipes import checked_batches, load_batches
 from trtmix.data.user_code import import_module_or_file, load_model_factory, split_spec
 from trtmix.io import atomic_write_text
-from trtmix.ir.graph import load_onnx, model_sha256
+from trtmix.ir.graph import load_onnx
+from trtmix.ir.large import model_sha256
 from trtmix.sensitivity.run import TORCH_METHODS, SensitivitySettings, compute_sensitivity
 
 
