@@ -35,6 +35,8 @@ EXTRAS = {
     # install it with `pip install --no-deps tensorrt-stubs==10.13.0.35.1` (README and .ci/run do).
     # benchmarks/int8_quality.py's reference quantizer (no torch dependency)
     "bench": ["nncf==3.4.0"],
+    # --workers / --ray-address: the kl ordering's unit scores and frontier probes on Ray workers
+    "ray": ["ray==2.60.0"],
     "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "ruff==0.17.5", "mypy==2.4.1", "hypothesis==6.170.17"],
 }
 

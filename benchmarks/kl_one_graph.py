@@ -15,6 +15,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,8 @@ from trtmix.ir.export import export_onnx
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import find_units
 from trtmix.models.zoo import export_as_user, zoo_model
-from trtmix.runtime.build import Builder
 from trtmix.runtime.cpu import cpu_features
-from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer, single_unit_scores
+from trtmix.sensitivity.measured import ScoringJob, single_unit_scores
 
 ZOO_RECIPE = str(Path(__file__).resolve().parents[1] / "calib" / "zoo.py")
 
@@ -57,15 +57,13 @@ def run(name: str, folder: Path, exact_units: int | None) -> str:
     units = find_units(model)
     ranges = collect_ranges(path, data, "calibration", CalibrationConfig(), data_args=data_args)
     feeds = list(checked_batches(load_batches(data, "calibration", **data_args), model, limit=2))
-    builder = Builder(model, units, ranges, "tensorrt")
+    job = ScoringJob(model, units, ranges, "tensorrt", "cosine", feeds)
     start = time.perf_counter()
-    scorer = SwitchedScorer(builder, "cosine", feeds)
-    switched = single_unit_scores(scorer, units)
-    scorer.close()
+    switched = single_unit_scores(job, units)
     switched_s = time.perf_counter() - start
     subset = units[:exact_units] if exact_units else units
     start = time.perf_counter()
-    exact = single_unit_scores(PlanScorer(builder, "cosine", feeds), subset)
+    exact = single_unit_scores(replace(job, exact=True), subset)
     exact_s = time.perf_counter() - start
     names = [u.name for u in subset]
     rho = spearman([exact[n] for n in names], [switched[n] for n in names])

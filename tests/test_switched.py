@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -10,9 +12,8 @@ from trtmix.ir.units import find_units
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.quant.switched import compile_switched, switch_feeds
-from trtmix.runtime.build import Builder
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
-from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer, single_unit_scores
+from trtmix.sensitivity.measured import ScoringJob, single_unit_scores
 
 from .conftest import batches_for
 
@@ -50,12 +51,9 @@ def test_each_switch_computes_its_single_unit_graph(calibrated: dict, name: str,
 def test_switched_kl_scores_rank_units_as_the_exact_ones(calibrated: dict, flavour: str) -> None:
     model, ranges = calibrated["transformer"]
     units = find_units(model)
-    builder = Builder(model, units, ranges, flavour)
-    feeds = batches_for("transformer", 2, seed=9)
-    exact = single_unit_scores(PlanScorer(builder, "cosine", feeds), units)
-    scorer = SwitchedScorer(builder, "cosine", feeds)
-    one_graph = single_unit_scores(scorer, units)
-    scorer.close()
+    job = ScoringJob(model, units, ranges, flavour, "cosine", batches_for("transformer", 2, seed=9))
+    exact = single_unit_scores(replace(job, exact=True), units)
+    one_graph = single_unit_scores(job, units)
     names = [u.name for u in units]
     assert _spearman([exact[n] for n in names], [one_graph[n] for n in names]) >= 0.95
     largest = max(exact.values())

@@ -183,6 +183,7 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     flags.add_timing_flags(parser)
     flags.add_noise_flags(parser)
+    flags.add_parallel_flags(parser)
     flags.add_export_flags(parser)
     parser.add_argument(
         "-o", "--output", type=Path, default=Path("trtmix-out"), help="output folder (default: trtmix-out)"
@@ -224,6 +225,7 @@ def _add_sensitivity(commands: argparse._SubParsersAction) -> None:  # type: ign
     )
     parser.add_argument("--input-names", nargs="+", metavar="NAME", help="graph input names for a torch model")
     parser.add_argument("-o", "--output", required=True, type=Path, help="sensitivity JSON file to write")
+    flags.add_parallel_flags(parser)
     flags.add_calibration_flags(parser, method_alias=False)
 
 

@@ -12,7 +12,7 @@ from trtmix import api
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.calibration.ranges import Ranges
 from trtmix.calibration.tensorrt_cache import ranges_from_tensorrt_cache
-from trtmix.cli.flags import smooth_settings
+from trtmix.cli.flags import parallel_settings, smooth_settings
 from trtmix.data.feeds import parse_dims, tensorrt_settings, timing_feeds
 from trtmix.data.recipes import parse_data_args
 from trtmix.data.user_code import load_model_factory
@@ -197,7 +197,7 @@ def run_sensitivity(args: argparse.Namespace) -> None:
     cache = None if args.no_cache else (args.cache_dir or api.default_cache_dir())
     result = sensitivity_for(
         args.source, args.data, parse_data_args(args.data_arg), settings, _calibration(args), args.output,
-        input_names=args.input_names, cache_dir=cache,
+        input_names=args.input_names, cache_dir=cache, parallel=parallel_settings(args),
     )  # fmt: skip
     print(f"wrote {args.output}: {len(result['units'])} units, methods {', '.join(settings.methods)}")
     for method in settings.methods:
@@ -247,6 +247,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         groups=args.groups,
         smooth=smooth_settings(args),
         bias_correction=args.bias_correction,
+        parallel=parallel_settings(args),
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config

@@ -146,6 +146,30 @@ def add_timing_flags(parser: argparse.ArgumentParser, what: str = "per probe") -
     parser.add_argument("--threads", type=int, help="backend threads (default: all usable cores)")
 
 
+def add_parallel_flags(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--ray-address``: independent work on Ray (the ``trtmix[ray]`` extra)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--workers", type=int, default=0, metavar="N",
+        help="start a local Ray instance with N one-core workers and share the independent work among them: the kl "
+        "ordering's unit scores (and augmented-b's builds), frontier probes; latency is still measured one probe at a "
+        "time with nothing else running (default: 0, serial, no Ray)",
+    )
+    group.add_argument(
+        "--ray-address", metavar="auto|HOST:PORT",
+        help="join a running Ray cluster instead (`ray start` on each host; see README, 'Running on a cluster')",
+    )
+
+
+def parallel_settings(args: argparse.Namespace) -> Any:
+    """The ``ParallelSettings`` of ``--workers`` / ``--ray-address``, checked before any work."""
+    from trtmix.parallel.cluster import ParallelSettings
+
+    settings = ParallelSettings(workers=args.workers, address=args.ray_address)
+    settings.validate()
+    return settings
+
+
 NOISE_FLAGS = (  # flag, type, default, help: how probes are timed and the final choice is made under noise
     ("--timing-target", str, "3%", "time each probe until the 95%% interval of its median is within ± this, e.g. 3%%; "
                                    "0 times exactly --runs"),

@@ -12,6 +12,7 @@ from trtmix import registry
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.data.user_code import source_identity
 from trtmix.errors import TrtmixError
+from trtmix.parallel.cluster import ParallelSettings
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision
 from trtmix.quant.smooth import SmoothSettings
@@ -59,6 +60,7 @@ class CompileConfig:
     groups: bool = False  # decide units in groups (shared input, chains) as single bisection steps
     smooth: SmoothSettings = field(default_factory=SmoothSettings)  # outlier-aware scaling of MatMul/Gemm inputs
     bias_correction: bool = True  # subtract int8 weight rounding's mean output shift from unit biases
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)  # Ray workers; changes no measurement
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""
@@ -82,6 +84,7 @@ class CompileConfig:
             raise TrtmixError(f"Unknown backend {self.backend!r}.", expected=f"one of {', '.join(registry.BACKENDS)}")
         get_flavour(self.flavour, self.weight_bits).check_backend(self.backend)
         self.smooth.validate()
+        self.parallel.validate()
 
     @property
     def reference(self) -> str:

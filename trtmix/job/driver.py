@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from trtmix.errors import TrtmixError
 from trtmix.ir.graph import GraphIndex
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import SPLITS, Evaluation
+from trtmix.parallel.cluster import Cluster
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
 from trtmix.runtime.engine_report import UnitCheck, check_layers, describe, mismatches
@@ -33,9 +34,15 @@ class SearchDriver:
     """Measures plans with ``builder``'s backend against ``evaluation``; see the module docstring."""
 
     def __init__(
-        self, config: CompileConfig, builder: Builder, evaluation: Evaluation, journal: Journal
+        self,
+        config: CompileConfig,
+        builder: Builder,
+        evaluation: Evaluation,
+        journal: Journal,
+        cluster: Callable[[], Cluster | None] = lambda: None,
     ) -> None:
         self.config, self.builder, self.evaluation, self.journal = config, builder, evaluation, journal
+        self.cluster = cluster  # with --workers / --ray-address: where independent probes are measured
         self.backend = builder.require_backend()
         self.measured = 0
 
@@ -48,26 +55,44 @@ class SearchDriver:
 
         Its ``k`` is the number of units the plan puts in INT8 (a search step may flip a group of several).
         """
-        plan_hash, k = plan.stable_hash(), len(plan.int8_units())
-        recorded = self.journal.get(plan_hash)
+        recorded = self.journal.get(plan.stable_hash())
         if recorded is not None:
             return recorded
-        record: dict[str, Any] = {"plan_hash": plan_hash, "k": k, "plan": plan.to_dict()}
         start = time.perf_counter()
-        try:
-            artifact = self.builder.build(plan).artifact
-            value = self.evaluation.score("search", self.outputs(artifact, "search"))
-            stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs,
-                                      self.config.warmup, self.config.timing_policy())  # fmt: skip
-            record.update(status="ok", accuracy=value, latency=stats.to_dict(), artifact=str(artifact))
-            record.update(self._precision_check(plan, artifact))
-        except TrtmixError as err:
-            LOG.warning("probe k=%d failed: %s", k, err)
-            record.update(status="failed", error=str(err), accuracy=None, latency=None, artifact=None)
-        record["seconds"] = time.perf_counter() - start
-        self.journal.record(plan_hash, record)
+        record = self.scored(plan)
+        if record["status"] == "ok":
+            record.update(self.timed(plan, Path(record["artifact"])))
+        return self.keep(plan, record, time.perf_counter() - start)
+
+    def keep(self, plan: PrecisionPlan, record: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """Journal a measured probe (the one writer: workers return records, the driver keeps them)."""
+        record.update(plan_hash=plan.stable_hash(), k=len(plan.int8_units()), plan=plan.to_dict(), seconds=seconds)
+        if record["status"] != "ok":
+            LOG.warning("probe k=%d failed: %s", record["k"], record["error"])
+            record.update(accuracy=None, latency=None, artifact=None)
+        self.journal.record(record["plan_hash"], record)
         self.measured += 1
         return record
+
+    def scored(self, plan: PrecisionPlan, scoring_threads: int | None = None) -> dict[str, Any]:
+        """``plan`` built and scored on the search split (``scoring_threads``: fewer engine threads for scoring)."""
+        try:
+            artifact = self.builder.build(plan).artifact
+            with_threads = getattr(self.backend, "with_threads", None)
+            backend = with_threads(scoring_threads) if scoring_threads and with_threads else self.backend
+            value = self.evaluation.score("search", self.evaluation.outputs(backend, artifact, "search"))
+        except TrtmixError as err:
+            return {"status": "failed", "error": str(err)}
+        return {"status": "ok", "accuracy": value, "artifact": str(artifact)}
+
+    def timed(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
+        """The latency of a built probe and its precision check (failed: with --strict-precision and a mismatch)."""
+        try:
+            stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs,
+                                      self.config.warmup, self.config.timing_policy())  # fmt: skip
+            return {"latency": stats.to_dict(), **self._precision_check(plan, artifact)}
+        except TrtmixError as err:
+            return {"status": "failed", "error": str(err)}
 
     def precision_checks(self, plan: PrecisionPlan, artifact: Path) -> list[UnitCheck] | None:
         """Each unit's planned precision against the engine's own report (None: this engine reports nothing).
@@ -155,14 +180,25 @@ class SearchDriver:
         """Run one bisection along ``order`` (``members``: a group step's units) to its end, measuring each probe."""
         search = BisectionSearch(order, budget, self.config.default, self.config.frontier, members or {})
         progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
-        while (k := search.ask()) is not None:
-            record = self.measure(search.plan_for(k))
-            relative = record["accuracy"] / baseline_accuracy if record["status"] == "ok" else None
-            latency = record["latency"]["median_ms"] if record["status"] == "ok" else None
-            search.tell(k, relative, latency, record["status"])
-            progress.update()
-            progress.set_postfix_str(
-                f"k={k}/{search.units} " + (f"{relative:.4%} {latency:.1f} ms" if relative else "failed")
-            )
+        while (asked := search.ask()) is not None:
+            for k, record in self._next_records(search, asked):
+                relative = record["accuracy"] / baseline_accuracy if record["status"] == "ok" else None
+                latency = record["latency"]["median_ms"] if record["status"] == "ok" else None
+                search.tell(k, relative, latency, record["status"])
+                progress.update()
+                progress.set_postfix_str(
+                    f"k={k}/{search.units} " + (f"{relative:.4%} {latency:.1f} ms" if relative else "failed")
+                )
         progress.close()
         return search
+
+    def _next_records(self, search: BisectionSearch, k: int) -> list[tuple[int, dict[str, Any]]]:
+        """The probe at ``k``; on a cluster, every pending frontier probe at once (they do not depend on each other)."""
+        pending = search.pending_frontier()
+        cluster = self.cluster() if len(pending) > 1 else None
+        if cluster is None:
+            return [(k, self.measure(search.plan_for(k)))]
+        from trtmix.job.probes import measure_on_cluster  # it builds drivers of this module on the workers
+
+        records = measure_on_cluster(self, cluster, [search.plan_for(k) for k in pending])
+        return list(zip(pending, records, strict=True))

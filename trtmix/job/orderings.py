@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tqdm import tqdm
-
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import TrtmixError
 from trtmix.ir.groups import UnitGroup
@@ -18,7 +16,7 @@ from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
 from trtmix.search.orderings import gain_order, order_by_score, order_groups, order_units
-from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer
+from trtmix.sensitivity.measured import ScoringJob, TaskRunner, score_plans
 from trtmix.sensitivity.run import TORCH_METHODS
 
 CALIBRATION_FEEDS = 2  # calibration batches the measured orderings score on
@@ -45,8 +43,10 @@ class JobOrderings:
         journal: Journal,
         latency: Callable[[], LatencyModel | None] = lambda: None,
         groups: list[UnitGroup] | None = None,
+        cluster: Callable[[], TaskRunner | None] = lambda: None,
     ) -> None:
         self.source, self.config, self.builder, self.journal = source, config, builder, journal
+        self.cluster = cluster  # with --workers / --ray-address: where unit scores are measured (started lazily)
         self.latency = latency  # the job's per-unit latency model (``gain`` needs it)
         self.groups = groups or []  # with --groups: the bisection's steps (``group_order``)
 
@@ -149,15 +149,10 @@ class JobOrderings:
         """Divergence of each plan (its units INT8, the rest float) on calibration batches, from one scorer."""
         feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
         index, _ = scored_output(self.builder.model, self.config.score_output)
-        kind = PlanScorer if self.config.kl_exact else SwitchedScorer
-        scorer = kind(self.builder, self.config.metric, feeds, self.config.default, index)
-        try:
-            scores = []
-            for plan in tqdm(plans, desc=label, unit="plan"):
-                scores.append(scorer.distance(plan))
-            return scores
-        finally:
-            scorer.close()
+        ranges: Ranges = self.builder.ranges  # type: ignore[assignment]
+        job = ScoringJob(self.builder.model, self.units, ranges, self.builder.flavour, self.config.metric, feeds,
+                         self.config.default, index, exact=self.config.kl_exact)  # fmt: skip
+        return score_plans(job, plans, label, self.cluster())
 
     def _torch_orders(self, methods: list[str]) -> dict[str, dict[str, Any]]:
         """Hessian-based orderings (they need the torch model, so the source must be MODULE:FUNCTION)."""

@@ -24,6 +24,7 @@ from trtmix.job.orderings import JobOrderings, check_source
 from trtmix.job.quantizers import job_quantizers
 from trtmix.job.steps import step
 from trtmix.job.workspace import Workspace
+from trtmix.parallel.cluster import Cluster
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime import get_backend
@@ -69,13 +70,26 @@ class Pipeline:
                                                           self.journal, self.evaluation)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(config.flavour)
-        self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal)
+        self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal, self.cluster)
         self.groups = find_groups(self.units, self.model) if config.groups else []
-        self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups)
+        self._cluster: Cluster | None = None
+        self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups,
+                                      self.cluster)  # fmt: skip
+
+    def cluster(self) -> Cluster | None:
+        """With ``--workers`` / ``--ray-address``: Ray, started on first use; else None (Ray is never imported).
+
+        A job whose all-INT8 plan meets the budget computes no ordering, and so never starts Ray.
+        """
+        if self._cluster is None and self.config.parallel.enabled:
+            self._cluster = Cluster(self.config.parallel)
+        return self._cluster
 
     def close(self) -> None:
-        """Close the journal and release the output folder for the next job."""
+        """Close the journal, stop Ray if this job started it, and release the output folder for the next job."""
         self.journal.close()
+        if self._cluster is not None:
+            self._cluster.close()
         self.workspace.close()
 
     def _calibrated(self) -> Ranges:

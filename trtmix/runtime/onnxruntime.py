@@ -150,6 +150,10 @@ class OnnxRuntimeBackend(RunsThroughRunners):
         self.threads = threads or default_threads()
         self.version = onnxruntime.__version__
 
+    def with_threads(self, threads: int) -> OnnxRuntimeBackend:
+        """The same backend on ``threads`` threads (a one-core Ray task scores with one)."""
+        return OnnxRuntimeBackend(threads)
+
     def options(self) -> dict[str, object]:
         """What changes a built artifact or its timing: part of every artifact key."""
         return {"threads": self.threads}

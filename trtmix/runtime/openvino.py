@@ -86,6 +86,10 @@ class OpenVinoBackend(RunsThroughRunners):
         """The same backend timing at ``precision``: the FP32 reference is timed at ``f32``, or it is not FP32."""
         return OpenVinoBackend(self.threads, precision, self.cache_dir, self.cache_bytes)
 
+    def with_threads(self, threads: int) -> OpenVinoBackend:
+        """The same backend on ``threads`` threads (a one-core Ray task scores with one)."""
+        return OpenVinoBackend(threads, self.precision, self.cache_dir, self.cache_bytes)
+
     def options(self) -> dict[str, object]:
         """What changes a timing: threads and the inference precision (part of every artifact key)."""
         return {"threads": self.threads, "precision": self.precision}

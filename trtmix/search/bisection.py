@@ -201,6 +201,10 @@ class BisectionSearch:
             return self._frontier_queue[0]
         return None
 
+    def pending_frontier(self) -> list[int]:
+        """The frontier probes still to measure (they are independent: a cluster measures them together)."""
+        return list(self._frontier_queue) if self._stage == "frontier" else []
+
     def tell(self, k: int, relative: float | None, latency_ms: float | None, status: str = "ok") -> None:
         """Record the measurement of the plan ``ask()`` proposed."""
         expected = self.ask()

@@ -17,6 +17,7 @@ from trtmix.data.user_code import import_module_or_file, load_model_factory, spl
 from trtmix.io import atomic_write_text
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.large import model_sha256
+from trtmix.parallel.cluster import Cluster, ParallelSettings
 from trtmix.sensitivity.run import TORCH_METHODS, SensitivitySettings, compute_sensitivity
 
 
@@ -30,8 +31,12 @@ def sensitivity_for(
     *,
     input_names: list[str] | None = None,
     cache_dir: Path | None = None,
+    parallel: ParallelSettings | None = None,
 ) -> dict[str, Any]:
-    """The sensitivity result for ``source`` (MODULE:FUNCTION or .onnx), written to ``output`` and cached."""
+    """The sensitivity result for ``source`` (MODULE:FUNCTION or .onnx), written to ``output`` and cached.
+
+    With ``parallel`` enabled, the measured scores (kl, B) are shared among Ray workers.
+    """
     if source.endswith(".onnx"):
         model_path = Path(source)
     else:
@@ -59,7 +64,12 @@ def sensitivity_for(
             else None
         )
         labels = _labels(data, feeds) if settings.metric == "accuracy" else None
-        result = compute_sensitivity(model, units, ranges, feeds, settings, torch_model, labels)
+        cluster = Cluster(parallel) if parallel is not None and parallel.enabled else None
+        try:
+            result = compute_sensitivity(model, units, ranges, feeds, settings, torch_model, labels, cluster=cluster)
+        finally:
+            if cluster is not None:
+                cluster.close()
         result["model"] = source
         if cache_path is not None:
             atomic_write_text(cache_path, json.dumps(result, indent=1) + "\n")

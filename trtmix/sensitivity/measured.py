@@ -9,16 +9,32 @@ The loss is the distance of the outputs to the float model's on calibration batc
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
+from trtmix.calibration.ranges import Ranges
 from trtmix.evaluate import divergence
 from trtmix.ir.units import Unit
+from trtmix.parallel.cluster import TASK_THREADS, Failure
+from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.switched import compile_switched, switch_feeds
 from trtmix.runtime.build import Builder
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+
+class TaskRunner(Protocol):
+    """What scoring needs of a cluster (``trtmix.parallel.cluster.Cluster``)."""
+
+    workers: int
+
+    def put(self, value: Any) -> Any: ...
+
+    def map(self, function: Callable[..., Any], calls: Any, label: str) -> list[Any]: ...
 
 
 class PlanScorer:
@@ -31,13 +47,15 @@ class PlanScorer:
         feeds: list[dict[str, np.ndarray]],
         default: Precision = Precision.FP16,
         output_index: int = 0,
+        threads: int | None = None,
     ) -> None:
         self.builder, self.metric, self.feeds, self.default = builder, metric, feeds, default
         self.output_index = output_index  # the graph output the metric scores
+        self.threads = threads  # ONNX Runtime's threads (None: all usable cores)
         self.reference = self._outputs(builder.model)
 
     def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
-        with OnnxRuntimeRunner(model, optimize=True) as runner:
+        with OnnxRuntimeRunner(model, threads=self.threads, optimize=True) as runner:
             return np.concatenate([runner.infer(feed)[self.output_index] for feed in self.feeds])
 
     def distance(self, int8_units: list[str]) -> float:
@@ -63,12 +81,13 @@ class SwitchedScorer(PlanScorer):
         feeds: list[dict[str, np.ndarray]],
         default: Precision = Precision.FP16,
         output_index: int = 0,
+        threads: int | None = None,
     ) -> None:
-        super().__init__(builder, metric, feeds, default, output_index)
+        super().__init__(builder, metric, feeds, default, output_index, threads)
         if builder.ranges is None:
             raise ValueError("switched scoring needs activation ranges")
         graph, self.switches = compile_switched(builder.model, builder.units, builder.ranges, builder.flavour, default)
-        self._session = OnnxRuntimeRunner(graph, optimize=True)
+        self._session = OnnxRuntimeRunner(graph, threads=threads, optimize=True)
 
     def distance(self, int8_units: list[str]) -> float:
         """Divergence with ``int8_units`` in INT8: their switches flipped in the shared session."""
@@ -81,24 +100,68 @@ class SwitchedScorer(PlanScorer):
         self._session.close()
 
 
-def single_unit_scores(
-    scorer: PlanScorer, units: list[Unit], tick: Callable[[], None] = lambda: None
-) -> dict[str, float]:
+@dataclass
+class ScoringJob:
+    """What scoring plans needs, and nothing engine-bound, so a Ray worker can score its share of them."""
+
+    model: onnx.ModelProto
+    units: list[Unit]
+    ranges: Ranges
+    flavour: str | Flavour
+    metric: str
+    feeds: list[dict[str, np.ndarray]]
+    default: Precision = Precision.FP16
+    output_index: int = 0
+    exact: bool = False  # a compile and a session per plan (else one switched graph)
+
+    def scorer(self, threads: int | None = None) -> PlanScorer:
+        """A scorer of this job's plans (``close`` it)."""
+        kind = PlanScorer if self.exact else SwitchedScorer
+        builder = Builder(self.model, self.units, self.ranges, self.flavour)
+        return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads)
+
+
+def distances(job: ScoringJob, plans: list[list[str]], threads: int | None = None) -> list[float]:
+    """Each plan's divergence (its units INT8) from one scorer: one worker's share, or the whole serial run."""
+    scorer = job.scorer(threads)
+    try:
+        return [scorer.distance(plan) for plan in plans]
+    finally:
+        scorer.close()
+
+
+def score_plans(job: ScoringJob, plans: list[list[str]], label: str, cluster: TaskRunner | None = None) -> list[float]:
+    """Each plan's divergence, in order: serially with a progress bar, or shared among ``cluster``'s workers.
+
+    Each worker builds one scorer and scores every w-th plan.  A share whose worker was lost twice is scored here.
+    """
+    if cluster is None:
+        scorer = job.scorer()
+        try:
+            return [scorer.distance(plan) for plan in tqdm(plans, desc=label, unit="plan")]
+        finally:
+            scorer.close()
+    shares = [list(range(start, len(plans), cluster.workers)) for start in range(min(cluster.workers, len(plans)))]
+    shared_job = cluster.put(job)
+    results = cluster.map(distances, [(shared_job, [plans[i] for i in share], TASK_THREADS) for share in shares],
+                          label)  # fmt: skip
+    scores: dict[int, float] = {}
+    for share, result in zip(shares, results, strict=True):
+        if isinstance(result, Failure):
+            result = distances(job, [plans[i] for i in share])  # the job goes on without the lost worker
+        scores.update(zip(share, result, strict=True))
+    return [scores[index] for index in range(len(plans))]
+
+
+def single_unit_scores(job: ScoringJob, units: list[Unit], cluster: TaskRunner | None = None) -> dict[str, float]:
     """The ``kl`` baseline: divergence with only that unit in INT8."""
-    scores = {}
-    for unit in units:
-        scores[unit.name] = scorer.distance([unit.name])
-        tick()
-    return scores
+    names = [unit.name for unit in units]
+    return dict(zip(names, score_plans(job, [[name] for name in names], "kl", cluster), strict=True))
 
 
-def context_scores(scorer: PlanScorer, units: list[Unit], tick: Callable[[], None] = lambda: None) -> dict[str, float]:
+def context_scores(job: ScoringJob, units: list[Unit], cluster: TaskRunner | None = None) -> dict[str, float]:
     """Variant B: divergence(all INT8) − divergence(all INT8 but u)."""
-    names = [u.name for u in units]
-    everything = scorer.distance(names)
-    tick()
-    scores = {}
-    for unit in units:
-        scores[unit.name] = everything - scorer.distance([n for n in names if n != unit.name])
-        tick()
-    return scores
+    names = [unit.name for unit in units]
+    plans = [names, *([other for other in names if other != name] for name in names)]
+    everything, *without = score_plans(job, plans, "B", cluster)
+    return {name: everything - score for name, score in zip(names, without, strict=True)}

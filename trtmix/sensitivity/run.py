@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,6 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.data.recipes import checked_batches, model_input_specs
 from trtmix.ir.units import Unit
 from trtmix.quant.qdq import fake_quantize_weight
-from trtmix.runtime.build import Builder
 from trtmix.search.orderings import order_units
 from trtmix.sensitivity.hessian import (
     SensitivityError,
@@ -39,7 +38,7 @@ from trtmix.sensitivity.hessian import (
 )
 from trtmix.sensitivity.interlayer import combine_by_rank, cross_layer_terms, graph_neighbours, neighbour_terms, ranks
 from trtmix.sensitivity.mapping import map_units
-from trtmix.sensitivity.measured import PlanScorer, SwitchedScorer, context_scores, single_unit_scores
+from trtmix.sensitivity.measured import ScoringJob, TaskRunner, context_scores, single_unit_scores
 
 LOG = logging.getLogger(__name__)
 METHODS = tuple(registry.SENSITIVITY_METHODS)
@@ -82,6 +81,7 @@ def compute_sensitivity(
     labels: list[np.ndarray] | None = None,
     progress: bool = True,
     kl_scores: dict[str, float] | None = None,
+    cluster: TaskRunner | None = None,
 ) -> dict[str, Any]:
     """Scores, ranks and orderings of every requested method, with timings and the units the Hessian could not score.
 
@@ -99,23 +99,17 @@ def compute_sensitivity(
             "The Hessian-based methods need the torch model, but only an ONNX file was given.",
             fix="pass MODULE:FUNCTION instead of the .onnx, or use --method kl, noise or random",
         )
-    builder = Builder(model, units, ranges, settings.flavour)
-    scorer = PlanScorer(builder, settings.metric, feeds) if needs_measured else None
+    job = ScoringJob(model, units, ranges, settings.flavour, settings.metric, feeds)  # kl: one switched graph
     if kl_scores is not None:
         scores["kl"] = dict(kl_scores)
     elif needs_measured:
-        one_graph = SwitchedScorer(builder, settings.metric, feeds)  # every unit from one switched graph
-        scores["kl"] = _timed(
-            timings, "kl", lambda: single_unit_scores(one_graph, units, _ticker(progress, len(units), "kl"))
-        )
-        one_graph.close()
+        scores["kl"] = _timed(timings, "kl", lambda: single_unit_scores(job, units, cluster))
     unmapped: dict[str, str] = {}
     if needs_torch:
         unmapped = _torch_methods(model, units, ranges, feeds, settings, torch_model, labels, scores, timings, progress)
     if "augmented-b" in wanted:
-        scores["b"] = _timed(
-            timings, "b", lambda: context_scores(scorer, units, _ticker(progress, len(units) + 1, "B"))
-        )  # type: ignore[arg-type]
+        exact = replace(job, exact=True)  # B scores whole-graph plans: a compile per plan
+        scores["b"] = _timed(timings, "b", lambda: context_scores(exact, units, cluster))
         scores["augmented-b"] = combine_by_rank(scores["hessian"], scores["b"], settings.augment_weight)
     for name in ("noise", "random"):
         if name in wanted:

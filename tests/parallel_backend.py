@@ -1,0 +1,46 @@
+"""A real OpenVINO backend whose latency is scripted, for tests that compare choices across runs.
+
+Ray workers import it by name (the tests put the repository on their PYTHONPATH), so it lives in its own module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from trtmix.runtime.base import LatencyStats
+from trtmix.runtime.openvino import OpenVinoBackend
+from trtmix.runtime.timing import TimingPolicy
+
+
+class ScriptedLatency(OpenVinoBackend):
+    """Builds and runs with OpenVINO; ``time`` says 1 ms less 0.1 ms per QuantizeLinear in the graph.
+
+    ``die_in`` names a folder: the first build of each plan in a worker process kills that process (a lost worker);
+    with ``always_die`` every build does.
+    """
+
+    def __init__(self, threads: int | None = None, die_in: Path | None = None, always_die: bool = False) -> None:
+        super().__init__(threads=threads)
+        self.die_in, self.always_die = die_in, always_die
+        self.driver_pid = os.getpid()  # a build in any other process is a worker's
+
+    def build(self, onnx_path: Path, artifact_path: Path) -> Path:
+        """OpenVINO's build, after dying once per plan in a Ray worker when asked to."""
+        if self.die_in is not None and os.getpid() != self.driver_pid:
+            marker = self.die_in / onnx_path.name.split(".")[0]
+            if self.always_die or not marker.exists():
+                marker.touch()
+                os._exit(1)
+        return super().build(onnx_path, artifact_path)
+
+    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
+             policy: TimingPolicy | None = None) -> LatencyStats:  # fmt: skip
+        """The scripted latency of ``artifact``."""
+        quantizers = sum(node.op_type == "QuantizeLinear" for node in onnx.load(str(artifact)).graph.node)
+        latency = 1.0 - 0.1 * quantizers
+        return LatencyStats.from_samples([latency] * 5, warmup=0, threads=self.threads, provider="scripted",
+                                         device="scripted")  # fmt: skip

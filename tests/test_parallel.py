@@ -1,0 +1,165 @@
+"""Ray (``--workers``, ``--ray-address``): the same orderings and choices as the serial path, and lost workers.
+
+A local Ray instance is started by the tests (``ray.init(num_cpus=2, resources=...)``), and a two-node cluster on
+the loopback with ``ray start``.  Latency is scripted (``tests/parallel_backend.py``) where choices are compared,
+since two runs never time alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trtmix.cli import main
+from trtmix.job import pipeline as pipeline_module
+from trtmix.job.config import CompileConfig
+from trtmix.job.run import run_compile
+from trtmix.parallel.cluster import TIMING, ParallelSettings
+from trtmix.search.bisection import Budget
+
+ray = pytest.importorskip("ray", reason="the trtmix[ray] extra is not installed")
+
+from tests.parallel_backend import ScriptedLatency  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = """
+import numpy as np
+def load_data(split="calibration"):
+    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
+    for _ in range(4):
+        yield {"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
+"""
+
+
+@pytest.fixture()
+def recipe(tmp_path: Path) -> str:
+    path = tmp_path / "recipe.py"
+    path.write_text(RECIPE)
+    return str(path)
+
+
+@pytest.fixture()
+def local_ray():
+    """A local Ray instance of two one-core workers and one timing token; workers can import ``tests``."""
+    ray.init(num_cpus=2, resources={TIMING: 1}, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+def _job(recipe: str, output: Path, backend: ScriptedLatency, monkeypatch: pytest.MonkeyPatch,
+         parallel: ParallelSettings | None = None) -> dict:  # fmt: skip
+    """A compile of the tiny conv net with ``backend``; --frontier 3 and the final choice by the search's medians."""
+    monkeypatch.setattr(pipeline_module, "get_backend", lambda *args, **kwargs: backend)
+    config = CompileConfig(data=recipe, budget=Budget.parse("0.002%"), metric="cosine", frontier=3, final_rounds=0,
+                           runs=3, parallel=parallel or ParallelSettings())  # fmt: skip
+    return run_compile("trtmix.models.tiny:convnet", output, config)
+
+
+def test_a_local_cluster_orders_and_chooses_as_the_serial_path(recipe, tmp_path, monkeypatch, local_ray) -> None:
+    serial = _job(recipe, tmp_path / "serial", ScriptedLatency(), monkeypatch)
+    parallel = _job(recipe, tmp_path / "parallel", ScriptedLatency(), monkeypatch, ParallelSettings(workers=2))
+    ranks = [{unit["name"]: unit["ranks"]["kl"] for unit in report["units"]} for report in (serial, parallel)]
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 5
+    assert serial["chosen"] == parallel["chosen"] and serial["chosen_k"] > 0
+    assert serial["orderings_computed"] == {"kl": True}, "the budget makes the bisection walk the ordering"
+    probes = {p["k"]: p for p in serial["probes"]}
+    assert len(probes) >= 5, "bisection plus frontier probes"
+    for probe in parallel["probes"]:
+        assert probe["status"] == "ok"
+        assert probe["accuracy"] == pytest.approx(probes[probe["k"]]["accuracy"], abs=1e-6)
+        assert probe["latency"]["median_ms"] == probes[probe["k"]]["latency"]["median_ms"]
+
+
+def test_a_lost_worker_is_retried_once_then_its_probe_fails_and_the_job_goes_on(
+    recipe, tmp_path, monkeypatch, local_ray
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    retried = _job(recipe, tmp_path / "retried", ScriptedLatency(die_in=markers), monkeypatch,
+                   ParallelSettings(workers=2))  # fmt: skip
+    died = {marker.name for marker in markers.iterdir()}
+    assert len(died) >= 2, "a worker died on each frontier probe's first build"
+    assert all(p["status"] == "ok" for p in retried["probes"]), "each died once and its retry succeeded"
+    assert died <= {p["plan_hash"] for p in retried["probes"]}
+
+    lost = _job(recipe, tmp_path / "lost", ScriptedLatency(die_in=markers, always_die=True), monkeypatch,
+                ParallelSettings(workers=2))  # fmt: skip
+    failed = [p for p in lost["probes"] if p["status"] == "failed"]
+    assert failed and all("lost twice" in p["error"] for p in failed)
+    assert len(failed) == len(died) and lost["chosen"] is not None, "the bisection's own probes still count"
+
+
+def test_without_the_flags_ray_is_never_imported(recipe, tmp_path) -> None:
+    code = ("import sys; from trtmix.cli import main; "
+            f"code = main(['-q', 'compile', 'trtmix.models.tiny:convnet', '--data', {recipe!r}, '--metric', 'cosine', "
+            f"'-o', {str(tmp_path / 'out')!r}, '--runs', '3', '--frontier', '2', '--max-drop', '0.002%']); "
+            "assert code == 0 and 'ray' not in sys.modules, sorted(m for m in sys.modules if 'ray' in m)")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_without_ray_the_flags_name_the_extra(recipe, tmp_path) -> None:
+    code = ("import sys; sys.modules['ray'] = None; from trtmix.cli import main; "
+            f"sys.exit(main(['compile', 'trtmix.models.tiny:convnet', '--data', {recipe!r}, '--metric', 'cosine', "
+            f"'-o', {str(tmp_path / 'out')!r}, '--runs', '3', '--frontier', '2', '--workers', '2']))")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "pip install 'trtmix[ray]'" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_bad_parallel_flags_are_refused_before_any_work(tmp_path, capsys) -> None:
+    args = ["compile", "trtmix.models.tiny:convnet", "--data", "x.py", "-o", str(tmp_path / "o")]
+    with pytest.raises(SystemExit):
+        main([*args, "--workers", "2", "--ray-address", "auto"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main([*args, "--workers", "-1"]) != 0
+    assert "--workers must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture()
+def two_nodes(tmp_path: Path):
+    """A head node and a second node on the loopback, each with one core and one timing token."""
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
+    if ray_cli is None:
+        pytest.skip("the ray command is not installed")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # fmt: skip
+    port = 6391
+    resources = json.dumps({TIMING: 1})
+    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    try:
+        node = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--resources={resources}"]
+        subprocess.run([ray_cli, "start", "--head", f"--port={port}", *node, "--include-dashboard=false",
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)  # fmt: skip
+        subprocess.run([ray_cli, "start", f"--address=127.0.0.1:{port}", *node], env=env, check=True,
+                       capture_output=True, timeout=180)  # fmt: skip
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_compile_runs_end_to_end_on_a_two_node_cluster(recipe, tmp_path, two_nodes) -> None:
+    address, env = two_nodes
+    status = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address={address!r}, "
+                             "log_to_driver=False); print(len([n for n in ray.nodes() if n['Alive']]))"],
+                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert status.stdout.strip().splitlines()[-1] == "2", status.stderr[-2000:]
+    output = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "trtmix.cli", "compile", "trtmix.models.tiny:convnet", "--data",
+                             recipe, "--metric", "cosine", "-o", str(output), "--runs", "3", "--frontier", "3",
+                             "--max-drop", "0.002%", "--ray-address", address], env=env, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads((output / "report.json").read_text())
+    assert report["chosen"] is not None and len(report["probes"]) >= 5
+    assert all(p["status"] == "ok" and p["latency"]["median_ms"] > 0 for p in report["probes"])

@@ -1,0 +1,1 @@
+"""Spreading a job's independent work over Ray workers (``--workers``, ``--ray-address``)."""

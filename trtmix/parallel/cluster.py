@@ -1,0 +1,159 @@
+"""Ray, when a job asks for it: the only module of trtmix that imports ``ray``.
+
+``--workers N`` starts a local Ray instance with N one-core workers; ``--ray-address`` joins a running cluster.
+Without either nothing here is imported and every job runs serially, as before.
+
+* Work that does not time anything (scoring plans for an ordering, building and scoring probes) runs anywhere, one
+  core per task and one engine thread per task (``TASK_THREADS``), so the workers together use the cores and no more.
+* Latency is never measured beside other work on the same device.  Every node offers ``trtmix_timing`` tokens, one
+  per device (one per CPU host; one per GPU on a TensorRT host).  A timing task holds a token of the node that built
+  the probe, and on a CPU host also every core of that node, so nothing else runs while it times.
+* Ray retries a task whose worker died once (``max_retries=1``); after that the caller gets a ``Failure`` and
+  decides (the driver journals the probe as failed; an ordering rescores the lost part itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from trtmix.errors import TrtmixError
+
+LOG = logging.getLogger(__name__)
+TIMING = "trtmix_timing"  # the custom resource: one token per timing device on each node
+RETRIES = 1
+TASK_THREADS = 1  # engine threads of a one-core task
+
+
+@dataclass(frozen=True)
+class ParallelSettings:
+    """``--workers`` and ``--ray-address``; neither set means the serial path."""
+
+    workers: int = 0
+    address: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the job runs on Ray."""
+        return bool(self.workers or self.address)
+
+    def validate(self) -> None:
+        """Refuse a negative worker count, and both flags at once (a cluster brings its own workers)."""
+        if self.workers < 0:
+            raise TrtmixError(f"--workers must be 0 or more (got {self.workers}).", fix="use --workers 2, or omit it")
+        if self.workers and self.address:
+            raise TrtmixError(
+                "--workers starts a local Ray instance and --ray-address joins a running one: pass one of them.",
+                fix="use --workers N on one machine, or --ray-address auto|HOST:PORT for a cluster",
+            )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A task that failed after its retry: what it was and why."""
+
+    label: str
+    error: str
+
+
+def import_ray() -> Any:
+    """``ray``, or a clear error naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError as err:
+        raise TrtmixError(
+            "--workers and --ray-address need Ray, which is not installed.",
+            fix="pip install 'trtmix[ray]'",
+        ) from err
+    return ray
+
+
+class Cluster:
+    """A connected Ray: tasks on one-core workers, and exclusive timing; see the module docstring."""
+
+    def __init__(self, settings: ParallelSettings) -> None:
+        settings.validate()
+        self.ray = ray = import_ray()
+        self.started = not ray.is_initialized()
+        if self.started:
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+            if settings.address:
+                ray.init(address=settings.address, **options)
+            else:
+                ray.init(num_cpus=settings.workers, resources={TIMING: 1}, **options)
+        self.workers = int(ray.cluster_resources().get("CPU", 1))
+        if not ray.cluster_resources().get(TIMING):
+            LOG.warning("no node of this Ray cluster offers %r: timing runs on the driver (see README, "
+                        "'Running on a cluster')", TIMING)  # fmt: skip
+
+    def map(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]], label: str) -> list[Any]:
+        """``function(*call)`` for every call on the workers, in order; a call that failed twice is a ``Failure``."""
+        remote = self.ray.remote(num_cpus=1, max_retries=RETRIES)(function)
+        return self._gather([remote.remote(*call) for call in calls], label)
+
+    def put(self, value: Any) -> Any:
+        """``value`` in the object store once, for many tasks to read."""
+        return self.ray.put(value)
+
+    def timing_options(self, node_id: str | None) -> dict[str, Any]:
+        """Where a timing task may run: on ``node_id`` (the probe's builder), holding its token and all its cores."""
+        if not self.ray.cluster_resources().get(TIMING):
+            return {"num_cpus": 1}
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cores = next((node["Resources"].get("CPU", 1) for node in self.ray.nodes()
+                      if node["NodeID"] == node_id and node["Alive"]), 1)  # fmt: skip
+        options: dict[str, Any] = {"num_cpus": cores, "resources": {TIMING: 1}}
+        if node_id is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        return options
+
+    def submit(self, function: Callable[..., Any], call: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """One task with ``options`` (resources, placement); ``gather`` collects it."""
+        return self.ray.remote(max_retries=RETRIES, **options)(function).remote(*call)
+
+    def gather(self, refs: Sequence[Any], label: str) -> list[Any]:
+        """The results of ``refs`` in order (``Failure`` for a task that failed after its retry)."""
+        return self._gather(list(refs), label)
+
+    def _gather(self, refs: list[Any], label: str) -> list[Any]:
+        results: dict[int, Any] = {}
+        index = {ref: position for position, ref in enumerate(refs)}
+        pending = list(refs)
+        with tqdm(total=len(refs), desc=f"{label} ({self.workers} workers)", unit="task") as progress:
+            while pending:
+                done, pending = self.ray.wait(pending, num_returns=1)
+                for ref in done:
+                    results[index[ref]] = self._result(ref, f"{label} #{index[ref]}")
+                    progress.update()
+        return [results[position] for position in range(len(refs))]
+
+    def _result(self, ref: Any, label: str) -> Any:
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, TrtmixError):
+                raise cause from None  # the task's own clear error, as the serial path would raise it
+            LOG.warning("%s failed after %d retry: %s", label, RETRIES, str(err).splitlines()[0])
+            return Failure(label, str(err).splitlines()[0])
+
+    def close(self) -> None:
+        """Shut Ray down if this process started it."""
+        if self.started:
+            self.ray.shutdown()
+
+
+def current_node() -> str | None:
+    """Inside a Ray task, the node it runs on (where its files are); elsewhere None, importing nothing."""
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
+
