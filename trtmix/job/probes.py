@@ -2,8 +2,8 @@
 
 A worker rebuilds the job's driver from a ``ProbeContext`` (the float model, ranges, backend, artifact folder and
 evaluation data, shipped once through Ray's object store) with no journal: it returns records, and only the driver
-writes them.  Scoring runs on one engine thread per task; timing runs as a second task that holds the node's timing
-token and every core of that node (``Cluster.timing_options``), on the node that built the artifact.
+writes them.  Scoring runs on one engine thread per task; timing runs as a second task, on the node that built the
+artifact, holding a timing token and the device: every core of a CPU host, or one GPU (``Cluster.timing_options``).
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ def measure_on_cluster(driver: SearchDriver, cluster: Cluster, plans: list[Preci
         context = cluster.put(ProbeContext.of(driver))
         scored = cluster.map(build_and_score, [(context, plan.to_dict()) for plan in todo], "probes: build, score")
         scored = [_record(result) for result in scored]
+        gpu = driver.backend.name == "tensorrt"  # the device a TensorRT probe is timed on
         timing = {index: cluster.submit(time_probe, (context, todo[index].to_dict(), record["artifact"]),
-                                        cluster.timing_options(record.get("node")))
+                                        cluster.timing_options(record.get("node"), gpu))
                   for index, record in enumerate(scored) if record["status"] == "ok"}  # fmt: skip
         for index, timed in zip(timing, cluster.gather(list(timing.values()), "probes: timing"), strict=True):
             scored[index] = _merged(scored[index], _record(timed))

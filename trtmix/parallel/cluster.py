@@ -100,15 +100,20 @@ class Cluster:
         """``value`` in the object store once, for many tasks to read."""
         return self.ray.put(value)
 
-    def timing_options(self, node_id: str | None) -> dict[str, Any]:
-        """Where a timing task may run: on ``node_id`` (the probe's builder), holding its token and all its cores."""
+    def timing_options(self, node_id: str | None, gpu: bool = False) -> dict[str, Any]:
+        """Where a timing task may run: on ``node_id`` (the probe's builder), holding one of its tokens.
+
+        On a CPU host the device is the CPU, so the task also holds every core of the node; on a GPU host
+        (``gpu``) it holds one GPU, which Ray makes the task's only visible one.
+        """
         if not self.ray.cluster_resources().get(TIMING):
             return {"num_cpus": 1}
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         cores = next((node["Resources"].get("CPU", 1) for node in self.ray.nodes()
                       if node["NodeID"] == node_id and node["Alive"]), 1)  # fmt: skip
-        options: dict[str, Any] = {"num_cpus": cores, "resources": {TIMING: 1}}
+        device: dict[str, Any] = {"num_cpus": 1, "num_gpus": 1} if gpu else {"num_cpus": cores}
+        options: dict[str, Any] = {**device, "resources": {TIMING: 1}}
         if node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
         return options
