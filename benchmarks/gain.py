@@ -2,7 +2,7 @@
 
     python benchmarks/gain.py [--models minilm efficientnet-lite0 digits-resnet bert-base resnet-50 mobilenetv2]
                               [--orderings gain kl kl+groups gain+groups random hessian augmented-a]
-                              [--runs 20] [--json gain.json]
+                              [--runs 20] [--json gain.json] [--workers N | --ray-address auto|HOST:PORT]
 
 For each model, `trtmix compile` pipelines (tensorrt flavour, OpenVINO, budgets relative to the all-FP16 plan); an
 ordering ending in `+groups` runs with `--groups` (a group of units is one step):
@@ -19,7 +19,8 @@ ordering ending in `+groups` runs with `--groups` (a group of units is one step)
 `bert-base`, `resnet-50` and `mobilenetv2` are the paper's architectures at real size from `trtmix.models.zoo`
 (seeded random init, dynamo export, batch 1): their accuracy is fidelity to their own FP32 output, and the Hessian
 orderings need a torch source, so they run the ONNX orderings only. The CPU line says which machine this was. Every
-number comes from this one run.
+number comes from this one run. ``--workers`` / ``--ray-address`` score the ``kl`` ordering on Ray workers, as
+``compile`` does.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper import MODELS  # noqa: E402
 from zoo import RECIPE, data_args  # noqa: E402
 
+from trtmix.cli.flags import add_parallel_flags, parallel_settings  # noqa: E402
 from trtmix.job.config import CompileConfig  # noqa: E402
 from trtmix.job.latency import add_predictions, job_group_savings  # noqa: E402
 from trtmix.job.pipeline import Pipeline  # noqa: E402
 from trtmix.models.zoo import export_as_user, zoo_model  # noqa: E402
+from trtmix.parallel.cluster import ParallelSettings  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
 from trtmix.runtime.cpu import cpu_features  # noqa: E402
 from trtmix.search.bisection import Budget, hypervolume  # noqa: E402
@@ -53,11 +56,12 @@ REAL = {"bert-base": ("bert", "text"), "resnet-50": ("resnet", "image"), "mobile
 GROUPS = "+groups"
 
 
-def _config(name: str, folder: Path, orderings: list[str], runs: int) -> tuple[str, CompileConfig]:
+def _config(name: str, folder: Path, orderings: list[str], runs: int,
+            parallel: ParallelSettings) -> tuple[str, CompileConfig]:  # fmt: skip
     """The source and the job settings of ``name`` (a real-size zoo graph is exported into ``folder`` first)."""
     bases = [o.removesuffix(GROUPS) for o in orderings]
     common = {"budget": Budget.parse("1%"), "ordering": bases[0], "compare": tuple(bases[1:]), "runs": runs,
-              "groups": orderings[0].endswith(GROUPS)}  # fmt: skip
+              "groups": orderings[0].endswith(GROUPS), "parallel": parallel}  # fmt: skip
     if name in REAL:
         zoo_name, kind = REAL[name]
         path = folder / f"{name}.onnx"
@@ -70,7 +74,8 @@ def _config(name: str, folder: Path, orderings: list[str], runs: int) -> tuple[s
                                       eval_batches=spec.eval_batches, **common)  # fmt: skip
 
 
-def run_model(name: str, folder: Path, runs: int, orderings: list[str]) -> dict[str, Any]:
+def run_model(name: str, folder: Path, runs: int, orderings: list[str],
+              parallel: ParallelSettings = ParallelSettings()) -> dict[str, Any]:  # fmt: skip
     """The sweep, the searches and the latency model's check for one model (two pipelines: without and with groups)."""
     if name in REAL:
         orderings = [o for o in orderings if o.removesuffix(GROUPS) not in TORCH_METHODS]
@@ -79,7 +84,7 @@ def run_model(name: str, folder: Path, runs: int, orderings: list[str]) -> dict[
     for grouped in (False, True):
         chosen = [o for o in orderings if o.endswith(GROUPS) == grouped]
         if chosen:
-            source, config = _config(name, folder, chosen, runs)
+            source, config = _config(name, folder, chosen, runs, parallel)
             pipeline = Pipeline(source, folder / name, config)
             try:
                 _measure(pipeline, chosen, result, records)
@@ -182,6 +187,7 @@ def main() -> None:
                         help="orderings to compare; NAME+groups runs NAME with --groups")  # fmt: skip
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    add_parallel_flags(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(cpu_features().describe())
@@ -189,7 +195,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trtmix-gain-") as folder:
         for name in args.models:
             print(f"{name}...", file=sys.stderr, flush=True)
-            results.append(run_model(name, Path(folder), args.runs, args.orderings))
+            results.append(run_model(name, Path(folder), args.runs, args.orderings, parallel_settings(args)))
             print(markdown(results[-1]) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

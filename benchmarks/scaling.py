@@ -1,7 +1,7 @@
 """Scaling: what one `trtmix compile` costs in seconds and memory as the model grows, one process per run.
 
     python benchmarks/scaling.py [--models minilm bert-base bert-large resnet-50 mlp-2.3gb] [--budgets 1% 0.1%]
-                                 [--timeout 1200] [--json s.json]
+                                 [--timeout 1200] [--json s.json] [--workers N | --ray-address auto|HOST:PORT]
 
 Each (model, budget) runs in a fresh child process with its own empty calibration cache and output folder, so its
 peak RSS (``getrusage``) and its seconds are that job's alone.  The child exports the model (``transformers`` BERT-base
@@ -29,6 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from trtmix.cli.flags import add_parallel_flags, parallel_settings  # noqa: E402
+
 MODELS = {"minilm": None, "bert-base": ("bert", "real"), "bert-large": ("bert", "large"),
           "resnet-50": ("resnet", "real"), "mlp-2.3gb": None}  # fmt: skip
 # mlp-2.3gb: two MatMuls, 4096 → 70000 → 4096 floats (2.29 GB of weights, over protobuf's 2 GiB), batch 1, seeded.
@@ -43,7 +45,7 @@ def load_data(split="calibration"):
 MINILM_DATA = "trtmix.models.minilm:load_data"
 
 
-def child(name: str, budget: str, folder: Path) -> dict[str, Any]:
+def child(name: str, budget: str, folder: Path, parallel: Any = None) -> dict[str, Any]:
     """One run, in this process: export, calibrate, compile; seconds and peak RSS after each phase."""
     from zoo import RECIPE, data_args
 
@@ -77,7 +79,8 @@ def child(name: str, budget: str, folder: Path) -> dict[str, Any]:
     start = time.perf_counter()
     collect_ranges(path, data, "calibration", data_args=args, cache_dir=default_cache_dir(), progress=False)
     _phase(row, "calibration", start)
-    config = CompileConfig(data=data, budget=Budget.parse(budget), metric=metric, data_args=tuple(sorted(args.items())))
+    config = CompileConfig(data=data, budget=Budget.parse(budget), metric=metric, data_args=tuple(sorted(args.items())),
+                           **({"parallel": parallel} if parallel is not None else {}))  # fmt: skip
     start = time.perf_counter()
     report = api.compile(str(path), folder / "job", config, fresh=True)
     _phase(row, "compile", start)
@@ -115,11 +118,11 @@ def _phase(row: dict[str, Any], name: str, start: float) -> None:
     row["peak_rss_mb"][name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def run(name: str, budget: str, timeout: float) -> dict[str, Any]:
+def run(name: str, budget: str, timeout: float, parallel_flags: list[str]) -> dict[str, Any]:
     """``child`` in a fresh process with its own calibration cache; its JSON row, or the error it died of."""
     with tempfile.TemporaryDirectory(prefix=f"trtmix-scaling-{name}-") as folder:
         env = {**os.environ, "TRTMIX_CACHE": str(Path(folder) / "cache")}
-        command = [sys.executable, __file__, "--child", name, "--budget", budget, "--folder", folder]
+        command = [sys.executable, __file__, "--child", name, "--budget", budget, "--folder", folder, *parallel_flags]
         try:
             done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -166,10 +169,13 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--budget", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    add_parallel_flags(parser)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.budget, args.folder)), flush=True)
+        print(json.dumps(child(args.child, args.budget, args.folder, parallel_settings(args))), flush=True)
         return
+    parallel_flags = ["--workers", str(args.workers)] if args.workers else []
+    parallel_flags += ["--ray-address", args.ray_address] if args.ray_address else []
     from trtmix.runtime.cpu import cpu_features
 
     print(cpu_features().describe(), flush=True)
@@ -177,7 +183,7 @@ def main() -> None:
     for name in args.models:
         for budget in args.budgets:
             print(f"{name} at {budget}...", file=sys.stderr, flush=True)
-            rows.append(run(name, budget, args.timeout))
+            rows.append(run(name, budget, args.timeout, parallel_flags))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(markdown(rows), flush=True)
     if args.json:

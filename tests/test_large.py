@@ -15,19 +15,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from tests.conftest import TINY_RECIPE as RECIPE
 from tests.conftest import batches_for
 from trtmix.cli import main
 from trtmix.ir import large
 from trtmix.ir.graph import load_onnx, save_onnx
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
-
-RECIPE = """
-import numpy as np
-def load_data(split="calibration"):
-    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
-    for _ in range(4):
-        yield {"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)}
-"""
 
 
 @pytest.fixture()

@@ -3,6 +3,8 @@
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trtmix.errors import TrtmixError
 from trtmix.search.bisection import BisectionSearch, Budget, pareto
@@ -121,3 +123,60 @@ def test_hypervolume():
     # A second, faster but less accurate point adds its own strip; a dominated point adds nothing.
     assert hypervolume([(0.5, 1.0), (0.25, 0.95), (0.6, 0.99)], (1.0, 0.9)) == pytest.approx(0.05 + 0.25 * 0.05)
     assert hypervolume([(1.5, 1.0), (0.5, 0.8)], (1.0, 0.9)) == 0.0
+
+
+def drive_k_section(search, accuracy_of_k, latency_of_k, workers, failing=()):
+    """The driver's loop on a cluster of ``workers``: ``speculate``, record the extra points, tell the asked one."""
+    rounds = 0
+    while (asked := search.ask()) is not None:
+        rounds += 1
+        frontier = search.pending_frontier()
+        ks = frontier if len(frontier) > 1 else [*search.speculate(workers)[1:], asked]
+        for k in ks:
+            measured = (None, None, "failed") if k in failing else (accuracy_of_k(k), latency_of_k(k), "ok")
+            (search.tell if k == asked or frontier else search.record)(k, *measured)
+    return rounds
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    count=st.integers(2, 40),
+    workers=st.integers(2, 6),
+    accuracies=st.lists(st.floats(0.9, 1.0), min_size=41, max_size=41),
+    latencies=st.lists(st.floats(1.0, 100.0), min_size=41, max_size=41),
+    failing=st.sets(st.integers(0, 40), max_size=3),
+    budget=st.sampled_from([("1%", None), ("5%", None), (None, "96:99"), (None, "99:99.9")]),
+    frontier=st.integers(0, 3),
+)
+def test_k_section_never_chooses_a_slower_plan_than_the_serial_bisection(
+    count, workers, accuracies, latencies, failing, budget, frontier
+):
+    """Same (scripted, possibly non-monotone) measurements: k-section measures a superset of the serial probes."""
+    accuracy_of_k, latency_of_k = accuracies.__getitem__, latencies.__getitem__
+    serial = BisectionSearch(units(count), Budget.parse(*budget), frontier=frontier)
+    drive(serial, accuracy_of_k, latency_of_k, failing)
+    parallel = BisectionSearch(units(count), Budget.parse(*budget), frontier=frontier)
+    drive_k_section(parallel, accuracy_of_k, latency_of_k, workers, failing)
+    assert set(serial.probes) <= set(parallel.probes)
+    assert parallel.stop_reason == serial.stop_reason
+    if serial.best() is not None:
+        assert parallel.best().latency_ms <= serial.best().latency_ms
+
+
+def test_k_section_takes_fewer_rounds_with_more_workers():
+    rounds = {}
+    for workers in (1, 3, 7):
+        search = BisectionSearch(units(64), Budget.parse("1%"))
+        rounds[workers] = drive_k_section(search, lambda k: 1.0 - 0.0005 * k, lambda k: 100.0 - k, workers)
+        assert search.best().k == 20
+    assert rounds[1] == 2 + 6 and rounds[3] == 2 + 3 and rounds[7] == 2 + 2
+
+
+def test_k_section_stops_where_the_serial_bisection_lands_inside_the_range():
+    # Serial: 16, 0, 8 (99.2%), 12 (98.8%: inside 98.5..99.0, stop). With 3 workers, 4 and 12 come with 8.
+    serial = BisectionSearch(units(16), Budget.parse(accuracy_range="98.5:99.0"))
+    drive(serial, lambda k: 1.0 - 0.001 * k)
+    parallel = BisectionSearch(units(16), Budget.parse(accuracy_range="98.5:99.0"))
+    drive_k_section(parallel, lambda k: 1.0 - 0.001 * k, lambda k: 100.0 - k, workers=3)
+    assert serial.stop_reason == parallel.stop_reason == "k=12 landed inside the accuracy range"
+    assert sorted(parallel.probes) == [0, 4, 8, 12, 16]

@@ -152,12 +152,14 @@ def add_parallel_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--workers", type=int, default=0, metavar="N",
         help="start a local Ray instance with N one-core workers and share the independent work among them: the kl "
-        "ordering's unit scores (and augmented-b's builds), frontier probes; latency is still measured one probe at a "
-        "time with nothing else running (default: 0, serial, no Ray)",
+        "ordering's unit scores (and augmented-b's builds), frontier probes, and the bisection points that may come "
+        "next (k-section); latency is still measured one probe at a time with nothing else running (default: 0, "
+        "serial, no Ray)",
     )
     group.add_argument(
         "--ray-address", metavar="auto|HOST:PORT",
-        help="join a running Ray cluster instead (`ray start` on each host; see README, 'Running on a cluster')",
+        help="join a running Ray cluster instead (`ray start` on each host; see the README section 'Running on several "
+        "workers or a cluster')",
     )
 
 

@@ -181,10 +181,14 @@ class SearchDriver:
         search = BisectionSearch(order, budget, self.config.default, self.config.frontier, members or {})
         progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
         while (asked := search.ask()) is not None:
-            for k, record in self._next_records(search, asked):
+            frontier = search.pending_frontier()
+            for k, record in self._next_records(search, asked, frontier):
                 relative = record["accuracy"] / baseline_accuracy if record["status"] == "ok" else None
                 latency = record["latency"]["median_ms"] if record["status"] == "ok" else None
-                search.tell(k, relative, latency, record["status"])
+                if k == asked or frontier:
+                    search.tell(k, relative, latency, record["status"])
+                else:
+                    search.record(k, relative, latency, record["status"])  # a k-section point, ahead of the bisection
                 progress.update()
                 progress.set_postfix_str(
                     f"k={k}/{search.units} " + (f"{relative:.4%} {latency:.1f} ms" if relative else "failed")
@@ -192,13 +196,19 @@ class SearchDriver:
         progress.close()
         return search
 
-    def _next_records(self, search: BisectionSearch, k: int) -> list[tuple[int, dict[str, Any]]]:
-        """The probe at ``k``; on a cluster, every pending frontier probe at once (they do not depend on each other)."""
-        pending = search.pending_frontier()
-        cluster = self.cluster() if len(pending) > 1 else None
+    def _next_records(
+        self, search: BisectionSearch, asked: int, frontier: list[int]
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The probe at ``asked``, or on a cluster several at once, ``asked`` last.
+
+        They are every pending frontier probe, or ``asked`` and the bisection points that may come next, one per worker
+        (``BisectionSearch.speculate``).
+        """
+        cluster = self.cluster() if len(frontier) > 1 or search.speculate(2)[1:] else None
         if cluster is None:
-            return [(k, self.measure(search.plan_for(k)))]
+            return [(asked, self.measure(search.plan_for(asked)))]
         from trtmix.job.probes import measure_on_cluster  # it builds drivers of this module on the workers
 
-        records = measure_on_cluster(self, cluster, [search.plan_for(k) for k in pending])
-        return list(zip(pending, records, strict=True))
+        ks = frontier if len(frontier) > 1 else [*search.speculate(cluster.workers)[1:], asked]
+        records = measure_on_cluster(self, cluster, [search.plan_for(k) for k in ks])
+        return list(zip(ks, records, strict=True))

@@ -88,8 +88,13 @@ class Cluster:
                 ray.init(num_cpus=settings.workers, resources={TIMING: 1}, **options)
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         if not ray.cluster_resources().get(TIMING):
-            LOG.warning("no node of this Ray cluster offers %r: timing runs on the driver (see README, "
-                        "'Running on a cluster')", TIMING)  # fmt: skip
+            self.close()
+            raise TrtmixError(
+                f"No node of the Ray cluster at {settings.address} offers the {TIMING!r} resource, so trtmix cannot "
+                "keep latency measurements apart from other work.",
+                expected=f"every node started with --resources='{{\"{TIMING}\": N}}' (N: its GPUs; 1 on a CPU host)",
+                fix="restart the nodes with that flag (README: 'Running on several workers or a cluster')",
+            )
 
     def map(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]], label: str) -> list[Any]:
         """``function(*call)`` for every call on the workers, in order; a call that failed twice is a ``Failure``."""
@@ -106,8 +111,6 @@ class Cluster:
         On a CPU host the device is the CPU, so the task also holds every core of the node; on a GPU host
         (``gpu``) it holds one GPU, which Ray makes the task's only visible one.
         """
-        if not self.ray.cluster_resources().get(TIMING):
-            return {"num_cpus": 1}
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         cores = next((node["Resources"].get("CPU", 1) for node in self.ray.nodes()

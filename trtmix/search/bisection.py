@@ -201,6 +201,35 @@ class BisectionSearch:
             return self._frontier_queue[0]
         return None
 
+    def speculate(self, count: int) -> list[int]:
+        """Up to ``count`` ks to measure at once, ``ask()``'s first (k-section along the bisection's own tree).
+
+        In the bisection stage the others are the midpoints of the intervals each answer would leave, breadth first.
+        ``record`` keeps them and ``tell`` walks the bisection through them as it would through its own probes, so
+        given the same measurements the search takes the serial bisection's every step, measures a superset of its
+        probes, and ``best`` cannot come out slower.  Outside the bisection stage: ``ask()`` alone.
+        """
+        first = self.ask()
+        if first is None:
+            return []
+        if self._stage != "bisect" or count <= 1:
+            return [first]
+        chosen: list[int] = []
+        intervals = [(self._low, self._high)]
+        while intervals and len(chosen) < count:
+            low, high = intervals.pop(0)
+            if high - low <= 1:
+                continue
+            middle = (low + high) // 2
+            if middle not in self.probes:
+                chosen.append(middle)
+            intervals += [(low, middle), (middle, high)]
+        return chosen
+
+    def record(self, k: int, relative: float | None, latency_ms: float | None, status: str = "ok") -> None:
+        """A measurement the search did not ask for yet (``speculate``); the bisection uses it when it gets there."""
+        self.probes[k] = Probe(k, relative if status == "ok" else None, latency_ms, status)
+
     def pending_frontier(self) -> list[int]:
         """The frontier probes still to measure (they are independent: a cluster measures them together)."""
         return list(self._frontier_queue) if self._stage == "frontier" else []
@@ -252,6 +281,9 @@ class BisectionSearch:
             if middle not in self.probes:
                 return
             probe = self.probes[middle]
+            if self.budget.feasible(probe.relative) and self.budget.inside(probe.relative):
+                self._finish(f"k={middle} landed inside the accuracy range")  # as if it had just been asked
+                return
             self._low, self._high = (
                 (middle, self._high) if self.budget.feasible(probe.relative) else (self._low, middle)
             )
