@@ -101,7 +101,8 @@ def _write_mlp(path: Path) -> None:
     from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[0])), name)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(shape[0])),
+                                       name)
                for name, shape in (("w1", (4096, MLP_WIDTH)), ("w2", (MLP_WIDTH, 4096)))]  # fmt: skip
     nodes = [helper.make_node("MatMul", ["input", "w1"], ["h"], name="fc1"),
              helper.make_node("Relu", ["h"], ["r"], name="relu"),

@@ -1,8 +1,8 @@
 """Models over protobuf's 2 GiB limit go through their skeleton: each path gives what the one-message path gives.
 
-A real 2 GiB model costs minutes and more memory than CI has (``benchmarks/large_model.py`` runs one); here the
-limit is lowered so the tiny models take the very same skeleton paths, and their results are compared with the
-one-message paths on the same model.
+A real 2 GiB model costs minutes and more memory than CI has (``benchmarks/scaling.py --models mlp-2.3gb`` runs
+one).  Here the limit is lowered so the tiny models take the very same skeleton paths, and their results are
+compared with the one-message paths on the same model.
 """
 
 from __future__ import annotations

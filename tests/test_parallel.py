@@ -169,3 +169,18 @@ def test_a_cluster_without_timing_tokens_is_refused() -> None:
         assert "--resources" in str(caught.value)
     finally:
         ray.shutdown()
+
+
+def test_sensitivity_on_workers_gives_the_serial_scores(recipe, tmp_path) -> None:
+    results = []
+    for label, flags in (("serial", []), ("workers", ["--workers", "2"])):
+        output = tmp_path / f"{label}.json"
+        args = ["-q", "sensitivity", "trtmix.models.tiny:convnet", "--data", recipe, "--method", "kl", "augmented-b",
+                "--max-probes", "4", "--no-cache", "-o", str(output), *flags]  # fmt: skip
+        assert main(args) == 0
+        results.append(json.loads(output.read_text()))
+    assert not ray.is_initialized(), "the command stops the Ray instance it started"
+    for unit, scores in results[0]["units"].items():
+        for method in ("kl", "b"):
+            assert results[1]["units"][unit]["scores"][method] == pytest.approx(scores["scores"][method], rel=1e-4,
+                                                                                 abs=1e-9)  # fmt: skip
