@@ -1,4 +1,4 @@
-"""A real OpenVINO backend whose latency is scripted, for tests that compare choices across runs.
+"""A real OpenVINO backend whose latency is scripted, and a scoring job whose worker dies, for the Ray tests.
 
 Ray workers import it by name (the tests put the repository on their PYTHONPATH), so it lives in its own module.
 """
@@ -6,6 +6,7 @@ Ray workers import it by name (the tests put the repository on their PYTHONPATH)
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import onnx
 from trtmix.runtime.base import LatencyStats
 from trtmix.runtime.openvino import OpenVinoBackend
 from trtmix.runtime.timing import TimingPolicy
+from trtmix.sensitivity.measured import PlanScorer, ScoringJob
 
 
 class ScriptedLatency(OpenVinoBackend):
@@ -44,3 +46,24 @@ class ScriptedLatency(OpenVinoBackend):
         latency = 1.0 - 0.1 * quantizers
         return LatencyStats.from_samples([latency] * 5, warmup=0, threads=self.threads, provider="scripted",
                                          device="scripted")  # fmt: skip
+
+
+@dataclass
+class DyingScoringJob(ScoringJob):
+    """A ``ScoringJob`` whose scorer kills its Ray worker: the first one built in any worker, or every one.
+
+    Each death leaves a marker file in ``die_in``, so a test counts them.
+    """
+
+    die_in: Path | None = None
+    always_die: bool = False
+    driver_pid: int = field(default_factory=os.getpid)
+
+    def scorer(self, threads: int | None = None) -> PlanScorer:
+        """The real scorer, after killing this worker process when asked to (never on the driver)."""
+        if self.die_in is not None and os.getpid() != self.driver_pid:
+            marker = self.die_in / f"share-{len(list(self.die_in.iterdir()))}"
+            if self.always_die or not list(self.die_in.iterdir()):
+                marker.touch()
+                os._exit(1)
+        return super().scorer(threads)

@@ -19,16 +19,19 @@ import pytest
 
 from trtmix.cli import main
 from trtmix.errors import TrtmixError
+from trtmix.ir.units import find_units
 from trtmix.job import pipeline as pipeline_module
 from trtmix.job.config import CompileConfig
 from trtmix.job.run import run_compile
 from trtmix.parallel.cluster import TIMING, Cluster, ParallelSettings
 from trtmix.search.bisection import Budget
+from trtmix.sensitivity.measured import ScoringJob, score_plans
 
 ray = pytest.importorskip("ray", reason="the trtmix[ray] extra is not installed")
 
 from tests.conftest import TINY_RECIPE as RECIPE  # noqa: E402
-from tests.parallel_backend import ScriptedLatency  # noqa: E402
+from tests.conftest import batches_for  # noqa: E402
+from tests.parallel_backend import DyingScoringJob, ScriptedLatency  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,3 +187,20 @@ def test_sensitivity_on_workers_gives_the_serial_scores(recipe, tmp_path) -> Non
         for method in ("kl", "b"):
             assert results[1]["units"][unit]["scores"][method] == pytest.approx(scores["scores"][method], rel=1e-4,
                                                                                  abs=1e-9)  # fmt: skip
+
+
+@pytest.mark.parametrize("always_die", [False, True])
+def test_kl_scores_survive_lost_workers(calibrated, tmp_path, local_ray, always_die) -> None:
+    """A share whose worker died is retried once; lost twice, the driver scores it: the scores are the serial ones."""
+    model, ranges = calibrated["convnet"]
+    units = find_units(model)
+    feeds = batches_for("convnet", 2, seed=4)
+    plans = [[unit.name] for unit in units]
+    serial = score_plans(ScoringJob(model, units, ranges, "tensorrt", "cosine", feeds), plans, "serial")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    dying = DyingScoringJob(model, units, ranges, "tensorrt", "cosine", feeds, die_in=markers, always_die=always_die)
+    cluster = Cluster(ParallelSettings(workers=2))
+    scores = score_plans(dying, plans, "on workers", cluster)
+    assert len(list(markers.iterdir())) == (4 if always_die else 1), "two shares, each tried twice; or one death"
+    assert scores == pytest.approx(serial, rel=1e-4, abs=1e-9)
