@@ -204,3 +204,13 @@ def test_kl_scores_survive_lost_workers(calibrated, tmp_path, local_ray, always_
     scores = score_plans(dying, plans, "on workers", cluster)
     assert len(list(markers.iterdir())) == (4 if always_die else 1), "two shares, each tried twice; or one death"
     assert scores == pytest.approx(serial, rel=1e-4, abs=1e-9)
+
+
+def test_joining_no_cluster_is_one_clear_error(recipe, tmp_path, capsys) -> None:
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120)
+    args = ["compile", "trtmix.models.tiny:convnet", "--data", recipe, "--metric", "cosine", "-o", str(tmp_path / "o"),
+            "--runs", "3", "--frontier", "2", "--max-drop", "50%", "--ray-address", "auto"]  # fmt: skip
+    assert main(args) == 2
+    printed = capsys.readouterr()
+    assert "Cannot join the Ray cluster at 'auto'" in printed.err and "ray start --head" in printed.err
+    assert "Traceback" not in printed.err + printed.out

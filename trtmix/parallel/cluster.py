@@ -82,10 +82,18 @@ class Cluster:
         self.started = not ray.is_initialized()
         if self.started:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
-            if settings.address:
-                ray.init(address=settings.address, **options)
-            else:
-                ray.init(num_cpus=settings.workers, resources={TIMING: 1}, **options)
+            try:
+                if settings.address:
+                    ray.init(address=settings.address, **options)
+                else:
+                    ray.init(num_cpus=settings.workers, resources={TIMING: 1}, **options)
+            except (ConnectionError, ValueError, RuntimeError) as err:
+                where = f"join the Ray cluster at {settings.address!r}" if settings.address else "start Ray"
+                raise TrtmixError(
+                    f"Cannot {where}: {str(err).splitlines()[0]}",
+                    fix="start the cluster first (`ray start --head` on its head host; README: 'Running on several "
+                    "workers or a cluster'), or use --workers N on this machine",
+                ) from err
         self.workers = int(ray.cluster_resources().get("CPU", 1))
         if not ray.cluster_resources().get(TIMING):
             self.close()
