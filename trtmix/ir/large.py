@@ -2,7 +2,7 @@
 
 Protobuf refuses to serialize (or even size) a message over 2 GiB, and onnx's checker, its shape inference, a hash
 of the model and an ONNX Runtime session built from memory all serialize the whole model first.  A large model is
-handled as its *skeleton* instead: the same graph with every initializer of at least ``store.THRESHOLD`` bytes
+handled as its *skeleton* instead: the same graph with every initializer of at least ``THRESHOLD`` bytes
 replaced by an external-data reference (a few KB for BERT-large).  Shape inference and the checker only need
 the skeleton; the hash covers the skeleton and each weight's bytes; an ONNX Runtime session reads the skeleton from
 a file whose references point at the weights written beside it.  Models under the limit keep the one-call paths
@@ -32,8 +32,11 @@ STORE = "tensors"
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of initializer data held in memory: what decides whether ``model`` still fits one protobuf message."""
-    return sum(len(tensor.raw_data) or _array_bytes(tensor) for tensor in model.graph.initializer)
+    """Serialized bytes of the initializers: what decides whether ``model`` still fits one protobuf message.
+
+    Each tensor sizes itself (one tensor is under 2 GiB), without copying its data out as ``raw_data`` would.
+    """
+    return sum(tensor.ByteSize() for tensor in model.graph.initializer)
 
 
 def is_large(model: onnx.ModelProto) -> bool:
@@ -107,12 +110,6 @@ def _reference(tensor: onnx.TensorProto, location: str, offset: int, length: int
         entry = reference.external_data.add()
         entry.key, entry.value = key, value
     return reference
-
-
-def _array_bytes(tensor: onnx.TensorProto) -> int:
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return 0
-    return numpy_helper.to_array(tensor).nbytes
 
 
 def model_sha256(model: onnx.ModelProto) -> str:

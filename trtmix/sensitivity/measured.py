@@ -121,26 +121,29 @@ class ScoringJob:
         return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads)
 
 
-def distances(job: ScoringJob, plans: list[list[str]], threads: int | None = None) -> list[float]:
-    """Each plan's divergence (its units INT8) from one scorer: one worker's share, or the whole serial run."""
+def distances(
+    job: ScoringJob, plans: list[list[str]], threads: int | None = None, label: str | None = None
+) -> list[float]:
+    """Each plan's divergence (its units INT8) from one scorer: one worker's share, or the whole serial run.
+
+    ``label`` shows a progress bar under that name.
+    """
     scorer = job.scorer(threads)
     try:
-        return [scorer.distance(plan) for plan in plans]
+        return [scorer.distance(plan) for plan in (tqdm(plans, desc=label, unit="plan") if label else plans)]
     finally:
         scorer.close()
 
 
-def score_plans(job: ScoringJob, plans: list[list[str]], label: str, cluster: TaskRunner | None = None) -> list[float]:
-    """Each plan's divergence, in order: serially with a progress bar, or shared among ``cluster``'s workers.
+def score_plans(
+    job: ScoringJob, plans: list[list[str]], label: str, cluster: TaskRunner | None = None, progress: bool = True
+) -> list[float]:
+    """Each plan's divergence, in order: serially (``progress``: with a bar), or shared among ``cluster``'s workers.
 
     Each worker builds one scorer and scores every w-th plan.  A share whose worker was lost twice is scored here.
     """
     if cluster is None:
-        scorer = job.scorer()
-        try:
-            return [scorer.distance(plan) for plan in tqdm(plans, desc=label, unit="plan")]
-        finally:
-            scorer.close()
+        return distances(job, plans, label=label if progress else None)
     shares = [list(range(start, len(plans), cluster.workers)) for start in range(min(cluster.workers, len(plans)))]
     shared_job = cluster.put(job)
     results = cluster.map(distances, [(shared_job, [plans[i] for i in share], TASK_THREADS) for share in shares],
@@ -153,15 +156,19 @@ def score_plans(job: ScoringJob, plans: list[list[str]], label: str, cluster: Ta
     return [scores[index] for index in range(len(plans))]
 
 
-def single_unit_scores(job: ScoringJob, units: list[Unit], cluster: TaskRunner | None = None) -> dict[str, float]:
+def single_unit_scores(
+    job: ScoringJob, units: list[Unit], cluster: TaskRunner | None = None, progress: bool = True
+) -> dict[str, float]:
     """The ``kl`` baseline: divergence with only that unit in INT8."""
     names = [unit.name for unit in units]
-    return dict(zip(names, score_plans(job, [[name] for name in names], "kl", cluster), strict=True))
+    return dict(zip(names, score_plans(job, [[name] for name in names], "kl", cluster, progress), strict=True))
 
 
-def context_scores(job: ScoringJob, units: list[Unit], cluster: TaskRunner | None = None) -> dict[str, float]:
+def context_scores(
+    job: ScoringJob, units: list[Unit], cluster: TaskRunner | None = None, progress: bool = True
+) -> dict[str, float]:
     """Variant B: divergence(all INT8) − divergence(all INT8 but u)."""
     names = [unit.name for unit in units]
     plans = [names, *([other for other in names if other != name] for name in names)]
-    everything, *without = score_plans(job, plans, "B", cluster)
+    everything, *without = score_plans(job, plans, "B", cluster, progress)
     return {name: everything - score for name, score in zip(names, without, strict=True)}

@@ -103,13 +103,13 @@ def compute_sensitivity(
     if kl_scores is not None:
         scores["kl"] = dict(kl_scores)
     elif needs_measured:
-        scores["kl"] = _timed(timings, "kl", lambda: single_unit_scores(job, units, cluster))
+        scores["kl"] = _timed(timings, "kl", lambda: single_unit_scores(job, units, cluster, progress))
     unmapped: dict[str, str] = {}
     if needs_torch:
         unmapped = _torch_methods(model, units, ranges, feeds, settings, torch_model, labels, scores, timings, progress)
     if "augmented-b" in wanted:
         exact = replace(job, exact=True)  # B scores whole-graph plans: a compile per plan
-        scores["b"] = _timed(timings, "b", lambda: context_scores(exact, units, cluster))
+        scores["b"] = _timed(timings, "b", lambda: context_scores(exact, units, cluster, progress))
         scores["augmented-b"] = combine_by_rank(scores["hessian"], scores["b"], settings.augment_weight)
     for name in ("noise", "random"):
         if name in wanted:
