@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -16,7 +15,7 @@ from onnx import external_data_helper, numpy_helper
 
 from trtmix.errors import ModelLoadError
 from trtmix.io import atomic_write_bytes
-from trtmix.ir.large import is_large, skeleton
+from trtmix.ir.large import appending_writer, is_large, skeleton
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
@@ -78,24 +77,12 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     data = target.with_name(f"{target.name}.data")
     temp = data.with_name(f".{data.name}.tmp")
     with temp.open("wb") as sink:
-        graph = skeleton(model, writer=_appender(sink, data.name))
+        graph = skeleton(model, appending_writer(sink, data.name))
         sink.flush()
         os.fsync(sink.fileno())
     temp.replace(data)
     atomic_write_bytes(target, graph.SerializeToString())
     return target
-
-
-def _appender(sink: BinaryIO, location: str) -> Callable[[bytes], tuple[str, int]]:
-    """A skeleton writer that appends each weight to ``sink`` (64-byte aligned) and refers to it there."""
-
-    def write(raw: bytes) -> tuple[str, int]:
-        sink.write(b"\0" * (-sink.tell() % 64))
-        offset = sink.tell()
-        sink.write(raw)
-        return location, offset
-
-    return write
 
 
 def external_locations(proto: onnx.ModelProto) -> set[str]:

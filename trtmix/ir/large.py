@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 from google.protobuf.message import Message
@@ -85,6 +86,21 @@ def store_writer(store: Path, graph_folder: Path) -> Writer:
         if not target.is_file() or target.stat().st_size != len(raw):
             atomic_write_bytes(target, raw)
         return os.path.relpath(target, graph_folder), 0
+
+    return write
+
+
+def appending_writer(sink: BinaryIO, location: str) -> Writer:
+    """A writer that appends each weight to ``sink`` (64-byte aligned) and refers to it there as ``location``.
+
+    One file, no hashing: for a model written whole (``save_onnx``, ``written``), where nothing is shared.
+    """
+
+    def write(raw: bytes) -> tuple[str, int]:
+        sink.write(b"\0" * (-sink.tell() % 64))
+        offset = sink.tell()
+        sink.write(raw)
+        return location, offset
 
     return write
 
@@ -165,7 +181,9 @@ def written(model: onnx.ModelProto) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="trtmix-large-"))
     try:
         path = folder / "model.onnx"
-        atomic_write_bytes(path, skeleton(model, store_writer(folder / STORE, folder)).SerializeToString())
+        with (folder / "model.onnx.data").open("wb") as sink:  # a temporary copy: nothing to share, so no hashing
+            graph = skeleton(model, appending_writer(sink, "model.onnx.data"))
+        atomic_write_bytes(path, graph.SerializeToString())
         yield path
     finally:
         shutil.rmtree(folder, ignore_errors=True)
