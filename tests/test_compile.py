@@ -177,8 +177,14 @@ def test_missing_or_foreign_ranges(calibrated):
         compile_plan(model, plan, ranges, "tflite")
 
 
-def test_compile_does_not_modify_its_input(calibrated):
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("default", [Precision.FP16, Precision.FP32])
+def test_compile_does_not_modify_its_input(calibrated, flavour, default):
+    """The working graph reads the float model's weights in place (not a copy): none may change, nor be renamed."""
     model, ranges = calibrated["transformer"]
     before = model.SerializeToString()
-    compile_plan(model, PrecisionPlan.with_int8(u.name for u in find_units(model)), ranges, "tensorrt")
-    assert model.SerializeToString() == before
+    names = [u.name for u in find_units(model)]
+    for plan in (PrecisionPlan.with_int8(names, default), PrecisionPlan.with_int8(names[::2], default)):
+        compiled = compile_plan(model, plan, ranges, flavour)
+        compiled.graph.initializer[0].name = "changed"  # the compiled graph owns its tensors
+        assert model.SerializeToString() == before

@@ -68,12 +68,10 @@ def test_shapes_sessions_and_files_match_the_one_message_paths(
 ) -> None:
     model = load_onnx(exported[("transformer", "dynamo")])
     feed = batches_for("transformer", 1, seed=3)[0]
-    small_shapes = {v.name: v.type for v in large.infer_shapes(model).graph.value_info}
+    whole = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    assert {v.name: v.type for v in large.shape_view(model).graph.value_info} == whole  # inferred without weights
     small_outputs = OnnxRuntimeRunner(model, threads=1).infer(feed)
     monkeypatch.setattr(large, "LARGE_BYTES", 1)
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    assert {v.name: v.type for v in large.infer_shapes(copy).graph.value_info} == small_shapes
     for ours, reference in zip(OnnxRuntimeRunner(model, threads=1).infer(feed), small_outputs, strict=True):
         np.testing.assert_array_equal(ours, reference)
     large.check_model(model, full_check=True)

@@ -39,7 +39,7 @@ from trtmix.data.user_code import source_identity
 from trtmix.errors import CalibrationError
 from trtmix.io import atomic_write_bytes, atomic_write_text
 from trtmix.ir.graph import GraphIndex, two_activation_adds
-from trtmix.ir.large import infer_shapes, model_sha256
+from trtmix.ir.large import model_sha256, shape_view
 from trtmix.ir.units import Unit
 
 LOG = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto
     """A copy of ``model`` whose graph also outputs ``tensors`` (typed where shape inference knows them)."""
     probed = onnx.ModelProto()
     probed.CopyFrom(model)
-    inferred = {v.name: v for v in infer_shapes(model).graph.value_info}
+    inferred = {v.name: v for v in shape_view(model).graph.value_info}
     existing = {o.name for o in probed.graph.output}
     for name in tensors:
         if name not in existing:

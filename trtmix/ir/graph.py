@@ -199,6 +199,13 @@ class GraphIndex:
                     return numpy_helper.to_array(attribute.t)
         return None
 
+    def constant_shape(self, tensor: str) -> tuple[int, ...] | None:
+        """The shape of a constant tensor (from its dims, without reading its data), or None when computed."""
+        if tensor in self.initializers:
+            return tuple(int(d) for d in self.initializers[tensor].dims)
+        value = self.constant_value(tensor)
+        return tuple(int(d) for d in value.shape) if value is not None else None
+
     def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
         """The only node reading ``tensor``, or None when several (or none) read it or it is a graph output."""
         readers = self.consumers.get(tensor, [])

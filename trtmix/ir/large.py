@@ -7,6 +7,10 @@ replaced by an external-data reference (a few KB for BERT-large).  Shape inferen
 the skeleton; the hash covers the skeleton and each weight's bytes; an ONNX Runtime session reads the skeleton from
 a file whose references point at the weights written beside it.  Models under the limit keep the one-call paths
 (and their hashes do not change).
+
+Shape inference, the version converter and graph imports go through a *hollow* view at every size: the skeleton's
+references without any weight bytes behind them.  They never needed the weights, and serializing the whole model
+for them held several copies of its weights at once, which set the memory peak of every compile.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from google.protobuf.message import Message
 from onnx import numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from trtmix.io import atomic_write_bytes
 
@@ -30,6 +37,7 @@ from trtmix.io import atomic_write_bytes
 LARGE_BYTES = 1_800_000_000
 THRESHOLD = 1024
 STORE = "tensors"
+HOLLOW = "trtmix-hollow"  # the location a hollow view's references name: no file, never read
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
@@ -134,28 +142,66 @@ def model_sha256(model: onnx.ModelProto) -> str:
     return hashlib.sha256(light.SerializeToString(deterministic=True)).hexdigest()
 
 
-def infer_shapes(model: onnx.ModelProto, strict: bool = False) -> onnx.ModelProto:
-    """Onnx's shape inference, for a model of any size.
+def hollow(model: onnx.ModelProto, fresh: bool = False) -> onnx.ModelProto:
+    """A weightless view of ``model``: each initializer of ``THRESHOLD`` bytes or more is a data-less reference.
 
-    A large model is inferred on its skeleton and the result's ``value_info`` is set on ``model`` itself, which is
-    returned (a copy would double its memory); a small one returns onnx's new model, as onnx does.
+    What shape inference and the version converter read (dims, dtypes, small constants such as Reshape's shapes),
+    without the weights: serializing the whole model for them cost four copies of its weights at once, for any size
+    of model.  No weight's bytes are read or copied; ``fresh`` drops the value_info to infer it anew.
     """
-    if not is_large(model):
-        return onnx.shape_inference.infer_shapes(model, strict_mode=strict)
-    inferred = onnx.shape_inference.infer_shapes(skeleton(model), strict_mode=strict)
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    return model
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    if fresh:
+        del light.graph.value_info[:]
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() < THRESHOLD:
+            light.graph.initializer.append(tensor)
+        else:
+            light.graph.initializer.append(_reference(tensor, HOLLOW, 0, 0))
+    return light
+
+
+def shape_view(model: onnx.ModelProto, strict: bool = False, fresh: bool = False) -> onnx.ModelProto:
+    """``model``'s hollow view (no weights) with onnx's shape inference in its value_info; ``model`` is not changed."""
+    return onnx.shape_inference.infer_shapes(hollow(model, fresh), strict_mode=strict)
+
+
+def import_graph(model: onnx.ModelProto, strict: bool = False, fresh: bool = False) -> gs.Graph:
+    """``model`` as an onnx-graphsurgeon graph with inferred types, its weights read from ``model`` only when used.
+
+    The graph is imported from the hollow view; each weight's constant then reads ``model``'s own tensor lazily, and
+    onnx-graphsurgeon exports an untouched lazy constant from that tensor directly.  ``model`` is not changed.
+    """
+    graph = gs.import_onnx(shape_view(model, strict, fresh))
+    weights = {tensor.name: tensor for tensor in model.graph.initializer}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and _is_hollow(tensor):
+            tensor.values = LazyValues(weights[tensor.name])
+            tensor.data_location = None
+    return graph
+
+
+def _is_hollow(constant: gs.Constant) -> bool:
+    lazy = constant._values  # noqa: SLF001 - read without loading, which would fail on a data-less tensor
+    if not isinstance(lazy, LazyValues) or lazy.tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return False
+    return any(entry.key == "location" and entry.value == HOLLOW for entry in lazy.tensor.external_data)
+
+
+def array_of(constant: gs.Constant) -> np.ndarray:
+    """A constant's values, without keeping them on the constant (a lazy weight stays lazy, so not held twice)."""
+    lazy = constant._values  # noqa: SLF001 - onnx-graphsurgeon's ``values`` caches what it loads
+    return lazy.load() if isinstance(lazy, LazyValues) else constant.values
 
 
 def convert_version(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """The ONNX version converter, for a model of any size (a large one is converted as its skeleton).
+    """The ONNX version converter, run on the hollow view; the weights are copied in after, by name.
 
-    The converter rewrites nodes and small constants; the large weights keep their names and come back after.
+    The converter rewrites nodes and small constants; the large weights keep their names.  Serializing the whole
+    model for the converter cost three extra copies of its weights, and is impossible over 2 GiB.
     """
-    if not is_large(model):
-        return onnx.version_converter.convert_version(model, opset)
-    converted = onnx.version_converter.convert_version(skeleton(model), opset)
+    converted = onnx.version_converter.convert_version(hollow(model), opset)
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
     for tensor in converted.graph.initializer:
         if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name in weights:

@@ -15,7 +15,7 @@ import onnx
 
 from trtmix.errors import ModelLoadError
 from trtmix.ir.graph import GraphIndex, has_qdq, node_attribute
-from trtmix.ir.large import infer_shapes
+from trtmix.ir.large import shape_view
 
 ACTIVATIONS = frozenset(
     {"Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Elu", "Selu", "Softplus"}
@@ -66,8 +66,7 @@ def find_units(model: onnx.ModelProto) -> list[Unit]:
             expected="a float model (trtmix adds the quantization itself)",
             fix="pass the float ONNX export, not a quantized one",
         )
-    inferred = infer_shapes(model)
-    shapes = _tensor_shapes(inferred)
+    shapes = _tensor_shapes(shape_view(model))
     index = GraphIndex(model)
     units = []
     for node in model.graph.node:
@@ -103,8 +102,7 @@ def _unit_at(node: onnx.NodeProto, index: GraphIndex, shapes: dict[str, tuple[in
         return None
     if index.is_constant(weight):
         kind = KIND_CONV if node.op_type == "Conv" else KIND_LINEAR
-        weight_value = index.constant_value(weight)
-        weight_shape = tuple(int(d) for d in weight_value.shape) if weight_value is not None else None
+        weight_shape = index.constant_shape(weight)
         inputs: tuple[str, ...] = (activation,)
     elif node.op_type == "MatMul":
         kind, weight, weight_shape, inputs = KIND_ATTENTION, None, None, (activation, node.input[1])

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, opset_version
-from trtmix.ir.large import convert_version, infer_shapes, model_sha256
+from trtmix.ir.large import convert_version, import_graph, model_sha256
 from trtmix.ir.units import Unit, require_units
 from trtmix.quant.bias import absorb_shift, correct_bias
 from trtmix.quant.flavours import ALL_READERS, Flavour, get_flavour
@@ -125,11 +125,15 @@ def exported(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def working_graph(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan, flavour: Flavour) -> gs.Graph:
-    """The float model at the flavour's opset, typed for ``plan`` (float16 base or float32), ready for Q/DQ."""
+    """The float model at the flavour's opset, typed for ``plan`` (float16 base or float32), ready for Q/DQ.
+
+    ``model`` is not changed, nor copied whole: the graph reads its weights where they are, and types are
+    re-inferred on a weightless view after the dtype change.
+    """
     working = _with_opset(model, flavour.opset)
     if flavour.float_base is Precision.FP16:
         working = _apply_float_types(working, units, plan)
-    return gs.import_onnx(_retyped(working))
+    return import_graph(working, strict=True, fresh=True)
 
 
 def _drop_relus(graph: gs.Graph, dropped: dict[str, str]) -> None:
@@ -143,12 +147,13 @@ def _drop_relus(graph: gs.Graph, dropped: dict[str, str]) -> None:
 
 
 def _with_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
-    """The model at opset ``minimum`` or above (the ONNX version converter, when it has to move)."""
+    """The model at opset ``minimum`` or above.
+
+    The ONNX version converter's copy, or ``model`` itself: not copied, since nothing after this changes it.
+    """
     current = opset_version(model)
     if current >= minimum:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy
+        return model
     try:
         return convert_version(model, minimum)
     except Exception as err:  # noqa: BLE001 - the converter raises RuntimeError from C++ assertions
@@ -183,15 +188,6 @@ def _apply_float_types(model: onnx.ModelProto, units: list[Unit], plan: Precisio
     if all(is_fp32(node.name) for node in model.graph.node):
         return model
     return to_float16(model, is_fp32)
-
-
-def _retyped(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Topologically sorted (the fp16 converter appends its Casts last) with types re-inferred after a dtype change."""
-    graph = gs.import_onnx(model)
-    graph.toposort()
-    sorted_model = gs.export_onnx(graph)
-    del sorted_model.graph.value_info[:]
-    return infer_shapes(sorted_model, strict=True)
 
 
 def reader_edges(graph: gs.Graph, original: GraphIndex, tensor: str, readers: set[str]) -> list[tuple[gs.Node, int]]:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtmix.ir.large import infer_shapes
+from trtmix.ir.large import array_of, import_graph
 
 FP16, FP32 = np.dtype(np.float16), np.dtype(np.float32)
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -26,8 +26,7 @@ DTYPE_ATTRIBUTES = {"Cast": "to", "RandomNormalLike": "dtype", "RandomUniformLik
 
 def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> onnx.ModelProto:
     """A copy of ``model`` whose nodes run in float16 except those ``is_fp32_node`` names."""
-    inferred = infer_shapes(model)
-    graph = gs.import_onnx(inferred)
+    graph = import_graph(model)  # its weights are read from ``model`` as each is converted
     node_dtype = {node.name: FP32 if is_fp32_node(node.name) else FP16 for node in graph.nodes}
     for node in graph.nodes:
         if node_dtype[node.name] == FP16:
@@ -78,11 +77,12 @@ def _clip_fp16(values: np.ndarray) -> np.ndarray:
 
 def _constant_as(constant: gs.Constant, dtype: np.dtype, cache: dict[tuple[str, np.dtype], gs.Constant]) -> gs.Constant:
     """The constant in ``dtype`` (one shared copy per dtype); non-float constants are returned unchanged."""
-    if np.dtype(constant.values.dtype) not in (FP16, FP32) or np.dtype(constant.values.dtype) == dtype:
+    if np.dtype(constant.dtype) not in (FP16, FP32) or np.dtype(constant.dtype) == dtype:
         return constant
     key = (constant.name, dtype)
     if key not in cache:
-        values = _clip_fp16(constant.values) if dtype == FP16 else np.asarray(constant.values, dtype=dtype)
+        values = array_of(constant)  # not kept on ``constant``: only the converted copy stays in the graph
+        values = _clip_fp16(values) if dtype == FP16 else np.asarray(values, dtype=dtype)
         cache[key] = gs.Constant(constant.name if dtype == FP16 else f"{constant.name}_fp32", values)
     return cache[key]
 

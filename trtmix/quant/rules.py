@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from trtmix.ir.graph import GraphIndex, node_attribute, opset_version
-from trtmix.ir.large import infer_shapes
+from trtmix.ir.large import shape_view
 from trtmix.ir.units import Unit
 from trtmix.quant.float_types import FLOAT32_ONLY_INPUTS
 from trtmix.quant.plan import Precision, PrecisionPlan
@@ -134,7 +134,7 @@ def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPla
     if base is Precision.FP32:
         return []
     fp32_nodes = {node for u in units if plan.precision_of(u.name) is Precision.FP32 for node in u.nodes}
-    inferred = infer_shapes(model)
+    inferred = shape_view(model)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
     types.update({init.name: init.data_type for init in model.graph.initializer})
     issues = []
