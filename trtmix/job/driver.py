@@ -20,6 +20,7 @@ from trtmix.errors import TrtmixError
 from trtmix.ir.graph import GraphIndex
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import SPLITS, Evaluation
+from trtmix.memory import release
 from trtmix.parallel.cluster import Cluster
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
@@ -72,6 +73,7 @@ class SearchDriver:
             record.update(accuracy=None, latency=None, artifact=None)
         self.journal.record(record["plan_hash"], record)
         self.measured += 1
+        release()  # what the probe's graph, engine and session held, so the job's peak does not grow per probe
         return record
 
     def scored(self, plan: PrecisionPlan, scoring_threads: int | None = None) -> dict[str, Any]:

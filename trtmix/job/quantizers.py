@@ -27,6 +27,7 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import Evaluation
+from trtmix.memory import release
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import SmoothSettings, plan_smoothing
@@ -95,6 +96,8 @@ class _Trial:
             with OnnxRuntimeRunner(compiled, self.config.threads, optimize=True) as runner:
                 outputs = [runner.infer(feed)[evaluation.output_index] for feed in evaluation.feeds["search"]]
             self.measured[label] = evaluation.score("search", np.concatenate(outputs))
+            del compiled, ranges
+            release()  # the option's graph and session
             LOG.info("quantizers %s: all-INT8 %s %.5f", label, self.config.metric, self.measured[label])
         return self.measured[label]
 

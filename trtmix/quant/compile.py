@@ -23,8 +23,9 @@ from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, opset_version
 from trtmix.ir.large import convert_version, import_graph, model_sha256
 from trtmix.ir.units import Unit, require_units
+from trtmix.memory import release
 from trtmix.quant.bias import absorb_shift, correct_bias
-from trtmix.quant.flavours import ALL_READERS, Flavour, get_flavour
+from trtmix.quant.flavours import ALL_READERS, Flavour, QuantizationSites, get_flavour
 from trtmix.quant.float_types import to_float16
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.qdq import (
@@ -60,9 +61,22 @@ def compile_plan(
                 "The plan has INT8 units but no activation ranges were given.", fix="pass --ranges or --data"
             )
         ranges.require(sites.activations, model_sha256(model))
+    compiled = _written(model, units, plan, ranges, flavour, sites)
+    release()  # the working graphs' copies of the weights, unreachable once ``_written`` returned
+    onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})
+    LOG.debug("compiled %s flavour: %d of %d units INT8", flavour.name, len(int8_units), len(units))
+    return compiled
+
+
+def _written(
+    model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan, ranges: Ranges | None, flavour: Flavour,
+    sites: QuantizationSites,
+) -> onnx.ModelProto:  # fmt: skip
+    """The working graph with the plan's Q/DQ pairs and int8 weights at ``sites``, exported."""
     graph = working_graph(model, units, plan, flavour)
     _drop_relus(graph, sites.dropped_relus)
     original = GraphIndex(model)
+    int8_units = [u for u in units if plan.precision_of(u.name) is Precision.INT8]
     smoothed = {u.name: u.inputs[0] for u in int8_units if unit_scales(u, ranges) is not None}
     for tensor, readers in sorted(sites.activations.items()):
         edges = reader_edges(graph, original, tensor, readers)
@@ -80,10 +94,7 @@ def compile_plan(
     for unit in sites.weight_units:
         _quantize_unit_weight(graph, unit, original, ranges, flavour)
     graph.cleanup().toposort()
-    compiled = exported(graph, model)
-    onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})
-    LOG.debug("compiled %s flavour: %d of %d units INT8", flavour.name, len(int8_units), len(units))
-    return compiled
+    return exported(graph, model)
 
 
 def _quantize_unit_weight(
