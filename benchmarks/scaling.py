@@ -1,17 +1,17 @@
-"""Scaling: what one `trtmix compile` costs in seconds and memory as the model grows, one process per run.
+"""Scaling: what one `trtmix compile` costs in seconds and memory as the model grows, one process per phase.
 
     python benchmarks/scaling.py [--models minilm bert-base bert-large resnet-50 mlp-2.3gb] [--budgets 1% 0.1%]
                                  [--timeout 1200] [--json s.json] [--workers N | --ray-address auto|HOST:PORT]
 
-Each (model, budget) runs in a fresh child process with its own empty calibration cache and output folder, so its
-peak RSS (``getrusage``) and its seconds are that job's alone.  The child exports the model (``transformers`` BERT-base
-and BERT-large from their configs at seeded random init, batch 1 × 128; ResNet-50 batch 1 × 224²; MiniLM-L6 is the
-pretrained package at its recipe's batch of 8 × 128; ``mlp-2.3gb`` is two MatMuls whose 2.3 GB of weights are over
-protobuf's limit, written with external data), calibrates, and runs `compile --max-drop B` with the defaults
-(tensorrt flavour on OpenVINO, kl ordering, smoothing measured, bias correction).  Reported per run: export,
-calibration, quantizer choice, ordering, and search seconds (with the baselines, the final re-timing, the latency
-model's profiles and the outputs), total, builds, the peak RSS after each phase, and the
-cost per unit.  The CPU line says which machine this was.
+Each (model, budget) runs its three phases in three fresh child processes, one after another, with their own empty
+calibration cache and output folder, so each phase's peak RSS (``getrusage``) and seconds are its own: the export
+(``transformers`` BERT-base and BERT-large from their configs at seeded random init, batch 1 × 128; ResNet-50 batch
+1 × 224²; MiniLM-L6 is the pretrained package at its recipe's batch of 8 × 128; ``mlp-2.3gb`` is two MatMuls whose
+2.3 GB of weights are over protobuf's limit, written with external data), the calibration, and `compile --max-drop B`
+with the defaults (tensorrt flavour on OpenVINO, kl ordering, smoothing measured, bias correction).  Reported per
+run: export, calibration, quantizer choice, ordering, and search seconds (with the baselines, the final re-timing,
+the latency model's profiles and the outputs), total, builds, each phase's peak RSS, and the cost per unit.  The CPU
+line says which machine this was.
 """
 
 from __future__ import annotations
@@ -43,55 +43,64 @@ def load_data(split="calibration"):
         yield {"input": rng.standard_normal((1, 4096)).astype(np.float32)}
 """
 MINILM_DATA = "trtmix.models.minilm:load_data"
+PHASES = ("export", "calibration", "compile")
 
 
-def child(name: str, budget: str, folder: Path, parallel: Any = None) -> dict[str, Any]:
-    """One run, in this process: export, calibrate, compile; seconds and peak RSS after each phase."""
+def child(name: str, budget: str, folder: Path, phase: str, parallel: Any = None) -> dict[str, Any]:
+    """One phase of one run, in this process: its seconds, its peak RSS, and what it reports."""
     from zoo import RECIPE, data_args
 
     from trtmix import api
     from trtmix.calibration.collect import collect_ranges, default_cache_dir
     from trtmix.job.config import CompileConfig
-    from trtmix.models.zoo import export_as_user, zoo_model
+    from trtmix.models.zoo import TEXT_MODELS
     from trtmix.search.bisection import Budget
 
-    row: dict[str, Any] = {"model": name, "budget": budget, "seconds": {}, "peak_rss_mb": {}}
+    row: dict[str, Any] = {"seconds": {}, "peak_rss_mb": {}}
     start = time.perf_counter()
     path = folder / f"{name}.onnx"
     if name == "mlp-2.3gb":
-        _write_mlp(path)
-        (folder / "mlp_recipe.py").write_text(MLP_RECIPE)
         data, args, metric = str(folder / "mlp_recipe.py"), {}, "cosine"
+    elif MODELS[name] is None:
+        data, args, metric = MINILM_DATA, {}, "cosine"
+    else:
+        kind = "text" if MODELS[name][0] in TEXT_MODELS else "image"  # without building the model
+        data, args = RECIPE, data_args(kind, "real")
+        metric = "cosine" if kind == "text" else "agreement"
+    if phase == "export":
+        _export(name, path)
+    elif phase == "calibration":
+        collect_ranges(path, data, "calibration", data_args=args, cache_dir=default_cache_dir(), progress=False)
+    else:
+        config = CompileConfig(data=data, budget=Budget.parse(budget), metric=metric,
+                               data_args=tuple(sorted(args.items())),
+                               **({"parallel": parallel} if parallel is not None else {}))  # fmt: skip
+        report = api.compile(str(path), folder / "job", config, fresh=True)
+        row["units"] = report["unit_count"]
+        row["model_mb"] = round(sum(p.stat().st_size for p in folder.glob(f"{name}.onnx*")) / 2**20, 1)
+        row["builds"], row["chosen_k"], row["stop"] = report["builds"], report["chosen_k"], report["stop_reason"]
+        row["seconds"]["quantizers"] = report["quantizers"]["smoothing"].get("seconds", 0.0)
+        row["seconds"]["ordering"] = sum(v or 0.0 for v in report["ordering_seconds"].values())
+        row["ordering_computed"] = report["orderings_computed"]
+    _phase(row, phase, start)
+    return row
+
+
+def _export(name: str, path: Path) -> None:
+    """The model as a user would export it (or write it, for the MatMul model over 2 GiB)."""
+    from trtmix.models.zoo import export_as_user, zoo_model
+
+    if name == "mlp-2.3gb":
+        _write_mlp(path)
+        (path.parent / "mlp_recipe.py").write_text(MLP_RECIPE)
     elif MODELS[name] is None:
         from trtmix.ir.export import export_onnx
         from trtmix.models.minilm import minilm
 
         export_onnx(*minilm(), path)
-        data, args, metric = MINILM_DATA, {}, "cosine"
     else:
         zoo_name, size = MODELS[name]
-        model = zoo_model(zoo_name, size)
-        export_as_user(model, path, "dynamo")
-        data, args = RECIPE, data_args(model.kind, "real")
-        metric = "cosine" if model.kind == "text" else "agreement"
-        del model
-    _phase(row, "export", start)
-    start = time.perf_counter()
-    collect_ranges(path, data, "calibration", data_args=args, cache_dir=default_cache_dir(), progress=False)
-    _phase(row, "calibration", start)
-    config = CompileConfig(data=data, budget=Budget.parse(budget), metric=metric, data_args=tuple(sorted(args.items())),
-                           **({"parallel": parallel} if parallel is not None else {}))  # fmt: skip
-    start = time.perf_counter()
-    report = api.compile(str(path), folder / "job", config, fresh=True)
-    _phase(row, "compile", start)
-    row["units"] = report["unit_count"]
-    row["model_mb"] = round(sum(p.stat().st_size for p in folder.glob(f"{name}.onnx*")) / 2**20, 1)
-    row["builds"], row["chosen_k"], row["stop"] = report["builds"], report["chosen_k"], report["stop_reason"]
-    row["seconds"]["quantizers"] = report["quantizers"]["smoothing"].get("seconds", 0.0)
-    row["seconds"]["ordering"] = sum(v or 0.0 for v in report["ordering_seconds"].values())
-    row["ordering_computed"] = report["orderings_computed"]
-    row["seconds"]["search"] = row["seconds"]["compile"] - row["seconds"]["quantizers"] - row["seconds"]["ordering"]
-    return row
+        export_as_user(zoo_model(zoo_name, size), path, "dynamo")
 
 
 def _write_mlp(path: Path) -> None:
@@ -120,23 +129,38 @@ def _phase(row: dict[str, Any], name: str, start: float) -> None:
 
 
 def run(name: str, budget: str, timeout: float, parallel_flags: list[str]) -> dict[str, Any]:
-    """``child`` in a fresh process with its own calibration cache; its JSON row, or the error it died of."""
+    """Export, calibration and compile, each in a fresh process (so each peak RSS is that phase's alone), sharing a
+    folder and a calibration cache; the merged JSON row, or the error a phase died of."""
+    row: dict[str, Any] = {"model": name, "budget": budget, "seconds": {}, "peak_rss_mb": {}}
     with tempfile.TemporaryDirectory(prefix=f"trtmix-scaling-{name}-") as folder:
         env = {**os.environ, "TRTMIX_CACHE": str(Path(folder) / "cache")}
-        command = [sys.executable, __file__, "--child", name, "--budget", budget, "--folder", folder, *parallel_flags]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return {"model": name, "budget": budget, "error": f"not finished within {timeout:.0f} s (--timeout)"}
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        if done.returncode < 0:
-            last = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()][-1:] or ["?"]
-            return {"model": name, "budget": budget,
-                    "error": f"killed by signal {-done.returncode} (SIGKILL: the kernel's out-of-memory killer, or "
-                             f"--timeout); its last line: {last[0][:200]}"}  # fmt: skip
-        if done.returncode != 0 or not lines:
-            return {"model": name, "budget": budget, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
-        return json.loads(lines[-1])
+        for phase in PHASES:
+            command = [sys.executable, __file__, "--child", name, "--budget", budget, "--folder", folder,
+                       "--phase", phase, *(parallel_flags if phase == "compile" else [])]  # fmt: skip
+            part = _run_phase(command, env, timeout)
+            if "error" in part:
+                return {"model": name, "budget": budget, "error": f"{phase}: {part['error']}"}
+            for key in ("seconds", "peak_rss_mb"):
+                row[key].update(part.pop(key))
+            row.update(part)
+    row["seconds"]["search"] = row["seconds"]["compile"] - row["seconds"]["quantizers"] - row["seconds"]["ordering"]
+    return row
+
+
+def _run_phase(command: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """One phase's JSON, or the error it died of."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"not finished within {timeout:.0f} s (--timeout)"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode < 0:
+        last = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()][-1:] or ["?"]
+        return {"error": f"killed by signal {-done.returncode} (SIGKILL: the kernel's out-of-memory killer, or "
+                         f"--timeout); its last line: {last[0][:200]}"}  # fmt: skip
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(lines[-1])
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -170,10 +194,11 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--budget", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     add_parallel_flags(parser)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.budget, args.folder, parallel_settings(args))), flush=True)
+        print(json.dumps(child(args.child, args.budget, args.folder, args.phase, parallel_settings(args))), flush=True)
         return
     parallel_flags = ["--workers", str(args.workers)] if args.workers else []
     parallel_flags += ["--ray-address", args.ray_address] if args.ray_address else []
