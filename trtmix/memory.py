@@ -13,6 +13,8 @@ import ctypes.util
 import gc
 from functools import cache
 
+WORTH_BYTES = 64 * 2**20  # weights below this: no collection (see ``release``)
+
 
 @cache
 def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
@@ -24,8 +26,14 @@ def _malloc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
         return None
 
 
-def release() -> None:
-    """Free unreachable cycles and return the allocator's free pages to the system."""
+def release(model_bytes: int) -> None:
+    """Free unreachable cycles and return the allocator's free pages, after a step on a model of ``model_bytes``.
+
+    Skipped for a model under ``WORTH_BYTES``: a full collection costs about 0.1 s in a process that holds torch,
+    more than the few pages of a small model's copies are worth (the test suite compiles hundreds of them).
+    """
+    if model_bytes < WORTH_BYTES:
+        return
     gc.collect()
     trim = _malloc_trim()
     if trim is not None:

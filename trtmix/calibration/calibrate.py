@@ -128,8 +128,7 @@ def collect_statistics(
     """``collect_histograms``, plus per-channel statistics of ``channels`` (tensor → channel axis) in the same pass."""
     from trtmix.runtime.onnxruntime import ort_session
 
-    probed = _with_outputs(model, tensors)
-    session = ort_session(probed)
+    session = ort_session(model, extra_outputs=_outputs(model, tensors))
     wanted = set(tensors)
     output_names = [o.name for o in session.get_outputs() if o.name in wanted]
     histograms = {name: TensorHistogram() for name in output_names}
@@ -322,13 +321,8 @@ def load_histograms(path: Path) -> dict[str, TensorHistogram] | None:
         return None
 
 
-def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph also outputs ``tensors`` (typed where shape inference knows them)."""
-    probed = onnx.ModelProto()
-    probed.CopyFrom(model)
+def _outputs(model: onnx.ModelProto, tensors: list[str]) -> list[onnx.ValueInfoProto]:
+    """Graph outputs for ``tensors`` that ``model`` does not output yet (typed where shape inference knows them)."""
     inferred = {v.name: v for v in shape_view(model).graph.value_info}
-    existing = {o.name for o in probed.graph.output}
-    for name in tensors:
-        if name not in existing:
-            probed.graph.output.append(inferred.get(name, onnx.ValueInfoProto(name=name)))
-    return probed
+    existing = {o.name for o in model.graph.output}
+    return [inferred.get(name, onnx.ValueInfoProto(name=name)) for name in tensors if name not in existing]

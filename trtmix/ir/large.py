@@ -184,9 +184,14 @@ def import_graph(model: onnx.ModelProto, strict: bool = False, fresh: bool = Fal
 
 def _is_hollow(constant: gs.Constant) -> bool:
     lazy = constant._values  # noqa: SLF001 - read without loading, which would fail on a data-less tensor
-    if not isinstance(lazy, LazyValues) or lazy.tensor.data_location != onnx.TensorProto.EXTERNAL:
+    return isinstance(lazy, LazyValues) and is_placeholder(lazy.tensor)
+
+
+def is_placeholder(tensor: onnx.TensorProto) -> bool:
+    """True for a hollow view's data-less stand-in of a weight (its data is the original model's tensor)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
         return False
-    return any(entry.key == "location" and entry.value == HOLLOW for entry in lazy.tensor.external_data)
+    return any(entry.key == "location" and entry.value == HOLLOW for entry in tensor.external_data)
 
 
 def array_of(constant: gs.Constant) -> np.ndarray:

@@ -24,6 +24,7 @@ import onnx
 from tqdm import tqdm
 
 from trtmix.calibration.ranges import Ranges
+from trtmix.ir.large import tensor_bytes
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import Evaluation
@@ -97,7 +98,7 @@ class _Trial:
                 outputs = [runner.infer(feed)[evaluation.output_index] for feed in evaluation.feeds["search"]]
             self.measured[label] = evaluation.score("search", np.concatenate(outputs))
             del compiled, ranges
-            release()  # the option's graph and session
+            release(tensor_bytes(self.model))  # the option's graph and session
             LOG.info("quantizers %s: all-INT8 %s %.5f", label, self.config.metric, self.measured[label])
         return self.measured[label]
 

@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex, opset_version
-from trtmix.ir.large import convert_version, import_graph, model_sha256
+from trtmix.ir.large import convert_version, import_graph, model_sha256, tensor_bytes
 from trtmix.ir.units import Unit, require_units
 from trtmix.memory import release
 from trtmix.quant.bias import absorb_shift, correct_bias
@@ -62,7 +62,7 @@ def compile_plan(
             )
         ranges.require(sites.activations, model_sha256(model))
     compiled = _written(model, units, plan, ranges, flavour, sites)
-    release()  # the working graphs' copies of the weights, unreachable once ``_written`` returned
+    release(tensor_bytes(model))  # the working graphs' copies of the weights, unreachable once ``_written`` returned
     onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})
     LOG.debug("compiled %s flavour: %d of %d units INT8", flavour.name, len(int8_units), len(units))
     return compiled

@@ -20,7 +20,7 @@ import onnx
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CompileError
 from trtmix.io import atomic_write_text, file_sha256
-from trtmix.ir.large import model_sha256
+from trtmix.ir.large import model_sha256, tensor_bytes
 from trtmix.ir.store import damaged, save_shared
 from trtmix.ir.units import Unit
 from trtmix.quant.compile import compile_plan
@@ -78,6 +78,7 @@ class Builder:
             self.flavour.check_backend(backend.name)
         self.backend, self.folder = backend, folder
         self.model_hash = model_sha256(model)
+        self.model_bytes = tensor_bytes(model)  # what releasing memory after a probe is worth (``trtmix.memory``)
         self.ranges_hash = ranges.stable_hash() if ranges is not None else "none"  # fixed for this builder
         self._verified: set[Path] = set()  # artifacts whose hash was checked by this builder
         self._stored: set[Path] = set()  # store files whose content hash was checked by this builder

@@ -18,15 +18,18 @@ import logging
 import os
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from trtmix.errors import BackendError
 from trtmix.io import atomic_write_bytes
 from trtmix.ir.graph import has_qdq, implicated_nodes, self_contained
-from trtmix.ir.large import is_large, written
+from trtmix.ir.large import hollow, is_large, is_placeholder, written
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.engine_report import EngineLayer
 from trtmix.runtime.timing import TimingPolicy
@@ -49,6 +52,43 @@ def disabled_optimizers(model: onnx.ModelProto) -> list[str]:
     return QDQ_DISABLED_OPTIMIZERS + (FP16_QDQ_DISABLED_OPTIMIZERS if fp16_scales else [])
 
 
+# Initializer types ONNX Runtime takes from numpy arrays as they are.
+NUMPY_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                         onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+                         onnx.TensorProto.BOOL})  # fmt: skip
+
+
+def _weightless(
+    model: onnx.ModelProto, options: Any, weights: list[object], extra_outputs: Sequence[onnx.ValueInfoProto] = ()
+) -> bytes:
+    """``model``'s hollow view for ORT, its weights handed over as arrays that ORT reads in place.
+
+    Serializing the whole model held it twice more (the bytes, and ORT's parse of them), and cannot pass 2 GiB;
+    the arrays are one copy, which ORT keeps instead of its own.  ``weights`` receives them: they must outlive the
+    session.
+    """
+    import onnxruntime as ort
+
+    light = hollow(model)
+    light.graph.output.extend(extra_outputs)
+    originals = {tensor.name: tensor for tensor in model.graph.initializer}
+    names, values = [], []
+    for tensor in light.graph.initializer:
+        if not is_placeholder(tensor):
+            continue
+        if tensor.data_type not in NUMPY_TYPES:
+            tensor.CopyFrom(originals[tensor.name])  # a type numpy cannot hold for ORT travels inline
+            continue
+        array = np.ascontiguousarray(numpy_helper.to_array(originals[tensor.name]))
+        names.append(tensor.name)
+        values.append(ort.OrtValue.ortvalue_from_numpy(array))
+        weights.append(array)
+    if names:
+        options.add_external_initializers(names, values)
+    weights.extend(values)
+    return light.SerializeToString()
+
+
 def default_threads() -> int:
     """Intra-op threads: all cores this process may use (2 on the project's machines)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -60,20 +100,22 @@ def ort_session(
     optimize: bool = True,
     optimized_path: Path | None = None,
     profile_prefix: Path | None = None,
+    extra_outputs: Sequence[onnx.ValueInfoProto] = (),
 ):  # type: ignore[no-untyped-def]
     """The one way trtmix opens an ONNX Runtime session: CPU provider, fixed threads, the rewrites it must not run.
 
     Export checks, calibration, measured orderings, the float reference and the backend all come here, so every
     session runs with the same options.  ``optimized_path`` saves the optimised graph (what ``build`` ships);
-    ``profile_prefix`` turns on ORT's per-node profiler, writing its JSON under that prefix.
+    ``profile_prefix`` turns on ORT's per-node profiler, writing its JSON under that prefix.  ``extra_outputs``
+    (an in-memory model only) are more graph outputs, for calibration to read intermediate tensors without a copy of
+    the model.
     """
     import onnxruntime as ort
 
-    if isinstance(model, onnx.ModelProto) and is_large(model):
-        with written(model) as path:  # protobuf cannot hand ORT a message over 2 GiB: it reads a file instead
+    if isinstance(model, onnx.ModelProto) and optimized_path is not None and is_large(model):
+        with written(model) as path:  # ORT saves an optimised model over 2 GiB only from a file
             return ort_session(path, threads, optimize, optimized_path, profile_prefix)
     graph = model if isinstance(model, onnx.ModelProto) else _load_graph(model)
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
@@ -86,14 +128,17 @@ def ort_session(
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
+    weights: list[object] = []
+    source: str | bytes = str(model) if isinstance(model, Path) else model  # type: ignore[assignment]
+    if isinstance(model, onnx.ModelProto):  # the saved optimised model must hold its weights: whole, then
+        source = (model.SerializeToString() if optimized_path is not None
+                  else _weightless(model, options, weights, extra_outputs))  # fmt: skip
     disabled = disabled_optimizers(graph) if optimize else []
     try:
-        return ort.InferenceSession(
-            str(source) if isinstance(source, Path) else source,
-            options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=disabled,
-        )
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=disabled)  # fmt: skip
+        session.trtmix_weights = weights  # the arrays ORT reads in place live as long as the session
+        return session
     except Exception as err:  # noqa: BLE001 - ORT raises its own untyped errors
         raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(err)}") from err
 
