@@ -2,7 +2,7 @@
 
     python benchmarks/gain.py [--models minilm efficientnet-lite0 digits-resnet bert-base resnet-50 mobilenetv2]
                               [--orderings gain kl kl+groups gain+groups random hessian augmented-a]
-                              [--runs 20] [--json gain.json] [--workers N | --ray-address auto|HOST:PORT]
+                              [--runs 20] [--json gain.json] [--workers N | --ray-address auto|HOST:PORT] [--spread]
 
 For each model, `trtmix compile` pipelines (tensorrt flavour, OpenVINO, budgets relative to the all-FP16 plan); an
 ordering ending in `+groups` runs with `--groups` (a group of units is one step):
@@ -20,7 +20,8 @@ ordering ending in `+groups` runs with `--groups` (a group of units is one step)
 (seeded random init, dynamo export, batch 1): their accuracy is fidelity to their own FP32 output, and the Hessian
 orderings need a torch source, so they run the ONNX orderings only. The CPU line says which machine this was. Every
 number comes from this one run. ``--workers`` / ``--ray-address`` score the ``kl`` ordering on Ray workers, as
-``compile`` does.
+``compile`` does; with ``--spread`` each model's jobs are instead one Ray task per model, holding a host's timing
+token and device, so models run side by side on different hosts (one after another on a single CPU host).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
 from paper import MODELS  # noqa: E402
 from zoo import RECIPE, data_args  # noqa: E402
@@ -43,7 +46,7 @@ from trtmix.job.config import CompileConfig  # noqa: E402
 from trtmix.job.latency import add_predictions, job_group_savings  # noqa: E402
 from trtmix.job.pipeline import Pipeline  # noqa: E402
 from trtmix.models.zoo import export_as_user, zoo_model  # noqa: E402
-from trtmix.parallel.cluster import ParallelSettings  # noqa: E402
+from trtmix.parallel.cluster import Cluster, Failure, ParallelSettings  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
 from trtmix.runtime.cpu import cpu_features  # noqa: E402
 from trtmix.search.bisection import Budget, hypervolume  # noqa: E402
@@ -179,6 +182,29 @@ def _f(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _spread(models: list[str], folder: Path, runs: int, orderings: list[str],
+            settings: ParallelSettings) -> list[dict[str, Any]]:  # fmt: skip
+    """One Ray job per model, side by side across the cluster's hosts (``Cluster.jobs``); each job runs serially.
+
+    The workers import this folder's modules (``paper``, ``zoo``): on a cluster, every host needs this checkout at
+    the same path.
+    """
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    cluster = Cluster(settings)
+    try:
+        outcomes = cluster.jobs(run_model, [(name, folder, runs, orderings) for name in models], "benchmark jobs")
+    finally:
+        cluster.close()
+    results = []
+    for name, outcome in zip(models, outcomes, strict=True):
+        if isinstance(outcome, Failure):
+            print(f"{name}: the job was lost twice ({outcome.error})", file=sys.stderr)
+            continue
+        results.append(outcome)
+        print(markdown(outcome) + "\n", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["minilm", "efficientnet-lite0", "digits-resnet", *REAL],
@@ -188,14 +214,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", type=Path)
     add_parallel_flags(parser)
+    parser.add_argument("--spread", action="store_true",
+                        help="run each model's jobs as one Ray task holding a host's timing token and device (all its "
+                        "cores, or one GPU), side by side across the cluster's hosts; each job runs serially inside. "
+                        "Needs --workers or --ray-address")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(cpu_features().describe())
+    settings = parallel_settings(args)
+    if args.spread and not settings.enabled:
+        parser.error("--spread runs the models' jobs on Ray: give --workers N or --ray-address too")
     results = []
     with tempfile.TemporaryDirectory(prefix="trtmix-gain-") as folder:
-        for name in args.models:
+        if args.spread:
+            results = _spread(args.models, Path(folder), args.runs, args.orderings, settings)
+        for name in [] if args.spread else args.models:
             print(f"{name}...", file=sys.stderr, flush=True)
-            results.append(run_model(name, Path(folder), args.runs, args.orderings, parallel_settings(args)))
+            results.append(run_model(name, Path(folder), args.runs, args.orderings, settings))
             print(markdown(results[-1]) + "\n", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""A real OpenVINO backend whose latency is scripted, and a scoring job whose worker dies, for the Ray tests.
+"""A real OpenVINO backend whose latency is scripted, a scoring job whose worker dies, and a sleeping job: Ray tests.
 
 Ray workers import it by name (the tests put the repository on their PYTHONPATH), so it lives in its own module.
 """
@@ -6,6 +6,7 @@ Ray workers import it by name (the tests put the repository on their PYTHONPATH)
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,3 +68,12 @@ class DyingScoringJob(ScoringJob):
                 marker.touch()
                 os._exit(1)
         return super().scorer(threads)
+
+
+def stamped(seconds: float) -> tuple[str | None, float, float]:
+    """A job that sleeps: where it ran, and when it started and ended (the machine's monotonic clock)."""
+    from trtmix.parallel.cluster import current_node
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return current_node(), start, time.monotonic()

@@ -21,6 +21,7 @@ from trtmix.cli import main
 from trtmix.errors import TrtmixError
 from trtmix.ir.units import find_units
 from trtmix.job import pipeline as pipeline_module
+from trtmix.job import probes as probes_module
 from trtmix.job.config import CompileConfig
 from trtmix.job.run import run_compile
 from trtmix.parallel.cluster import TIMING, Cluster, ParallelSettings
@@ -31,7 +32,7 @@ ray = pytest.importorskip("ray", reason="the trtmix[ray] extra is not installed"
 
 from tests.conftest import TINY_RECIPE as RECIPE  # noqa: E402
 from tests.conftest import batches_for  # noqa: E402
-from tests.parallel_backend import DyingScoringJob, ScriptedLatency  # noqa: E402
+from tests.parallel_backend import DyingScoringJob, ScriptedLatency, stamped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,20 +54,22 @@ def local_ray():
 
 
 def _job(recipe: str, output: Path, backend: ScriptedLatency, monkeypatch: pytest.MonkeyPatch,
-         parallel: ParallelSettings | None = None) -> dict:  # fmt: skip
+         parallel: ParallelSettings | None = None, compare: tuple[str, ...] = (),
+         budget: str = "0.002%") -> dict:  # fmt: skip
     """A compile of the tiny conv net with ``backend``; --frontier 3 and the final choice by the search's medians."""
     monkeypatch.setattr(pipeline_module, "get_backend", lambda *args, **kwargs: backend)
-    config = CompileConfig(data=recipe, budget=Budget.parse("0.002%"), metric="cosine", frontier=3, final_rounds=0,
-                           runs=3, parallel=parallel or ParallelSettings())  # fmt: skip
+    config = CompileConfig(data=recipe, budget=Budget.parse(budget), metric="cosine", frontier=3, final_rounds=0,
+                           runs=3, parallel=parallel or ParallelSettings(), compare=compare)  # fmt: skip
     return run_compile("trtmix.models.tiny:convnet", output, config)
 
 
 def test_a_local_cluster_orders_and_chooses_as_the_serial_path(recipe, tmp_path, monkeypatch, local_ray) -> None:
-    serial = _job(recipe, tmp_path / "serial", ScriptedLatency(), monkeypatch)
-    parallel = _job(recipe, tmp_path / "parallel", ScriptedLatency(), monkeypatch, ParallelSettings(workers=2))
+    serial = _job(recipe, tmp_path / "serial", ScriptedLatency(), monkeypatch, budget="0%")
+    parallel = _job(recipe, tmp_path / "parallel", ScriptedLatency(), monkeypatch, ParallelSettings(workers=2),
+                    budget="0%")  # no drop at all: all-INT8 misses, so the search bisects (k-section on workers)
     ranks = [{unit["name"]: unit["ranks"]["kl"] for unit in report["units"]} for report in (serial, parallel)]
     assert ranks[0] == ranks[1] and len(ranks[0]) == 5
-    assert serial["orderings_computed"] == {"kl": True}, "the budget makes the bisection walk the ordering"
+    assert serial["stop_reason"].startswith("interval closed") and serial["orderings_computed"] == {"kl": True}
     probes = {p["k"]: p for p in parallel["probes"]}
     assert len(serial["probes"]) >= 5, "bisection plus frontier probes"
     for probe in serial["probes"]:  # k-section measures a superset of the serial probes, with the same results
@@ -74,7 +77,37 @@ def test_a_local_cluster_orders_and_chooses_as_the_serial_path(recipe, tmp_path,
         assert probes[probe["k"]]["accuracy"] == pytest.approx(probe["accuracy"], abs=1e-6)
         assert probes[probe["k"]]["latency"]["median_ms"] == probe["latency"]["median_ms"]
     chosen = [{p["plan_hash"]: p for p in report["probes"]}[report["chosen"]] for report in (serial, parallel)]
-    assert chosen[1]["latency"]["median_ms"] <= chosen[0]["latency"]["median_ms"] and serial["chosen_k"] > 0
+    assert chosen[1]["latency"]["median_ms"] <= chosen[0]["latency"]["median_ms"]
+
+
+def test_compared_orderings_are_searched_together_each_as_alone(recipe, tmp_path, monkeypatch, local_ray) -> None:
+    """--compare-orderings on workers: one batch of probes holds both searches' points; each search measures what
+    it measures alone, with the same results, and a plan both ask for is measured once."""
+    batches: list[set[str]] = []
+    measure = probes_module.measure_on_cluster
+
+    def spied(driver, cluster, plans):  # noqa: ANN001, ANN202 - records what each batch held, then measures it
+        batches.append({plan.stable_hash() for plan in plans})
+        return measure(driver, cluster, plans)
+
+    serial = _job(recipe, tmp_path / "serial", ScriptedLatency(), monkeypatch, compare=("random",), budget="0%")
+    monkeypatch.setattr(probes_module, "measure_on_cluster", spied)
+    parallel = _job(recipe, tmp_path / "parallel", ScriptedLatency(), monkeypatch, ParallelSettings(workers=2),
+                    compare=("random",), budget="0%")  # no drop at all: each search bisects  # fmt: skip
+    hashes = {}
+    for name in ("kl", "random"):
+        measured = {p["k"]: p for p in parallel["orderings"][name]}
+        assert serial["stop_reason"].startswith("interval closed"), "the budget makes each search bisect"
+        assert len(serial["orderings"][name]) >= 4
+        for probe in serial["orderings"][name]:
+            assert measured[probe["k"]]["plan_hash"] == probe["plan_hash"], f"{name}: the same plan at k={probe['k']}"
+            assert measured[probe["k"]]["accuracy"] == pytest.approx(probe["accuracy"], abs=1e-6)
+            assert measured[probe["k"]]["latency"]["median_ms"] == probe["latency"]["median_ms"]
+        hashes[name] = {p["plan_hash"] for p in parallel["orderings"][name]}
+    only = [hashes["kl"] - hashes["random"], hashes["random"] - hashes["kl"]]
+    assert any(batch & only[0] and batch & only[1] for batch in batches), "the searches ran in the same batches"
+    assert len(hashes["kl"] & hashes["random"]) >= 2, "all-INT8 and all-high are the same plans in both"
+    assert parallel["builds"] == len({p["plan_hash"] for p in parallel["probes"]}), "each plan measured once"
 
 
 def test_a_lost_worker_is_retried_once_then_its_probe_fails_and_the_job_goes_on(
@@ -162,6 +195,19 @@ def test_compile_runs_end_to_end_on_a_two_node_cluster(recipe, tmp_path, two_nod
     report = json.loads((output / "report.json").read_text())
     assert report["chosen"] is not None and len(report["probes"]) >= 5
     assert all(p["status"] == "ok" and p["latency"]["median_ms"] > 0 for p in report["probes"])
+    jobs = subprocess.run([sys.executable, "-c", "from trtmix.parallel.cluster import Cluster, ParallelSettings; "
+                           "from tests.parallel_backend import stamped; "
+                           f"stamps = Cluster(ParallelSettings(address={address!r})).jobs(stamped, [(8.0,), (8.0,)], "
+                           "'jobs'); print(len({s[0] for s in stamps}), max(s[1] for s in stamps) < min(s[2] for s in "
+                           "stamps))"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert jobs.stdout.strip().splitlines()[-1:] == ["2 True"], "benchmark jobs ran side by side, one per host"
+
+
+def test_benchmark_jobs_hold_the_host_one_at_a_time(local_ray) -> None:
+    """A job times its own probes: on one CPU host (one token), the second starts after the first ends."""
+    cluster = Cluster(ParallelSettings(workers=2))
+    first, second = sorted(cluster.jobs(stamped, [(1.0,), (1.0,)], "jobs"), key=lambda stamp: stamp[1])
+    assert first[2] <= second[1]
 
 
 def test_a_cluster_without_timing_tokens_is_refused() -> None:

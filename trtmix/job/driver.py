@@ -73,7 +73,7 @@ class SearchDriver:
             record.update(accuracy=None, latency=None, artifact=None)
         self.journal.record(record["plan_hash"], record)
         self.measured += 1
-        release()  # what the probe's graph, engine and session held, so the job's peak does not grow per probe
+        release(self.builder.model_bytes)  # what the probe held, so the job's peak does not grow per probe
         return record
 
     def scored(self, plan: PrecisionPlan, scoring_threads: int | None = None) -> dict[str, Any]:
@@ -185,18 +185,59 @@ class SearchDriver:
         while (asked := search.ask()) is not None:
             frontier = search.pending_frontier()
             for k, record in self._next_records(search, asked, frontier):
-                relative = record["accuracy"] / baseline_accuracy if record["status"] == "ok" else None
-                latency = record["latency"]["median_ms"] if record["status"] == "ok" else None
-                if k == asked or frontier:
-                    search.tell(k, relative, latency, record["status"])
-                else:
-                    search.record(k, relative, latency, record["status"])  # a k-section point, ahead of the bisection
-                progress.update()
-                progress.set_postfix_str(
-                    f"k={k}/{search.units} " + (f"{relative:.4%} {latency:.1f} ms" if relative else "failed")
-                )
+                self._answer(search, k, record, k == asked or bool(frontier), baseline_accuracy, progress)
         progress.close()
         return search
+
+    def searches(
+        self, orders: Mapping[str, tuple[Sequence[str], Mapping[str, Sequence[str]]]], baseline_accuracy: float,
+        budget: Budget, cluster: Cluster,
+    ) -> dict[str, BisectionSearch]:  # fmt: skip
+        """One bisection per ordering (label → (order, members)), driven together on ``cluster``.
+
+        Each round takes every unfinished search's next probes (its pending frontier, or what it asks with k-section
+        points, the workers shared among the searches) and measures them in one batch; a plan two searches share
+        (all-INT8, all-high) is measured once.  Each search then takes its own answers as ``search`` gives them, so it
+        makes the choices it would make alone.  The driver stays the journal's one writer.
+        """
+        from trtmix.job.probes import measure_on_cluster  # it builds drivers of this module on the workers
+
+        searches = {label: BisectionSearch(order, budget, self.config.default, self.config.frontier, dict(members))
+                    for label, (order, members) in orders.items()}  # fmt: skip
+        total = sum(search.max_builds + self.config.frontier for search in searches.values())
+        progress = tqdm(total=total, desc=f"searches ({', '.join(searches)})", unit="probe")
+        while active := [search for search in searches.values() if search.ask() is not None]:
+            share = max(1, cluster.workers // len(active))
+            rounds = []
+            for search in active:
+                asked, frontier = search.ask(), search.pending_frontier()
+                rounds.append((search, asked, frontier, self._round_ks(search, asked, frontier, share)))  # type: ignore[arg-type]
+            records = iter(measure_on_cluster(self, cluster, [s.plan_for(k) for s, _, _, ks in rounds for k in ks]))
+            for search, asked, frontier, ks in rounds:
+                for k in ks:
+                    self._answer(search, k, next(records), k == asked or bool(frontier), baseline_accuracy, progress)
+        progress.close()
+        return searches
+
+    def _answer(
+        self, search: BisectionSearch, k: int, record: dict[str, Any], asked: bool, baseline_accuracy: float,
+        progress: tqdm,
+    ) -> None:  # fmt: skip
+        """Give ``search`` a probe's record: ``tell`` for what it asked, ``record`` for a k-section point ahead."""
+        relative = record["accuracy"] / baseline_accuracy if record["status"] == "ok" else None
+        latency = record["latency"]["median_ms"] if record["status"] == "ok" else None
+        if asked:
+            search.tell(k, relative, latency, record["status"])
+        else:
+            search.record(k, relative, latency, record["status"])
+        progress.update()
+        measured = f"{relative:.4%} {latency:.1f} ms" if relative else "failed"
+        progress.set_postfix_str(f"k={k}/{search.units} {measured}")
+
+    @staticmethod
+    def _round_ks(search: BisectionSearch, asked: int, frontier: list[int], workers: int) -> list[int]:
+        """The ks of one round: every pending frontier probe, or the k-section points then ``asked`` (told last)."""
+        return frontier if len(frontier) > 1 else [*search.speculate(workers)[1:], asked]
 
     def _next_records(
         self, search: BisectionSearch, asked: int, frontier: list[int]
@@ -211,6 +252,6 @@ class SearchDriver:
             return [(asked, self.measure(search.plan_for(asked)))]
         from trtmix.job.probes import measure_on_cluster  # it builds drivers of this module on the workers
 
-        ks = frontier if len(frontier) > 1 else [*search.speculate(cluster.workers)[1:], asked]
+        ks = self._round_ks(search, asked, frontier, cluster.workers)
         records = measure_on_cluster(self, cluster, [search.plan_for(k) for k in ks])
         return list(zip(ks, records, strict=True))

@@ -146,10 +146,20 @@ class Pipeline:
 
         The ordering is computed only if the bisection needs it (not when all-INT8 meets the budget).
         """
-        budget = budget or self.config.budget
+        order, members = self._lazy_order(ordering)
+        return self.driver.search(order, ordering, baseline_accuracy, budget or self.config.budget, members)
+
+    def searches_together(self, orderings: list[str], baseline_accuracy: float) -> dict[str, BisectionSearch] | None:
+        """One bisection per ordering, driven together on the cluster; None without one (search them in turn)."""
+        cluster = self.cluster()
+        if cluster is None:
+            return None
+        orders = {name: self._lazy_order(name) for name in orderings}
+        return self.driver.searches(orders, baseline_accuracy, self.config.budget, cluster)
+
+    def _lazy_order(self, ordering: str) -> tuple[LazyOrder, dict[str, Any]]:
+        """The steps of ``ordering`` (units, or groups with their members), computed when first needed."""
         if self.groups:
             order = LazyOrder([g.name for g in self.groups], lambda: self.orderings.group_order(ordering)[0])
-            members = {g.name: g.members for g in self.groups}
-            return self.driver.search(order, ordering, baseline_accuracy, budget, members)
-        order = LazyOrder([unit.name for unit in self.units], lambda: self.order(ordering)[0])
-        return self.driver.search(order, ordering, baseline_accuracy, budget)
+            return order, {g.name: g.members for g in self.groups}
+        return LazyOrder([unit.name for unit in self.units], lambda: self.order(ordering)[0]), {}

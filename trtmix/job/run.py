@@ -50,10 +50,7 @@ def _run(pipeline: Pipeline, output: Path, config: CompileConfig, started: float
     if baseline["accuracy"] <= 0:
         raise TrtmixError(f"The float model scores {baseline['accuracy']} on the search split: nothing to keep.",
                           fix="check the metric and the labels")  # fmt: skip
-    searches = {}
-    for name in config.orderings():
-        with step(f"the search along the {name} ordering", output):
-            searches[name] = pipeline.search(name, baseline["accuracy"])
+    searches = _searches(pipeline, output, list(config.orderings()), baseline["accuracy"])
     primary = searches[config.ordering]
     with step("the final interleaved timing", output):
         chosen_plan, final = final_choice(pipeline, primary, baseline)
@@ -72,6 +69,20 @@ def _run(pipeline: Pipeline, output: Path, config: CompileConfig, started: float
     with step("writing the report", output):
         write_report(report, output)
     return report
+
+
+def _searches(pipeline: Pipeline, output: Path, orderings: list[str], baseline_accuracy: float) -> dict[str, Any]:
+    """One search per ordering: on Ray, all of them together (``--compare-orderings``); else one after another."""
+    if len(orderings) > 1 and pipeline.config.parallel.enabled:
+        with step(f"the searches along the {', '.join(orderings)} orderings", output):
+            together = pipeline.searches_together(orderings, baseline_accuracy)
+        if together is not None:
+            return together
+    searches = {}
+    for name in orderings:
+        with step(f"the search along the {name} ordering", output):
+            searches[name] = pipeline.search(name, baseline_accuracy)
+    return searches
 
 
 def _report(

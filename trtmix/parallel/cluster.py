@@ -129,6 +129,19 @@ class Cluster:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
         return options
 
+    def jobs(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]], label: str,
+             gpu: bool = False) -> list[Any]:  # fmt: skip
+        """Whole jobs (a benchmark's runs), ``function(*call)`` each, spread over the nodes in turn.
+
+        A job times its own probes, so it holds a timing token and its device for its whole run: every core of a
+        CPU host, or one GPU.  Jobs then run side by side on different hosts (or GPUs), never beside each other's
+        timing on one CPU host.  A job that failed twice is a ``Failure``.
+        """
+        nodes = [node["NodeID"] for node in self.ray.nodes() if node["Alive"] and node["Resources"].get(TIMING)]
+        refs = [self.submit(function, call, self.timing_options(nodes[index % len(nodes)], gpu))
+                for index, call in enumerate(calls)]  # fmt: skip
+        return self._gather(refs, label)
+
     def submit(self, function: Callable[..., Any], call: tuple[Any, ...], options: dict[str, Any]) -> Any:
         """One task with ``options`` (resources, placement); ``gather`` collects it."""
         return self.ray.remote(max_retries=RETRIES, **options)(function).remote(*call)
