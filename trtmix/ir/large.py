@@ -209,7 +209,7 @@ def convert_version(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     converted = onnx.version_converter.convert_version(hollow(model), opset)
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
     for tensor in converted.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.name in weights:
+        if is_placeholder(tensor) and tensor.name in weights:
             tensor.CopyFrom(weights[tensor.name])
     return converted
 
