@@ -27,9 +27,9 @@ import onnx
 from onnx import numpy_helper
 
 from trtmix.errors import BackendError
-from trtmix.io import atomic_write_bytes
-from trtmix.ir.graph import has_qdq, implicated_nodes, self_contained
-from trtmix.ir.large import hollow, is_large, is_placeholder, written
+from trtmix.ir.graph import has_qdq, implicated_nodes
+from trtmix.ir.large import THRESHOLD, hollow, is_large, is_placeholder, written
+from trtmix.ir.store import save_shared
 from trtmix.runtime.base import LatencyStats, RunsThroughRunners, cpu_name, policy_for, timed_stats
 from trtmix.runtime.engine_report import EngineLayer
 from trtmix.runtime.timing import TimingPolicy
@@ -101,6 +101,7 @@ def ort_session(
     optimized_path: Path | None = None,
     profile_prefix: Path | None = None,
     extra_outputs: Sequence[onnx.ValueInfoProto] = (),
+    optimized_weights: str | None = None,
 ):  # type: ignore[no-untyped-def]
     """The one way trtmix opens an ONNX Runtime session: CPU provider, fixed threads, the rewrites it must not run.
 
@@ -108,7 +109,7 @@ def ort_session(
     session runs with the same options.  ``optimized_path`` saves the optimised graph (what ``build`` ships);
     ``profile_prefix`` turns on ORT's per-node profiler, writing its JSON under that prefix.  ``extra_outputs``
     (an in-memory model only) are more graph outputs, for calibration to read intermediate tensors without a copy of
-    the model.
+    the model.  ``optimized_weights`` names a file beside ``optimized_path`` for the optimised model's weights.
     """
     import onnxruntime as ort
 
@@ -125,6 +126,10 @@ def ort_session(
     )
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
+    if optimized_weights is not None:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized_weights)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         str(THRESHOLD))  # fmt: skip
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
@@ -204,22 +209,22 @@ class OnnxRuntimeBackend(RunsThroughRunners):
         return {"threads": self.threads}
 
     def build(self, onnx_path: Path, artifact_path: Path) -> Path:
-        """Optimise with ORT's full graph optimisation and save the optimised model (atomically).
+        """Optimise with ORT's full graph optimisation and save the optimised model, its weights in the job's store.
 
-        A graph with external data is first made self-contained beside the artifact: the optimised model ORT saves
-        would otherwise point at the user's ``.data`` file by a path relative to where the artifact is not.
+        ORT writes the optimised weights to a scratch file beside the artifact; they then go to the tensor store of
+        the artifact's folder (``trtmix.ir.store``), so the probes of a job share the weights their plans agree on
+        instead of each artifact holding a full copy.  The artifact is the small graph that refers to them.
         """
         temp = artifact_path.with_name(f".{artifact_path.name}.tmp.onnx")
-        scratch = artifact_path.with_name(f".{artifact_path.name}.source.onnx")
+        weights = temp.with_name(f"{temp.name}.data")
         try:
-            source = self_contained(onnx_path, scratch)
-            ort_session(source, self.threads, optimize=True, optimized_path=temp)
-            atomic_write_bytes(artifact_path, temp.read_bytes())
+            ort_session(onnx_path, self.threads, optimize=True, optimized_path=temp, optimized_weights=weights.name)
+            save_shared(onnx.load(str(temp)), artifact_path)
         except BackendError as err:
             nodes = implicated_nodes(onnx_path, str(err))
             raise BackendError(f"ONNX Runtime failed to build {onnx_path}: {err}{nodes}") from err
         finally:
-            for leftover in (temp, scratch, scratch.with_name(f"{scratch.name}.data")):  # .data: graphs over 2 GB
+            for leftover in (temp, weights):
                 leftover.unlink(missing_ok=True)
         return artifact_path
 
