@@ -14,6 +14,7 @@ from typing import Any
 
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
+from trtmix.errors import TrtmixError
 from trtmix.ir.groups import find_groups
 from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
@@ -149,11 +150,11 @@ class Pipeline:
         order, members = self._lazy_order(ordering)
         return self.driver.search(order, ordering, baseline_accuracy, budget or self.config.budget, members)
 
-    def searches_together(self, orderings: list[str], baseline_accuracy: float) -> dict[str, BisectionSearch] | None:
-        """One bisection per ordering, driven together on the cluster; None without one (search them in turn)."""
+    def searches_together(self, orderings: list[str], baseline_accuracy: float) -> dict[str, BisectionSearch]:
+        """One bisection per ordering, driven together on the job's cluster (``--workers`` / ``--ray-address``)."""
         cluster = self.cluster()
         if cluster is None:
-            return None
+            raise TrtmixError("Internal error: searches run together only on Ray (--workers or --ray-address).")
         orders = {name: self._lazy_order(name) for name in orderings}
         return self.driver.searches(orders, baseline_accuracy, self.config.budget, cluster)
 

@@ -75,9 +75,7 @@ def _searches(pipeline: Pipeline, output: Path, orderings: list[str], baseline_a
     """One search per ordering: on Ray, all of them together (``--compare-orderings``); else one after another."""
     if len(orderings) > 1 and pipeline.config.parallel.enabled:
         with step(f"the searches along the {', '.join(orderings)} orderings", output):
-            together = pipeline.searches_together(orderings, baseline_accuracy)
-        if together is not None:
-            return together
+            return pipeline.searches_together(orderings, baseline_accuracy)
     searches = {}
     for name in orderings:
         with step(f"the search along the {name} ordering", output):
