@@ -47,7 +47,7 @@ def write_plan_outputs(
         chosen["tensorrt_note"] = f"no chosen.tensorrt.onnx: TensorRT cannot parse {foreign[0].domain} ops"
         return chosen
     if flavour != "tensorrt":
-        shipped = Builder(builder.model, builder.units, builder.ranges, "tensorrt")
+        shipped = Builder(builder.model, builder.units, builder.ranges, "tensorrt", model_hash=builder.model_hash)
         save_onnx(shipped.compile(plan, check=True), tensorrt_onnx)
     lines = trtexec_lines(tensorrt_onnx.name, "chosen.engine", "timing.cache", tensorrt or {})
     atomic_write_text(output / "trtexec.txt", lines)

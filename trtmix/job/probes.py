@@ -39,17 +39,19 @@ class ProbeContext:
     backend: Backend
     folder: Path | None
     evaluation: Evaluation
+    model_hash: str
 
     @classmethod
     def of(cls, driver: SearchDriver) -> ProbeContext:
         """The context of the driver's job."""
         builder = driver.builder
         return cls(driver.config, builder.model, builder.units, builder.ranges, builder.flavour, driver.backend,
-                   builder.folder, driver.evaluation)  # fmt: skip
+                   builder.folder, driver.evaluation, builder.model_hash)  # fmt: skip
 
     def driver(self) -> SearchDriver:
         """A driver for this job without a journal (it measures; the real driver keeps)."""
-        builder = Builder(self.model, self.units, self.ranges, self.flavour, self.backend, self.folder)
+        builder = Builder(self.model, self.units, self.ranges, self.flavour, self.backend, self.folder,
+                          self.model_hash)  # fmt: skip
         return SearchDriver(self.config, builder, self.evaluation, journal=None)  # type: ignore[arg-type]
 
 

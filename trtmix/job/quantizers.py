@@ -24,7 +24,7 @@ import onnx
 from tqdm import tqdm
 
 from trtmix.calibration.ranges import Ranges
-from trtmix.ir.large import tensor_bytes
+from trtmix.ir.large import model_sha256, tensor_bytes
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import Evaluation
@@ -87,12 +87,14 @@ class _Trial:
         self.config, self.model, self.units, self.calibrated = config, model, units, calibrated
         self.flavour, self.evaluation, self.measured = flavour, evaluation, measured
         self.plan = PrecisionPlan.with_int8([unit.name for unit in units], config.default)
+        self.model_hash = model_sha256(model)  # once, not per option
 
     def score(self, label: str, option: tuple[float | None, bool, bool]) -> float:
         """The job's metric of the all-INT8 plan under ``option`` (measured once, then remembered)."""
         if label not in self.measured:
             ranges, _ = _prepared(self.model, self.units, self.calibrated, self.config, self.flavour, *option)
-            compiled = Builder(self.model, self.units, ranges, self.flavour).compile(self.plan, check=False)
+            builder = Builder(self.model, self.units, ranges, self.flavour, model_hash=self.model_hash)
+            compiled = builder.compile(self.plan, check=False)
             evaluation = self.evaluation
             with OnnxRuntimeRunner(compiled, self.config.threads, optimize=True) as runner:
                 outputs = [runner.infer(feed)[evaluation.output_index] for feed in evaluation.feeds["search"]]

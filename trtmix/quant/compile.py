@@ -47,9 +47,14 @@ LOG = logging.getLogger(__name__)
 
 
 def compile_plan(
-    model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | None, flavour: str | Flavour
+    model: onnx.ModelProto, plan: PrecisionPlan, ranges: Ranges | None, flavour: str | Flavour,
+    model_hash: str | None = None,
 ) -> onnx.ModelProto:
-    """A new model with ``plan`` written in the ``flavour``'s form; ``model`` (the float export) is not changed."""
+    """A new model with ``plan`` written in the ``flavour``'s form; ``model`` (the float export) is not changed.
+
+    ``model_hash``: ``model``'s hash where the caller has it (a builder does), so that each compile does not serialize
+    and hash the whole model again to check the ranges against it.
+    """
     flavour = get_flavour(flavour)
     units = require_units(model, "the model")
     plan.validate(u.name for u in units)
@@ -60,7 +65,7 @@ def compile_plan(
             raise CompileError(
                 "The plan has INT8 units but no activation ranges were given.", fix="pass --ranges or --data"
             )
-        ranges.require(sites.activations, model_sha256(model))
+        ranges.require(sites.activations, model_hash or model_sha256(model))
     compiled = _written(model, units, plan, ranges, flavour, sites)
     release(tensor_bytes(model))  # the working graphs' copies of the weights, unreachable once ``_written`` returned
     onnx.helper.set_model_props(compiled, {**{p.key: p.value for p in compiled.metadata_props}, **flavour.metadata()})

@@ -70,14 +70,16 @@ class Builder:
         flavour: str | Flavour,
         backend: Backend | None = None,
         folder: Path | None = None,
+        model_hash: str | None = None,
     ) -> None:
+        """``model_hash``: ``model``'s hash where the caller already has it (hashing BERT-large takes seconds)."""
         self.model, self.units, self.ranges = model, units, ranges
         self.flavour = get_flavour(flavour)
         self.flavour.check_model(model)
         if backend is not None:
             self.flavour.check_backend(backend.name)
         self.backend, self.folder = backend, folder
-        self.model_hash = model_sha256(model)
+        self.model_hash = model_hash or model_sha256(model)
         self.model_bytes = tensor_bytes(model)  # what releasing memory after a probe is worth (``trtmix.memory``)
         self.ranges_hash = ranges.stable_hash() if ranges is not None else "none"  # fixed for this builder
         self._verified: set[Path] = set()  # artifacts whose hash was checked by this builder
@@ -85,7 +87,7 @@ class Builder:
 
     def compile(self, plan: PrecisionPlan, check: bool = True) -> onnx.ModelProto:
         """``plan`` written into the graph; with ``check``, refused unless it passes the flavour's rules."""
-        compiled = compile_plan(self.model, plan, self.ranges, self.flavour)
+        compiled = compile_plan(self.model, plan, self.ranges, self.flavour, self.model_hash)
         if check:
             issues = self.flavour.issues(compiled, self.units, plan)
             if issues:
