@@ -48,6 +48,7 @@ from trtmix.job.pipeline import Pipeline  # noqa: E402
 from trtmix.models.zoo import export_as_user, zoo_model  # noqa: E402
 from trtmix.parallel.cluster import Cluster, Failure, ParallelSettings  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
+from trtmix.runtime import get_backend  # noqa: E402
 from trtmix.runtime.cpu import cpu_features  # noqa: E402
 from trtmix.search.bisection import Budget, hypervolume  # noqa: E402
 from trtmix.sensitivity.run import TORCH_METHODS  # noqa: E402
@@ -190,9 +191,10 @@ def _spread(models: list[str], folder: Path, runs: int, orderings: list[str],
     the same path.
     """
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    gpu = get_backend("auto").device == "gpu"  # the jobs' backend: TensorRT where it runs, so a job holds a GPU
     cluster = Cluster(settings)
     try:
-        outcomes = cluster.jobs(run_model, [(name, folder, runs, orderings) for name in models], "benchmark jobs")
+        outcomes = cluster.jobs(run_model, [(name, folder, runs, orderings) for name in models], "benchmark jobs", gpu)
     finally:
         cluster.close()
     results = []

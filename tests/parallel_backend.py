@@ -1,12 +1,15 @@
-"""A real OpenVINO backend whose latency is scripted, a scoring job whose worker dies, and a sleeping job: Ray tests.
+"""Ray tests' helpers: a real OpenVINO backend whose latency is scripted (and a variant that says it is a GPU
+backend and stamps where its work ran), a scoring job whose worker dies, and a sleeping job.
 
 Ray workers import it by name (the tests put the repository on their PYTHONPATH), so it lives in its own module.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +52,42 @@ class ScriptedLatency(OpenVinoBackend):
                                          device="scripted")  # fmt: skip
 
 
+class OnDeclaredGpus(ScriptedLatency):
+    """``ScriptedLatency`` as a GPU backend would be placed (``device = "gpu"``), on the GPUs a test declares to Ray.
+
+    Every build and timing leaves a stamp in ``stamps``: its kind, process, visible GPUs (``CUDA_VISIBLE_DEVICES``, as
+    Ray sets it) and start and end.  Timing also waits ``timing_seconds``, as a real timing would hold its GPU.
+    """
+
+    device = "gpu"
+
+    def __init__(self, stamps: Path, timing_seconds: float = 0.3) -> None:
+        super().__init__()
+        self.stamps, self.timing_seconds = stamps, timing_seconds
+
+    def build(self, onnx_path: Path, artifact_path: Path) -> Path:
+        """OpenVINO's build, stamped."""
+        start = time.monotonic()
+        built = super().build(onnx_path, artifact_path)
+        self._stamp("build", start)
+        return built
+
+    def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
+             policy: TimingPolicy | None = None) -> LatencyStats:  # fmt: skip
+        """The scripted latency, after holding the device for ``timing_seconds``; stamped."""
+        start = time.monotonic()
+        time.sleep(self.timing_seconds)
+        stats = super().time(artifact, feeds, runs, warmup, policy)
+        self._stamp("time", start)
+        return stats
+
+    def _stamp(self, kind: str, start: float) -> None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        stamp = {"kind": kind, "pid": os.getpid(), "gpus": visible.split(",") if visible else [], "start": start,
+                 "end": time.monotonic()}  # fmt: skip
+        (self.stamps / f"{uuid.uuid4().hex}.json").write_text(json.dumps(stamp))
+
+
 @dataclass
 class DyingScoringJob(ScoringJob):
     """A ``ScoringJob`` whose scorer kills its Ray worker: the first one built in any worker, or every one.
@@ -70,10 +109,10 @@ class DyingScoringJob(ScoringJob):
         return super().scorer(threads)
 
 
-def stamped(seconds: float) -> tuple[str | None, float, float]:
-    """A job that sleeps: where it ran, and when it started and ended (the machine's monotonic clock)."""
+def stamped(seconds: float) -> tuple[str | None, float, float, str | None]:
+    """A job that sleeps: where it ran, when it started and ended (the machine's monotonic clock), its visible GPUs."""
     from trtmix.parallel.cluster import current_node
 
     start = time.monotonic()
     time.sleep(seconds)
-    return current_node(), start, time.monotonic()
+    return current_node(), start, time.monotonic(), os.environ.get("CUDA_VISIBLE_DEVICES")

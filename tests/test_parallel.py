@@ -32,7 +32,7 @@ ray = pytest.importorskip("ray", reason="the trtmix[ray] extra is not installed"
 
 from tests.conftest import TINY_RECIPE as RECIPE  # noqa: E402
 from tests.conftest import batches_for  # noqa: E402
-from tests.parallel_backend import DyingScoringJob, ScriptedLatency, stamped  # noqa: E402
+from tests.parallel_backend import DyingScoringJob, OnDeclaredGpus, ScriptedLatency, stamped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,15 @@ def recipe(tmp_path: Path) -> str:
 def local_ray():
     """A local Ray instance of two one-core workers and one timing token; workers can import ``tests``."""
     ray.init(num_cpus=2, resources={TIMING: 1}, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def declared_gpus():
+    """A local Ray instance with four one-core workers, two GPUs declared to Ray (none is real) and a token each."""
+    ray.init(num_cpus=4, num_gpus=2, resources={TIMING: 2}, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})  # fmt: skip
     yield
     ray.shutdown()
@@ -260,3 +269,36 @@ def test_joining_no_cluster_is_one_clear_error(recipe, tmp_path, capsys) -> None
     printed = capsys.readouterr()
     assert "Cannot join the Ray cluster at 'auto'" in printed.err and "ray start --head" in printed.err
     assert "Traceback" not in printed.err + printed.out
+
+
+def _overlap(first: dict, second: dict) -> bool:
+    return first["start"] < second["end"] and second["start"] < first["end"]
+
+
+def test_a_gpu_backend_builds_on_a_gpu_share_and_times_on_a_whole_gpu(recipe, tmp_path, monkeypatch,
+                                                                      declared_gpus) -> None:  # fmt: skip
+    """Ray's placement of a TensorRT job, on declared GPUs (this machine has none): every build and timing sees one
+    GPU, nothing else runs on a GPU while it is timed, and the driver works only while no task runs."""
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    report = _job(recipe, tmp_path / "out", OnDeclaredGpus(stamps), monkeypatch, ParallelSettings(workers=4),
+                  budget="0%")  # fmt: skip
+    assert report["stop_reason"].startswith("interval closed") and report["chosen"] is not None
+    assert all(p["status"] == "ok" for p in report["probes"])
+    events = [json.loads(path.read_text()) for path in stamps.iterdir()]
+    tasks = [event for event in events if event["pid"] != os.getpid()]
+    assert {event["kind"] for event in tasks} == {"build", "time"}
+    assert all(len(event["gpus"]) == 1 for event in tasks), "Ray gave each build and timing one GPU"
+    for timing in (event for event in tasks if event["kind"] == "time"):
+        beside = [other for other in tasks if other is not timing and other["gpus"] == timing["gpus"]]
+        assert not any(_overlap(timing, other) for other in beside), "a timed GPU runs nothing else"
+    on_driver = [event for event in events if event["pid"] == os.getpid()]
+    assert on_driver and not any(_overlap(mine, task) for mine in on_driver for task in tasks)
+
+
+def test_benchmark_jobs_on_gpus_run_side_by_side_one_gpu_each(declared_gpus) -> None:
+    """A job holds one GPU (and its token): two GPUs run two jobs at once, each seeing only its own."""
+    cluster = Cluster(ParallelSettings(workers=4))
+    stamps = cluster.jobs(stamped, [(2.0,), (2.0,)], "jobs", gpu=True)
+    assert sorted(stamp[3] for stamp in stamps) == ["0", "1"]
+    assert max(stamp[1] for stamp in stamps) < min(stamp[2] for stamp in stamps)

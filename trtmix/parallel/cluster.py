@@ -5,9 +5,11 @@ Without either nothing here is imported and every job runs serially, as before.
 
 * Work that does not time anything (scoring plans for an ordering, building and scoring probes) runs anywhere, one
   core per task and one engine thread per task (``TASK_THREADS``), so the workers together use the cores and no more.
+  With a GPU backend (TensorRT), a probe's build and scoring also hold a share of one GPU (``GPU_SHARE``): Ray makes
+  that GPU the task's only visible one, so a build never lands on a GPU that is being timed.
 * Latency is never measured beside other work on the same device.  Every node offers ``trtmix_timing`` tokens, one
   per device (one per CPU host; one per GPU on a TensorRT host).  A timing task holds a token of the node that built
-  the probe, and on a CPU host also every core of that node, so nothing else runs while it times.
+  the probe and its device: every core of a CPU host, or one whole GPU, which no share is then left on.
 * Ray retries a task whose worker died once (``max_retries=1``); after that the caller gets a ``Failure`` and
   decides (the driver journals the probe as failed; an ordering rescores the lost part itself).
 """
@@ -28,6 +30,7 @@ LOG = logging.getLogger(__name__)
 TIMING = "trtmix_timing"  # the custom resource: one token per timing device on each node
 RETRIES = 1
 TASK_THREADS = 1  # engine threads of a one-core task
+GPU_SHARE = 0.25  # the share of one GPU a build-and-score task of a GPU backend holds: four build on a GPU at once
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ class Cluster:
                 if settings.address:
                     ray.init(address=settings.address, **options)
                 else:
-                    ray.init(num_cpus=settings.workers, resources={TIMING: 1}, **options)
+                    gpus = local_gpus()
+                    tokens = {TIMING: max(1, gpus)}
+                    ray.init(num_cpus=settings.workers, num_gpus=gpus or None, resources=tokens, **options)
             except (ConnectionError, ValueError, RuntimeError) as err:
                 where = f"join the Ray cluster at {settings.address!r}" if settings.address else "start Ray"
                 raise TrtmixError(
@@ -104,9 +109,13 @@ class Cluster:
                 fix="restart the nodes with that flag (README: 'Running on several workers or a cluster')",
             )
 
-    def map(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]], label: str) -> list[Any]:
-        """``function(*call)`` for every call on the workers, in order; a call that failed twice is a ``Failure``."""
-        remote = self.ray.remote(num_cpus=1, max_retries=RETRIES)(function)
+    def map(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]], label: str,
+            gpu_share: float = 0.0) -> list[Any]:  # fmt: skip
+        """``function(*call)`` for every call on the workers, in order; a call that failed twice is a ``Failure``.
+
+        Each call holds one core, and ``gpu_share`` of one GPU when it builds or runs on a GPU (``GPU_SHARE``).
+        """
+        remote = self.ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=RETRIES)(function)
         return self._gather([remote.remote(*call) for call in calls], label)
 
     def put(self, value: Any) -> Any:
@@ -176,6 +185,16 @@ class Cluster:
         """Shut Ray down if this process started it."""
         if self.started:
             self.ray.shutdown()
+
+
+def local_gpus() -> int:
+    """The GPUs this process may use (``CUDA_VISIBLE_DEVICES`` respected), one timing token each.
+
+    0 without a CUDA torch (its CPU build): Ray then finds the GPUs itself, and the host offers one token.
+    """
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def current_node() -> str | None:

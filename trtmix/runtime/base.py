@@ -91,11 +91,13 @@ class Backend(Protocol):
     """An engine: ``build`` turns an ONNX file into an artifact, ``open`` gives a runner on it.
 
     ``run`` and ``time`` open a runner for one call.  ``options`` holds what changes an artifact or its timing,
-    and is part of every artifact's key.
+    and is part of every artifact's key.  ``device`` says what it builds and times on, ``"cpu"`` or ``"gpu"``: on Ray,
+    a GPU backend's tasks hold a share of one GPU, and its timing a whole one (``trtmix.parallel.cluster``).
     """
 
     name: str
     version: str
+    device: str
 
     def options(self) -> dict[str, object]:
         """Build and run settings that change an artifact or its latency (threads, TensorRT options, ...)."""

@@ -193,6 +193,7 @@ class OnnxRuntimeBackend(RunsThroughRunners):
     """ONNX Runtime on the CPU execution provider."""
 
     name = "onnxruntime"
+    device = "cpu"
 
     def __init__(self, threads: int | None = None) -> None:
         import onnxruntime

@@ -69,6 +69,7 @@ class OpenVinoBackend(RunsThroughRunners):
     """OpenVINO's CPU plugin; see the module docstring."""
 
     name = "openvino"
+    device = "cpu"
 
     def __init__(self, threads: int | None = None, precision: str | None = None, cache_dir: Path | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES):  # fmt: skip

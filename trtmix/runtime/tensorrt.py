@@ -98,6 +98,7 @@ class TensorRTBackend:
     """Builds and times TensorRT engines; see the module docstring."""
 
     name = "tensorrt"
+    device = "gpu"
 
     def __init__(self, settings: BuildSettings | None = None) -> None:
         require_tensorrt()
