@@ -79,17 +79,25 @@ def measure_on_cluster(driver: SearchDriver, cluster: Cluster, plans: list[Preci
         gpu = driver.backend.device == "gpu"  # a TensorRT probe builds on a share of a GPU and times on a whole one
         scored = cluster.map(build_and_score, [(context, plan.to_dict()) for plan in todo], "probes: build, score",
                              GPU_SHARE if gpu else 0.0)  # fmt: skip
-        scored = [_record(result) for result in scored]
-        timing = {index: cluster.submit(time_probe, (context, todo[index].to_dict(), record["artifact"]),
-                                        cluster.timing_options(record.get("node"), gpu))
-                  for index, record in enumerate(scored) if record["status"] == "ok"}  # fmt: skip
-        for index, timed in zip(timing, cluster.gather(list(timing.values()), "probes: timing"), strict=True):
-            scored[index] = _merged(scored[index], _record(timed))
-        for plan, record in zip(todo, scored, strict=True):
+        records = _timed(cluster, context, todo, [_record(result) for result in scored], gpu)
+        for plan, record in zip(todo, records, strict=True):
             seconds = record.pop("seconds", 0.0)
             record.pop("node", None)
             driver.keep(plan, record, seconds)
     return [driver.measure(plan) for plan in plans]
+
+
+def _timed(cluster: Cluster, context: Any, plans: list[PrecisionPlan], scored: list[dict[str, Any]],
+           gpu: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """``scored`` with the timing of each probe that built: one task each, on its builder's node, holding its device."""
+    built = [index for index, record in enumerate(scored) if record["status"] == "ok"]
+    places = cluster.timing_options([scored[index].get("node") for index in built], gpu)
+    refs = [cluster.submit(time_probe, (context, plans[index].to_dict(), scored[index]["artifact"]), options)
+            for index, options in zip(built, places, strict=True)]  # fmt: skip
+    records = list(scored)
+    for index, timed in zip(built, cluster.gather(refs, "probes: timing"), strict=True):
+        records[index] = _merged(scored[index], _record(timed))
+    return records
 
 
 def _record(result: dict[str, Any] | Failure) -> dict[str, Any]:

@@ -122,21 +122,23 @@ class Cluster:
         """``value`` in the object store once, for many tasks to read."""
         return self.ray.put(value)
 
-    def timing_options(self, node_id: str | None, gpu: bool = False) -> dict[str, Any]:
-        """Where a timing task may run: on ``node_id`` (the probe's builder), holding one of its tokens.
+    def timing_options(self, node_ids: Sequence[str | None], gpu: bool = False) -> list[dict[str, Any]]:
+        """Where each timing task may run: on its node (the probe's builder), holding one of the node's tokens.
 
         On a CPU host the device is the CPU, so the task also holds every core of the node; on a GPU host
-        (``gpu``) it holds one GPU, which Ray makes the task's only visible one.
+        (``gpu``) it holds one GPU, which Ray makes the task's only visible one.  The cluster's nodes are listed once.
         """
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        cores = next((node["Resources"].get("CPU", 1) for node in self.ray.nodes()
-                      if node["NodeID"] == node_id and node["Alive"]), 1)  # fmt: skip
-        device: dict[str, Any] = {"num_cpus": 1, "num_gpus": 1} if gpu else {"num_cpus": cores}
-        options: dict[str, Any] = {**device, "resources": {TIMING: 1}}
-        if node_id is not None:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
-        return options
+        cores = {node["NodeID"]: node["Resources"].get("CPU", 1) for node in self.ray.nodes() if node["Alive"]}
+        placed = []
+        for node_id in node_ids:
+            device: dict[str, Any] = {"num_cpus": 1, "num_gpus": 1} if gpu else {"num_cpus": cores.get(node_id, 1)}
+            options: dict[str, Any] = {**device, "resources": {TIMING: 1}}
+            if node_id is not None:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
+            placed.append(options)
+        return placed
 
     def jobs(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]], label: str,
              gpu: bool = False) -> list[Any]:  # fmt: skip
@@ -147,8 +149,8 @@ class Cluster:
         timing on one CPU host.  A job that failed twice is a ``Failure``.
         """
         nodes = [node["NodeID"] for node in self.ray.nodes() if node["Alive"] and node["Resources"].get(TIMING)]
-        refs = [self.submit(function, call, self.timing_options(nodes[index % len(nodes)], gpu))
-                for index, call in enumerate(calls)]  # fmt: skip
+        places = self.timing_options([nodes[index % len(nodes)] for index in range(len(calls))], gpu)
+        refs = [self.submit(function, call, options) for call, options in zip(calls, places, strict=True)]
         return self._gather(refs, label)
 
     def submit(self, function: Callable[..., Any], call: tuple[Any, ...], options: dict[str, Any]) -> Any:
