@@ -1,11 +1,12 @@
 """Ray workers against the serial path, in one run: the kl ordering, and frontier probes.
 
-    python benchmarks/parallel.py [--units N] [--frontier 6] [--skip-frontier]
+    python benchmarks/parallel.py [--units N] [--frontier 6] [--skip-frontier] [--skip-exact]
 
 1. The MiniLM-L6 ``kl`` ordering (every unit scored alone on the job's 2 calibration batches, one switched graph per
    scorer): serial at the default threads (all cores), then on a local Ray instance with 1 and with 2 one-core
    workers (one engine thread each).  Ray's start-up is reported apart; the scoring wall time includes shipping the
    job to the workers and each worker compiling its switched graph.  The scores must agree with the serial ones.
+   Then the same with ``--kl-exact``'s scorer (a compile and a session per unit), whose work is mostly one-threaded.
 2. A ``compile`` of MiniLM with ``--frontier N`` and a budget all-INT8 meets, so the search is the all-INT8 probe plus
    N frontier probes: serial, then with 2 workers (probes built and scored on the workers, each timed alone holding
    the node's cores).  The ordering is computed before the clock starts, in each job.
@@ -37,13 +38,16 @@ from trtmix.search.bisection import Budget  # noqa: E402
 from trtmix.sensitivity.measured import ScoringJob, score_plans  # noqa: E402
 
 
-def ordering_rows(path: Path, data: str, units_limit: int | None) -> list[str]:
-    """Seconds of the kl ordering serially and with 1 and 2 workers, and the largest score difference."""
+def ordering_rows(path: Path, data: str, units_limit: int | None, exact: bool = False) -> list[str]:
+    """Seconds of the kl ordering serially and with 1 and 2 workers, and the largest score difference.
+
+    ``exact``: the ``--kl-exact`` scorer, a compile and a session per unit.
+    """
     model = load_onnx(path)
     units = find_units(model)[:units_limit]
     ranges = collect_ranges(path, data, "calibration", CalibrationConfig())
     feeds = list(checked_batches(load_batches(data, "calibration"), model, limit=2))
-    job = ScoringJob(model, units, ranges, "tensorrt", "cosine", feeds)
+    job = ScoringJob(model, units, ranges, "tensorrt", "cosine", feeds, exact=exact)
     plans = [[unit.name] for unit in units]
     start = time.perf_counter()
     serial = score_plans(job, plans, "kl serial")
@@ -60,7 +64,8 @@ def ordering_rows(path: Path, data: str, units_limit: int | None) -> list[str]:
         gap = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(serial, scores, strict=True))
         rows.append(f"| {workers} worker(s), 1 thread each | {startup:.1f} | {seconds:.1f} | "
                     f"{serial_s / seconds:.2f} | {gap:.1e} |")  # fmt: skip
-    return [f"kl ordering of {len(units)} units (MiniLM-L6, 2 calibration batches)",
+    scorer = "--kl-exact: a compile and a session per unit" if exact else "one switched graph per scorer"
+    return [f"kl ordering of {len(units)} units (MiniLM-L6, 2 calibration batches; {scorer})",
             "| run | Ray start (s) | scoring (s) | serial / this | max relative score difference |",
             "|---|---|---|---|---|", *rows]  # fmt: skip
 
@@ -92,11 +97,14 @@ def main() -> None:
     parser.add_argument("--units", type=int, help="order only the first N units (default: all)")
     parser.add_argument("--frontier", type=int, default=6, help="frontier probes of part 2 (default: 6)")
     parser.add_argument("--skip-frontier", action="store_true", help="run part 1 only")
+    parser.add_argument("--skip-exact", action="store_true", help="skip part 1's --kl-exact ordering")
     args = parser.parse_args()
     print(cpu_features().describe())
     with tempfile.TemporaryDirectory(prefix="trtmix-parallel-") as folder:
         path, data, _ = prepare("minilm", Path(folder))
         print("\n".join(ordering_rows(path, data, args.units)), flush=True)
+        if not args.skip_exact:
+            print("\n".join(ordering_rows(path, data, args.units, exact=True)), flush=True)
         if not args.skip_frontier:
             print("\n".join(frontier_rows(Path(folder), args.frontier)), flush=True)
 
