@@ -13,6 +13,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from trtmix.job import pipeline as pipeline_module
 from trtmix.job import probes as probes_module
 from trtmix.job.config import CompileConfig
 from trtmix.job.run import run_compile
-from trtmix.parallel.cluster import TIMING, Cluster, ParallelSettings
+from trtmix.parallel.cluster import GPU_SHARE, TIMING, Cluster, ParallelSettings
 from trtmix.search.bisection import Budget
 from trtmix.sensitivity.measured import ScoringJob, score_plans
 
@@ -302,3 +303,16 @@ def test_benchmark_jobs_on_gpus_run_side_by_side_one_gpu_each(declared_gpus) -> 
     stamps = cluster.jobs(stamped, [(2.0,), (2.0,)], "jobs", gpu=True)
     assert sorted(stamp[3] for stamp in stamps) == ["0", "1"]
     assert max(stamp[1] for stamp in stamps) < min(stamp[2] for stamp in stamps)
+
+
+def test_a_gpu_share_waits_while_its_gpu_is_timed(declared_gpus) -> None:
+    """The two resource shapes exclude each other: with both GPUs held by timings, a build's share starts only
+    once a timing has ended (and so never beside one)."""
+    cluster = Cluster(ParallelSettings(workers=4))
+    timings = [cluster.submit(stamped, (4.0,), options) for options in cluster.timing_options([None, None], gpu=True)]
+    time.sleep(2.0)  # both timings hold their GPUs by now
+    shares = cluster.map(stamped, [(0.1,), (0.1,)], "builds", GPU_SHARE)
+    timed = cluster.gather(timings, "timings")
+    assert sorted(stamp[3] for stamp in timed) == ["0", "1"]
+    assert min(share[1] for share in shares) >= min(stamp[2] for stamp in timed)
+    assert all(share[3] in ("0", "1") for share in shares), "a share sees its one GPU"
