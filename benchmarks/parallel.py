@@ -19,6 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,17 +39,17 @@ from trtmix.search.bisection import Budget  # noqa: E402
 from trtmix.sensitivity.measured import ScoringJob, score_plans  # noqa: E402
 
 
-def ordering_rows(path: Path, data: str, units_limit: int | None, exact: bool = False) -> list[str]:
-    """Seconds of the kl ordering serially and with 1 and 2 workers, and the largest score difference.
-
-    ``exact``: the ``--kl-exact`` scorer, a compile and a session per unit.
-    """
+def scoring_job(path: Path, data: str, units_limit: int | None) -> ScoringJob:
+    """The kl ordering's job: the model, its first ``units_limit`` units, ranges and 2 calibration batches."""
     model = load_onnx(path)
-    units = find_units(model)[:units_limit]
     ranges = collect_ranges(path, data, "calibration", CalibrationConfig())
     feeds = list(checked_batches(load_batches(data, "calibration"), model, limit=2))
-    job = ScoringJob(model, units, ranges, "tensorrt", "cosine", feeds, exact=exact)
-    plans = [[unit.name] for unit in units]
+    return ScoringJob(model, find_units(model)[:units_limit], ranges, "tensorrt", "cosine", feeds)
+
+
+def ordering_rows(job: ScoringJob) -> list[str]:
+    """Seconds of ``job``'s kl ordering serially and with 1 and 2 workers, and the largest score difference."""
+    plans = [[unit.name] for unit in job.units]
     start = time.perf_counter()
     serial = score_plans(job, plans, "kl serial")
     serial_s = time.perf_counter() - start
@@ -64,8 +65,8 @@ def ordering_rows(path: Path, data: str, units_limit: int | None, exact: bool = 
         gap = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(serial, scores, strict=True))
         rows.append(f"| {workers} worker(s), 1 thread each | {startup:.1f} | {seconds:.1f} | "
                     f"{serial_s / seconds:.2f} | {gap:.1e} |")  # fmt: skip
-    scorer = "--kl-exact: a compile and a session per unit" if exact else "one switched graph per scorer"
-    return [f"kl ordering of {len(units)} units (MiniLM-L6, 2 calibration batches; {scorer})",
+    scorer = "--kl-exact: a compile and a session per unit" if job.exact else "one switched graph per scorer"
+    return [f"kl ordering of {len(job.units)} units (MiniLM-L6, 2 calibration batches; {scorer})",
             "| run | Ray start (s) | scoring (s) | serial / this | max relative score difference |",
             "|---|---|---|---|---|", *rows]  # fmt: skip
 
@@ -102,9 +103,10 @@ def main() -> None:
     print(cpu_features().describe())
     with tempfile.TemporaryDirectory(prefix="trtmix-parallel-") as folder:
         path, data, _ = prepare("minilm", Path(folder))
-        print("\n".join(ordering_rows(path, data, args.units)), flush=True)
+        job = scoring_job(path, data, args.units)
+        print("\n".join(ordering_rows(job)), flush=True)
         if not args.skip_exact:
-            print("\n".join(ordering_rows(path, data, args.units, exact=True)), flush=True)
+            print("\n".join(ordering_rows(replace(job, exact=True))), flush=True)
         if not args.skip_frontier:
             print("\n".join(frontier_rows(Path(folder), args.frontier)), flush=True)
 
