@@ -20,7 +20,8 @@ WEIGHT_METHODS = {
 METRICS = {
     "agreement": "top-1 agreement with the float model",
     "accuracy": "top-1 against the recipe's load_labels(split)",
-    "cosine": "mean cosine to the float outputs, for embedding models",
+    "cosine": "mean cosine to the float outputs over rows of the last axis, for embedding models",
+    "sample-cosine": "mean per-sample cosine to the float outputs over the whole output, for dense maps",
 }
 TORCH_SENSITIVITY = {
     "hessian": "Hutchinson trace of each unit's Hessian times its quantization noise (HAWQ-V2 style)",

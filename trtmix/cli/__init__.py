@@ -170,6 +170,11 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         help="what budgets and accuracy percentages are relative to: high = the all-high-precision plan (all FP16 in "
         "the tensorrt flavour, the paper's baseline), fp32 = the exported float model (default: high)",
     )
+    parser.add_argument(
+        "--float-drop", metavar="DROP",
+        help="tensorrt flavour: what the all-high (float16) plan may lose against the FP32 model on the search split "
+        "before float regions are kept in FP32, e.g. 0.05%% (default: a tenth of --max-drop, at least 0.01%%)",
+    )
     ordering_help = "unit ordering, least sensitive first; the Hessian-based ones need MODULE:FUNCTION"
     flags.add_choice_flag(parser, "--ordering", registry.ORDERINGS, "kl", ordering_help)
     parser.add_argument(

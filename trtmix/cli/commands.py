@@ -25,7 +25,7 @@ from trtmix.job.config import CompileConfig
 from trtmix.job.run import summary_lines
 from trtmix.quant.flavours import get_flavour
 from trtmix.runtime import resolve_backend
-from trtmix.search.bisection import Budget
+from trtmix.search.bisection import Budget, parse_fraction
 from trtmix.sensitivity.run import SensitivitySettings
 
 LOG = logging.getLogger(__name__)
@@ -248,6 +248,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         smooth=smooth_settings(args),
         bias_correction=args.bias_correction,
         parallel=parallel_settings(args),
+        float_drop=parse_fraction(args.float_drop, "--float-drop") if args.float_drop is not None else None,
     )
     config.validate()  # unknown orderings, flavour × backend: before any work
     return config

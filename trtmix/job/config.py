@@ -19,6 +19,7 @@ from trtmix.quant.smooth import SmoothSettings
 from trtmix.runtime.timing import TimingPolicy
 from trtmix.search.bisection import Budget
 
+MIN_FLOAT_DROP = 1e-4  # a 0% budget still lets float16 round: 0.01% of the FP32 metric
 # The settings that change what a probe measures; the journal refuses to mix runs that differ in any of them.
 MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
                      "warmup", "threads", "default", "tensorrt", "timing_target", "max_runs",
@@ -61,6 +62,13 @@ class CompileConfig:
     smooth: SmoothSettings = field(default_factory=SmoothSettings)  # outlier-aware scaling of MatMul/Gemm inputs
     bias_correction: bool = True  # subtract int8 weight rounding's mean output shift from unit biases
     parallel: ParallelSettings = field(default_factory=ParallelSettings)  # Ray workers; changes no measurement
+    float_drop: float | None = None  # what the all-high plan may lose to FP32 (None: a tenth of the budget's drop)
+
+    def float_tolerance(self) -> float:
+        """The all-high plan's allowed loss against FP32: ``float_drop``, else a tenth of the budget's, ≥ 0.01%."""
+        if self.float_drop is not None:
+            return self.float_drop
+        return max((1.0 - self.budget.lower) / 10, MIN_FLOAT_DROP)
 
     def timing_policy(self) -> TimingPolicy:
         """How each probe is timed."""
@@ -83,6 +91,8 @@ class CompileConfig:
         if self.backend not in registry.BACKENDS:
             raise TrtmixError(f"Unknown backend {self.backend!r}.", expected=f"one of {', '.join(registry.BACKENDS)}")
         get_flavour(self.flavour, self.weight_bits).check_backend(self.backend)
+        if self.float_drop is not None and not 0 <= self.float_drop < 1:
+            raise TrtmixError(f"--float-drop {self.float_drop} is out of range.", expected="a fraction in [0, 1)")
         self.smooth.validate()
         self.parallel.validate()
 

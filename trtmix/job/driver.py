@@ -46,6 +46,7 @@ class SearchDriver:
         self.cluster = cluster  # with --workers / --ray-address: where independent probes are measured
         self.backend = builder.require_backend()
         self.measured = 0
+        self.base = PrecisionPlan(default=config.default)  # the all-high plan (its FP32 nodes: job/float_baseline)
 
     def outputs(self, artifact: Path, split: str) -> Any:
         """The first output of ``artifact`` on every evaluated batch of ``split``."""
@@ -148,7 +149,7 @@ class SearchDriver:
 
     def all_high(self) -> dict[str, Any]:
         """The all-high-precision plan (k = 0, the paper's 16-bit baseline): the search's own k = 0 probe."""
-        plan = PrecisionPlan(default=self.config.default)
+        plan = self.base
         record = self.measure(plan)
         if record["status"] != "ok":
             raise TrtmixError(f"The all-high-precision plan could not be measured: {record['error']}",
@@ -180,7 +181,8 @@ class SearchDriver:
         members: Mapping[str, Sequence[str]] | None = None,
     ) -> BisectionSearch:
         """Run one bisection along ``order`` (``members``: a group step's units) to its end, measuring each probe."""
-        search = BisectionSearch(order, budget, self.config.default, self.config.frontier, members or {})
+        search = BisectionSearch(order, budget, self.config.default, self.config.frontier, members or {},
+                                 fp32_nodes=self.base.fp32_nodes)  # fmt: skip
         progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
         while (asked := search.ask()) is not None:
             frontier = search.pending_frontier()
@@ -202,7 +204,8 @@ class SearchDriver:
         """
         from trtmix.job.probes import measure_on_cluster  # it builds drivers of this module on the workers
 
-        searches = {label: BisectionSearch(order, budget, self.config.default, self.config.frontier, dict(members))
+        searches = {label: BisectionSearch(order, budget, self.config.default, self.config.frontier, dict(members),
+                                           fp32_nodes=self.base.fp32_nodes)
                     for label, (order, members) in orders.items()}  # fmt: skip
         total = sum(search.max_builds + self.config.frontier for search in searches.values())
         progress = tqdm(total=total, desc=f"searches ({', '.join(searches)})", unit="probe")

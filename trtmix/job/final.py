@@ -29,7 +29,7 @@ def final_choice(
     records = {k: pipeline.journal.get(search.plan_for(k).stable_hash()) for k in search.probes}
     violations = latency_violations([_point(k, r) for k, r in records.items() if _ok(r)])
     extra = _extra_probes(pipeline, search, records, baseline) if violations else []
-    high = pipeline.journal.get(PrecisionPlan(default=pipeline.config.default).stable_hash())
+    high = pipeline.journal.get(pipeline.driver.base.stable_hash())
     pool = {r["plan_hash"]: r for r in [*records.values(), high] if _ok(r) and _feasible(search, r, baseline)}
     part: dict[str, Any] = {"latency_violations": violations, "extra_probes": extra}
     if not pool:

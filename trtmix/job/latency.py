@@ -29,10 +29,10 @@ def job_latency_model(driver: SearchDriver) -> LatencyModel | None:
     cached = driver.journal.cached(JOURNAL_KEY)
     if cached is not None:
         return LatencyModel.from_dict(cached)
-    builder, default = driver.builder, driver.config.default
+    builder, base = driver.builder, driver.base
     feed = driver.evaluation.feeds["search"][0]
     builds = []
-    for plan in (PrecisionPlan(default=default), PrecisionPlan.with_int8([u.name for u in builder.units], default)):
+    for plan in (base, base.with_units(u.name for u in builder.units)):
         artifact = builder.build(plan).artifact
         builds.append((profile(artifact, feed, PROFILE_RUNS), builder.compile(plan, check=False)))
     model = latency_model(builds[0], builds[1], builder.units)
@@ -69,8 +69,7 @@ def job_group_savings(driver: SearchDriver, groups: list[UnitGroup], model: Late
     feed = driver.evaluation.feeds["search"][0]
     alone: dict[str, float] = {}
     for position in range(max(len(g.members) for g in several)):
-        plan = PrecisionPlan.with_int8([g.members[position] for g in several if position < len(g.members)],
-                                       driver.config.default)  # fmt: skip
+        plan = driver.base.with_units(g.members[position] for g in several if position < len(g.members))
         layers = profile(builder.build(plan).artifact, feed, PROFILE_RUNS)
         int8_ms, _, _ = attribute(layers, node_owners(builder.compile(plan, check=False), builder.units))
         for unit in plan.int8_units():

@@ -19,7 +19,8 @@ from trtmix.ir.groups import find_groups
 from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.driver import SearchDriver
-from trtmix.job.evaluation import load_evaluation
+from trtmix.job.evaluation import load_evaluation, split_feeds
+from trtmix.job.float_baseline import MAGNITUDE_BATCHES, FloatBaseline, choose_float_baseline, observed_magnitudes
 from trtmix.job.latency import job_latency_model
 from trtmix.job.orderings import JobOrderings, check_source
 from trtmix.job.quantizers import job_quantizers
@@ -27,7 +28,7 @@ from trtmix.job.steps import step
 from trtmix.job.workspace import Workspace
 from trtmix.parallel.cluster import Cluster
 from trtmix.quant.flavours import get_flavour
-from trtmix.quant.plan import PrecisionPlan
+from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.runtime import get_backend
 from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
@@ -65,13 +66,16 @@ class Pipeline:
                   "version": self.backend.version, "options": self.backend.options()}  # fmt: skip
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
         with step("loading the search and holdout data", self.output):
-            self.evaluation = load_evaluation(config, self.model, self.model_path)
+            self.evaluation = load_evaluation(config, self.model, self.workspace.original_path)
         with step("the choice of quantizers", self.output):
             self.ranges, self.quantizers = job_quantizers(config, self.model, self.units, calibrated, flavour,
                                                           self.journal, self.evaluation)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(config.flavour)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal, self.cluster)
+        with step("the float baseline (which nodes float16 cannot hold)", self.output):
+            self.float_baseline = self._float_baseline()
+        self.driver.base = self.float_baseline.plan
         self.groups = find_groups(self.units, self.model) if config.groups else []
         self._cluster: Cluster | None = None
         self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups,
@@ -98,6 +102,28 @@ class Pipeline:
         config = self.config
         return collect_ranges(self.model_path, config.data, "calibration", config.calibration,
                               data_args=dict(config.data_args), cache_dir=default_cache_dir())  # fmt: skip
+
+    def _float_baseline(self) -> FloatBaseline:
+        """The all-high plan: its FP32 nodes from observed magnitudes and measured regions (``job/float_baseline``)."""
+        config = self.config
+        if self.builder.flavour.float_base is not Precision.FP16 or config.default is not Precision.FP16:
+            return FloatBaseline(PrecisionPlan(default=config.default), {"skipped": "the float base is FP32"})
+        magnitudes = self.journal.cached("float-magnitudes")
+        if magnitudes is None:
+            feeds = split_feeds(config, self.model, "calibration", MAGNITUDE_BATCHES)
+            magnitudes = observed_magnitudes(self.model, feeds)
+            self.journal.store("float-magnitudes", magnitudes)
+        fp32_score = self.evaluation.score("search", self.evaluation.reference["search"])
+
+        def score(plan: PrecisionPlan) -> float:
+            record = self.driver.scored(plan)
+            if record["status"] != "ok":
+                raise TrtmixError(f"A float-baseline plan ({len(plan.fp32_nodes)} FP32 nodes) could not be "
+                                  f"built or scored: {record['error']}")  # fmt: skip
+            return float(record["accuracy"])
+
+        return choose_float_baseline(self.model, config.default, magnitudes, score, fp32_score,
+                                     config.float_tolerance(), self.journal)  # fmt: skip
 
     def _builder(self, flavour: str) -> Builder:
         configured = get_flavour(flavour, self.config.weight_bits if flavour == self.config.flavour else None)

@@ -105,7 +105,7 @@ def _report(
             entry = by_hash.setdefault(record["plan_hash"], {**record, "orderings": []})
             entry["orderings"].append(name)
             orderings[name].append({**record, "step": k})
-    high = dict(pipeline.journal.get(PrecisionPlan(default=config.default).stable_hash()) or {})
+    high = dict(pipeline.journal.get(pipeline.driver.base.stable_hash()) or {})
     if high and high["plan_hash"] not in by_hash:  # measured as the baseline though no search visited k = 0
         by_hash[high["plan_hash"]] = {**high, "relative": _relative(high, baseline), "orderings": ["baseline"]}
     probes = list(by_hash.values())

@@ -9,7 +9,8 @@ from pathlib import Path
 import onnx
 
 from trtmix.errors import TrtmixError
-from trtmix.ir.graph import load_onnx
+from trtmix.ir.fold import fold_batch_norms
+from trtmix.ir.graph import load_onnx, save_onnx
 from trtmix.ir.units import Unit, require_units
 from trtmix.job import lock
 from trtmix.job.config import CompileConfig
@@ -39,8 +40,8 @@ class Workspace:
             if fresh:
                 self.clear()
             self.artifacts.mkdir(exist_ok=True)
-            self.model_path = self._float_model()
-            self.model: onnx.ModelProto = load_onnx(self.model_path)
+            self.original_path = self._float_model()
+            self.model_path, self.model = self._prepared(load_onnx(self.original_path))
             self.units: list[Unit] = require_units(self.model, str(self.model_path))
         except BaseException:
             self.close()
@@ -65,6 +66,18 @@ class Workspace:
 
         names = list(self.config.input_names) or None
         return export_once(self.source, self.export_path, exporter=self.config.exporter, input_names=names)
+
+    def _prepared(self, model: onnx.ModelProto) -> tuple[Path, onnx.ModelProto]:
+        """The float model every plan starts from: the user's graph with what TensorRT folds folded in float32.
+
+        Written as ``prepared.onnx`` when something folded; else the user's own file.  ``original_path`` stays the
+        graph as given (or exported): the FP32 contender of the final choice.
+        """
+        folded, names = fold_batch_norms(model)
+        if not names:
+            return self.original_path, model
+        LOG.info("folded %d BatchNormalization node(s) into convolutions: %s", len(names), ", ".join(names[:8]))
+        return save_onnx(folded, self.output / "prepared.onnx"), folded
 
     def journal(self, identity: str) -> Journal:
         """The job's journal, refusing one written under another identity."""

@@ -58,6 +58,7 @@ def compile_plan(
     flavour = get_flavour(flavour)
     units = require_units(model, "the model")
     plan.validate(u.name for u in units)
+    plan.validate_nodes(node.name for node in model.graph.node)
     int8_units = [u for u in units if plan.precision_of(u.name) is Precision.INT8]
     sites = flavour.sites(model, int8_units, ranges)
     if sites.activations:
@@ -198,6 +199,8 @@ def _apply_float_types(model: onnx.ModelProto, units: list[Unit], plan: Precisio
     unit_precision = {node: plan.precision_of(u.name) for u in units for node in u.nodes}
 
     def is_fp32(node_name: str) -> bool:
+        if node_name in plan.fp32_nodes:
+            return True
         precision = unit_precision.get(node_name, base)
         return (base if precision is Precision.INT8 else precision) is Precision.FP32
 

@@ -5,6 +5,9 @@ one dtype; float initializers and ``Constant`` values are stored in their reader
 an edge whose producer and reader disagree, and at float32 graph inputs and outputs, which keep their type.
 ONNX Runtime's float16 converter was tried first and rejected: it put an fp16 round trip between two adjacent fp32
 nodes and wrapped fp32 weights in redundant Casts.
+
+Nodes that cannot be float16 at all (shape computations, ops without a float16 form, subgraphs) stay float32
+whatever the caller asks: ``trtmix.quant.float_rules``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtmix.ir.large import array_of, import_graph
+from trtmix.quant.float_rules import float32_rules
 
 FP16, FP32 = np.dtype(np.float16), np.dtype(np.float32)
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -25,9 +29,15 @@ DTYPE_ATTRIBUTES = {"Cast": "to", "RandomNormalLike": "dtype", "RandomUniformLik
 
 
 def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> onnx.ModelProto:
-    """A copy of ``model`` whose nodes run in float16 except those ``is_fp32_node`` names."""
+    """A copy of ``model`` whose nodes run in float16 except those ``is_fp32_node`` names and those that must.
+
+    ``model`` is topologically sorted with every node named (as ``load_onnx`` leaves it).
+    """
+    rules = float32_rules(model)
     graph = import_graph(model)  # its weights are read from ``model`` as each is converted
-    node_dtype = {node.name: FP32 if is_fp32_node(node.name) else FP16 for node in graph.nodes}
+    node_dtype = {node.name: FP32 if is_fp32_node(node.name) or node.name in rules.nodes else FP16
+                  for node in graph.nodes}  # fmt: skip
+    fixed_inputs = _float32_only_inputs(graph) | rules.inputs
     for node in graph.nodes:
         if node_dtype[node.name] == FP16:
             _retype_attributes(node)
@@ -38,7 +48,7 @@ def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> o
         if node.op == "Cast":
             continue  # a Cast reads any dtype
         for position, tensor in enumerate(node.inputs):
-            wanted = FP32 if (node.op, position) in FLOAT32_ONLY_INPUTS else node_dtype.get(node.name, FP32)
+            wanted = FP32 if (node.name, position) in fixed_inputs else node_dtype.get(node.name, FP32)
             if isinstance(tensor, gs.Constant):
                 node.inputs[position] = _constant_as(tensor, wanted, constants)
             elif _is_float(tensor) and _dtype_of(tensor, node_dtype) != wanted:
@@ -48,6 +58,12 @@ def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> o
             tensor.dtype = node_dtype.get(tensor.inputs[0].name, tensor.dtype)
     graph.cleanup().toposort()
     return gs.export_onnx(graph)
+
+
+def _float32_only_inputs(graph: gs.Graph) -> set[tuple[str, int]]:
+    """(node name, position) of every input that ONNX types float32 whatever the data type is."""
+    return {(node.name, position) for node in graph.nodes for position in range(len(node.inputs))
+            if (node.op, position) in FLOAT32_ONLY_INPUTS}  # fmt: skip
 
 
 def _is_float(tensor: gs.Tensor) -> bool:

@@ -41,23 +41,35 @@ class Precision(str, enum.Enum):
 
 @dataclass(frozen=True)
 class PrecisionPlan:
-    """A default precision plus per-unit overrides.
+    """A default precision plus per-unit overrides, plus float nodes kept in FP32.
 
     Attributes:
         default: precision of every unit not named in ``units`` (and of the graph around the units).
         units: unit name → precision.
+        fp32_nodes: graph nodes outside INT8 units that run in FP32 whatever ``default`` says: the regions float16
+            cannot hold (observed magnitudes, measured losses).  Written in the plan file, so a plan says exactly
+            which graph it compiles to.
     """
 
     default: Precision = Precision.FP16
     units: Mapping[str, Precision] = field(default_factory=dict)
+    fp32_nodes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "units", MappingProxyType(dict(sorted(self.units.items()))))
+        object.__setattr__(self, "fp32_nodes", frozenset(self.fp32_nodes))
 
     @classmethod
-    def with_int8(cls, unit_names: Iterable[str], default: Precision = Precision.FP16) -> PrecisionPlan:
-        """The named units in INT8, everything else in ``default``."""
-        return cls(default=default, units={name: Precision.INT8 for name in unit_names})
+    def with_int8(
+        cls, unit_names: Iterable[str], default: Precision = Precision.FP16, fp32_nodes: Iterable[str] = ()
+    ) -> PrecisionPlan:
+        """The named units in INT8, everything else in ``default`` (``fp32_nodes`` in FP32)."""
+        units = {name: Precision.INT8 for name in unit_names}
+        return cls(default=default, units=units, fp32_nodes=frozenset(fp32_nodes))
+
+    def with_units(self, unit_names: Iterable[str]) -> PrecisionPlan:
+        """The plan with the named units in INT8 as well (its default and FP32 nodes kept)."""
+        return PrecisionPlan(self.default, {**self.units, **{n: Precision.INT8 for n in unit_names}}, self.fp32_nodes)
 
     def precision_of(self, unit_name: str) -> Precision:
         """The precision this plan gives ``unit_name``."""
@@ -68,8 +80,11 @@ class PrecisionPlan:
         return [name for name, precision in self.units.items() if precision is Precision.INT8]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: ``{"default": "fp16", "units": {"<unit name>": "int8", ...}}``."""
-        return {"default": self.default.value, "units": {name: p.value for name, p in self.units.items()}}
+        """The JSON form: ``{"default": "fp16", "units": {"<unit name>": "int8", ...}}`` (+ ``"fp32_nodes"``)."""
+        data: dict[str, Any] = {"default": self.default.value, "units": {n: p.value for n, p in self.units.items()}}
+        if self.fp32_nodes:  # absent when empty, so plans without FP32 nodes hash as they always did
+            data["fp32_nodes"] = sorted(self.fp32_nodes)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "plan") -> PrecisionPlan:
@@ -79,19 +94,25 @@ class PrecisionPlan:
                 f"{source} is not a JSON object (got {type(data).__name__}).",
                 expected='{"default": "fp16", "units": {"<unit name>": "int8"}}',
             )
-        unknown_keys = sorted(set(data) - {"default", "units"})
+        unknown_keys = sorted(set(data) - {"default", "units", "fp32_nodes"})
         if unknown_keys:
-            raise PlanError(f"{source} has unknown keys {unknown_keys}.", expected='only "default" and "units"')
+            raise PlanError(f"{source} has unknown keys {unknown_keys}.",
+                            expected='only "default", "units" and "fp32_nodes"')  # fmt: skip
+        fp32_nodes = data.get("fp32_nodes", [])
+        if not isinstance(fp32_nodes, list) or not all(isinstance(n, str) for n in fp32_nodes):
+            raise PlanError(f'{source}: "fp32_nodes" must be a list of node names.', expected='["/conv1/Conv", ...]')
         units = data.get("units", {})
         if not isinstance(units, dict):
             raise PlanError(f'{source}: "units" must map unit names to precisions (got {type(units).__name__}).')
         default = Precision.parse(data.get("default", Precision.FP16.value), f'{source} "default"')
         parsed = {str(name): Precision.parse(p, f"{source} unit {name!r}") for name, p in units.items()}
-        return cls(default=default, units=parsed)
+        return cls(default=default, units=parsed, fp32_nodes=frozenset(fp32_nodes))
 
     def canonical(self) -> PrecisionPlan:
         """The same plan with redundant entries (equal to the default) dropped."""
-        return PrecisionPlan(self.default, {n: p for n, p in self.units.items() if p is not self.default})
+        units = {n: p for n, p in self.units.items() if p is not self.default}
+        fp32_nodes = self.fp32_nodes if self.default is not Precision.FP32 else frozenset()
+        return PrecisionPlan(self.default, units, fp32_nodes)
 
     def stable_hash(self) -> str:
         """A 16-hex-digit hash of the canonical plan: equal for plans that mean the same."""
@@ -123,3 +144,16 @@ class PrecisionPlan:
                     expected=f"one of the model's {len(known)} unit names",
                     fix=hint,
                 )
+
+    def validate_nodes(self, node_names: Iterable[str]) -> None:
+        """Fail if ``fp32_nodes`` names a node the model does not have."""
+        known = set(node_names)
+        unknown = sorted(self.fp32_nodes - known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=3, cutoff=0.5)
+            raise PlanError(
+                f"The plan's fp32_nodes name {len(unknown)} node(s) the model does not have: {', '.join(unknown[:5])}.",
+                expected="node names of the float model (`trtmix units` lists the units; a plan written by trtmix "
+                "for this model has the right names)",
+                fix=f"did you mean {', '.join(repr(c) for c in close)}?" if close else "remove them from the plan",
+            )

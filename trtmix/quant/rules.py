@@ -26,6 +26,7 @@ import onnx
 from trtmix.ir.graph import GraphIndex, node_attribute, opset_version
 from trtmix.ir.large import shape_view
 from trtmix.ir.units import Unit
+from trtmix.quant.float_rules import float32_rules
 from trtmix.quant.float_types import FLOAT32_ONLY_INPUTS
 from trtmix.quant.plan import Precision, PrecisionPlan
 
@@ -134,6 +135,8 @@ def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPla
     if base is Precision.FP32:
         return []
     fp32_nodes = {node for u in units if plan.precision_of(u.name) is Precision.FP32 for node in u.nodes}
+    rules = float32_rules(model)  # nodes that cannot be float16, and inputs typed float32 whatever T is
+    fp32_nodes |= plan.fp32_nodes | set(rules.nodes)
     inferred = shape_view(model)
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
     types.update({init.name: init.data_type for init in model.graph.initializer})
@@ -147,6 +150,7 @@ def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPla
             if name
             and types.get(name) == onnx.TensorProto.FLOAT
             and (node.op_type, position) not in FLOAT32_ONLY_INPUTS
+            and (node.name, position) not in rules.inputs
         ]
         if float32_inputs:
             issues.append(

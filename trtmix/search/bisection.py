@@ -42,7 +42,7 @@ class Budget:
         if (max_drop is None) == (accuracy_range is None):
             raise TrtmixError("Give exactly one of --max-drop and --accuracy-range.", expected="e.g. --max-drop 0.1%")
         if max_drop is not None:
-            drop = _fraction(max_drop, "--max-drop")
+            drop = parse_fraction(max_drop, "--max-drop")
             if not 0 <= drop < 1:
                 raise TrtmixError(f"--max-drop {max_drop} is out of range.", expected="a drop between 0% and 100%")
             return cls(lower=1.0 - drop)
@@ -77,7 +77,8 @@ class Budget:
         return f"{self.lower * 100:.3f}%–{self.upper * 100:.3f}% of {reference}"
 
 
-def _fraction(text: str, flag: str) -> float:
+def parse_fraction(text: str, flag: str) -> float:
+    """``0.1%`` or ``0.001`` as a fraction, with an error naming ``flag``."""
     text = str(text).strip()
     match = re.fullmatch(r"([0-9]*\.?[0-9]+|[0-9]+\.)\s*(%?)", text)
     if not match:
@@ -159,6 +160,7 @@ class BisectionSearch:
     frontier: int = 0
     members: Mapping[str, Sequence[str]] = field(default_factory=dict)
     probes: dict[int, Probe] = field(default_factory=dict)
+    fp32_nodes: frozenset[str] = frozenset()  # float nodes every plan keeps in FP32 (the job's all-high plan's)
     _low: int = 0
     _high: int = 0
     _stage: str = "all-int8"
@@ -181,9 +183,9 @@ class BisectionSearch:
     def plan_for(self, k: int) -> PrecisionPlan:
         """The plan with the first ``k`` steps of the order in INT8 (k = 0 and k = U need no order)."""
         if k == 0:
-            return PrecisionPlan(default=self.default)
+            return PrecisionPlan(default=self.default, fp32_nodes=self.fp32_nodes)
         steps = self.order.names if k == self.units and isinstance(self.order, LazyOrder) else self.order[:k]
-        return PrecisionPlan.with_int8(self.expand(steps), default=self.default)
+        return PrecisionPlan.with_int8(self.expand(steps), default=self.default, fp32_nodes=self.fp32_nodes)
 
     def expand(self, steps: Sequence[str]) -> list[str]:
         """The unit names of ``steps``, in order."""

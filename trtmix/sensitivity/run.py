@@ -43,7 +43,7 @@ from trtmix.sensitivity.measured import ScoringJob, TaskRunner, context_scores, 
 LOG = logging.getLogger(__name__)
 METHODS = tuple(registry.SENSITIVITY_METHODS)
 TORCH_METHODS = frozenset(registry.TORCH_SENSITIVITY)
-LOSS_FOR_METRIC = {"agreement": "kl", "cosine": "mse", "accuracy": "ce"}
+LOSS_FOR_METRIC = {"agreement": "kl", "cosine": "mse", "sample-cosine": "mse", "accuracy": "ce"}
 
 
 @dataclass(frozen=True)
