@@ -24,7 +24,7 @@ from trtmix.memory import release
 from trtmix.parallel.cluster import Cluster
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
-from trtmix.runtime.engine_report import UnitCheck, check_layers, describe, mismatches
+from trtmix.runtime.engine_report import UnitCheck, check_layers, describe, mismatches, not_found
 from trtmix.search.bisection import BisectionSearch, Budget
 from trtmix.search.journal import Journal
 
@@ -108,12 +108,16 @@ class SearchDriver:
             return None
         feed = self.evaluation.feeds["search"][0]
         exact_float = self.backend.name == "tensorrt"  # strongly typed; OpenVINO picks its own float type
-        return check_layers(engine_layers(artifact, feed), self.builder.units, plan, exact_float, self._consumers)
+        consumers, node_outputs = self._topology
+        return check_layers(engine_layers(artifact, feed), self.builder.units, plan, exact_float, consumers,
+                            node_outputs)  # fmt: skip
 
     @functools.cached_property
-    def _consumers(self) -> dict[str, list[str]]:
-        """Tensor → the float model's nodes reading it (the model does not change, so built once per job)."""
-        return {tensor: [n.name for n in nodes] for tensor, nodes in GraphIndex(self.builder.model).consumers.items()}
+    def _topology(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Tensor → the float model's nodes reading it, node → its outputs (built once per job)."""
+        index = GraphIndex(self.builder.model)
+        consumers = {tensor: [n.name for n in nodes] for tensor, nodes in index.consumers.items()}
+        return consumers, {node.name: list(node.output) for node in self.builder.model.graph.node}
 
     def _precision_check(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
         """The units whose engine precision differs from the plan; a failed probe with --strict-precision."""
@@ -126,7 +130,8 @@ class SearchDriver:
         int8 = [c for c in checks if c.planned == "int8"]
         return {"precision_mismatches": [asdict(m) for m in wrong],
                 "verified_int8": sum(c.verified for c in int8), "planned_int8": len(int8),
-                "unverifiable": [c.unit for c in checks if c.fused_with]}  # fmt: skip
+                "unverifiable": [c.unit for c in checks if c.fused_with],
+                "not_found": [c.unit for c in not_found(checks)]}  # fmt: skip
 
     def float_artifact(self) -> Path:
         """The float model as the backend built it for the baseline."""

@@ -24,6 +24,7 @@ from trtmix.job.steps import step
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import describe_quantizers
 from trtmix.runtime.cpu import cpu_features
+from trtmix.runtime.engine_report import mismatches, not_found
 from trtmix.runtime.timing import busy
 from trtmix.search.bisection import BisectionSearch, order_computed
 
@@ -213,7 +214,8 @@ def _engine_check(pipeline: Pipeline, plan: PrecisionPlan) -> dict[str, Any] | N
     int8 = [c for c in checks if c.planned == "int8"]
     return {"units": {c.unit: asdict(c) | {"verified": c.verified, "matches": c.matches} for c in checks},
             "planned_int8": len(int8), "verified_int8": sum(c.verified for c in int8),
-            "mismatches": [c.unit for c in checks if not c.matches],
+            "mismatches": [c.unit for c in mismatches(checks)],
+            "not_found": [c.unit for c in not_found(checks)],
             "unverifiable": [c.unit for c in checks if c.fused_with]}  # fmt: skip
 
 
@@ -336,6 +338,8 @@ def _engine_line(report: dict[str, Any]) -> str:
         line += f"; {check['verified_int8']} of {check['planned_int8']} INT8 units verified int8 by the engine"
         if check["mismatches"]:
             line += f"; MISMATCHES: {', '.join(check['mismatches'])}"
+        if check.get("not_found"):
+            line += f"; {len(check['not_found'])} unit(s) not found among the engine's layers (not checked)"
         if check["unverifiable"]:
             line += f"; {len(check['unverifiable'])} fused with units of another precision (not checkable)"
     return line

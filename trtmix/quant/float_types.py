@@ -44,15 +44,15 @@ def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> o
     _keep_float32_outputs(graph, node_dtype)
     casts: dict[tuple[str, np.dtype], gs.Variable] = {}
     constants: dict[tuple[str, np.dtype], gs.Constant] = {}
-    for node in list(graph.nodes):
-        if node.op == "Cast":
-            continue  # a Cast reads any dtype
-        for position, tensor in enumerate(node.inputs):
-            wanted = FP32 if (node.name, position) in fixed_inputs else node_dtype.get(node.name, FP32)
-            if isinstance(tensor, gs.Constant):
-                node.inputs[position] = _constant_as(tensor, wanted, constants)
-            elif _is_float(tensor) and _dtype_of(tensor, node_dtype) != wanted:
-                node.inputs[position] = _cast(graph, tensor, wanted, casts)
+    edges = [(node, position, tensor, FP32 if (node.name, position) in fixed_inputs else node_dtype[node.name])
+             for node in list(graph.nodes) if node.op != "Cast"  # a Cast reads any dtype
+             for position, tensor in enumerate(node.inputs)]  # fmt: skip
+    float32_readers = {id(tensor) for _, _, tensor, wanted in edges if wanted == FP32}
+    for node, position, tensor, wanted in edges:
+        if isinstance(tensor, gs.Constant):
+            node.inputs[position] = _constant_as(tensor, wanted, constants, id(tensor) in float32_readers)
+        elif _is_float(tensor) and _dtype_of(tensor, node_dtype) != wanted:
+            node.inputs[position] = _cast(graph, tensor, wanted, casts)
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and _is_float(tensor) and tensor.inputs:
             tensor.dtype = node_dtype.get(tensor.inputs[0].name, tensor.dtype)
@@ -91,15 +91,21 @@ def _clip_fp16(values: np.ndarray) -> np.ndarray:
     return np.asarray(np.clip(values, -FP16_MAX, FP16_MAX), dtype=FP16)
 
 
-def _constant_as(constant: gs.Constant, dtype: np.dtype, cache: dict[tuple[str, np.dtype], gs.Constant]) -> gs.Constant:
-    """The constant in ``dtype`` (one shared copy per dtype); non-float constants are returned unchanged."""
+def _constant_as(
+    constant: gs.Constant, dtype: np.dtype, cache: dict[tuple[str, np.dtype], gs.Constant], kept: bool = False
+) -> gs.Constant:
+    """The constant in ``dtype`` (one shared copy per dtype); non-float constants are returned unchanged.
+
+    ``kept``: the float32 original stays in the graph for a float32 reader, so a float16 copy needs its own name.
+    """
     if np.dtype(constant.dtype) not in (FP16, FP32) or np.dtype(constant.dtype) == dtype:
         return constant
     key = (constant.name, dtype)
     if key not in cache:
         values = array_of(constant)  # not kept on ``constant``: only the converted copy stays in the graph
         values = _clip_fp16(values) if dtype == FP16 else np.asarray(values, dtype=dtype)
-        cache[key] = gs.Constant(constant.name if dtype == FP16 else f"{constant.name}_fp32", values)
+        name = constant.name if dtype == FP16 and not kept else f"{constant.name}_{'fp16' if dtype == FP16 else 'fp32'}"
+        cache[key] = gs.Constant(name, values)
     return cache[key]
 
 

@@ -109,7 +109,9 @@ def plan_smoothing(
               "tensors": len(scales), "shifted": len(shifts),
               "kept_units": sorted(u.name for t in scales for u in candidates[t].readers),
               "noise_ratio": noise / max(baseline, 1e-30),
-              "clamped": [name for names in clamped for name in names]}  # fmt: skip
+              "clamped": [name for names in clamped for name in names],
+              "not_centred": sorted(u.name for c in candidates.values() if centre and not c.shiftable
+                                    for u in c.readers)}  # fmt: skip
     as_tuples = {tensor: tuple(float(v) for v in value) for tensor, value in scales.items()}
     centred = {tensor: tuple(float(v) for v in value) for tensor, value in shifts.items()}
     return replace(ranges, smoothing=as_tuples, shifts=centred, meta={**ranges.meta, "smoothing_alpha": alpha}), report
@@ -131,11 +133,23 @@ def find_candidates(model: onnx.ModelProto, units: list[Unit], ranges: Ranges) -
 
 
 def _has_bias(index: GraphIndex, unit: Unit) -> bool:
-    """True when the unit ends in a constant per-output-channel bias (Gemm input 2, or a MatMul's bias Add)."""
+    """True when the unit ends in a bias the shift's z·W can go into, as ``trtmix.quant.bias.bias_input`` finds it.
+
+    That is a 1-D initializer: Gemm input 2, or an input of a MatMul's bias Add.  A unit without one (Paddle2ONNX
+    writes MatMuls without bias, and biases as Constant nodes) leaves its input tensor uncentred, with the other
+    readers of that tensor; its scaling still applies (``not_centred`` in the report).
+    """
     anchor = index.nodes[unit.name]
     if unit.op == "Gemm":
-        return len(anchor.input) > 2 and index.is_constant(anchor.input[2])
-    return len(unit.nodes) > 1 and index.nodes[unit.nodes[1]].op_type == "Add"
+        return len(anchor.input) > 2 and _vector_initializer(index, anchor.input[2])
+    if len(unit.nodes) < 2 or index.nodes[unit.nodes[1]].op_type != "Add":
+        return False
+    return any(_vector_initializer(index, name) for name in index.nodes[unit.nodes[1]].input)
+
+
+def _vector_initializer(index: GraphIndex, name: str) -> bool:
+    return name in index.initializers and len(index.initializers[name].dims) == 1
+
 
 
 def prepare_ranges(

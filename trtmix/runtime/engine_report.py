@@ -154,21 +154,24 @@ def check_layers(
     plan: PrecisionPlan,
     exact_float: bool = True,
     consumers: Mapping[str, list[str]] | None = None,
+    node_outputs: Mapping[str, list[str]] | None = None,
 ) -> list[UnitCheck]:
     """For every unit: planned precision vs the precision of the engine layer that computes its anchor node.
 
     An engine may fuse a node away under another name: OpenVINO names a graph's last layer after its output tensor,
-    and its attention ``Subgraph`` drops the Q·Kᵀ MatMul's name.  The unit is then located by a compute layer named
-    after its output tensor, or through ``consumers`` (tensor → reading node names) by the layer that computes the
-    node reading its output, as long as that node is no other unit's anchor.
+    its attention ``Subgraph`` drops the Q·Kᵀ MatMul's name, and a conv fused with the Mul/Add chain after it
+    (Paddle2ONNX's unfolded scale and shift) takes the name of a node down that chain.  The unit is then located by a
+    compute layer named after its output tensor, or through ``consumers`` (tensor → reading node names) and
+    ``node_outputs`` (node → its output tensors) by the compute layer of a node up to ``FUSION_DEPTH`` steps
+    downstream, through nodes that are no other unit's anchor.  A unit found nowhere is ``not found``, never a
+    mismatch.
     """
     anchors = {unit.name for unit in units}
     located = {}
     for unit in units:
         layer = unit_layer(layers, unit.name) or _named_after(layers, unit.output)
         if layer is None and consumers:
-            readers = [n for n in consumers.get(unit.output, []) if n not in anchors]
-            layer = next((found for n in readers if (found := unit_layer(layers, n)) is not None), None)
+            layer = _downstream_layer(layers, unit.output, anchors, consumers, node_outputs or {})
         located[unit.name] = layer
     checks = []
     for unit in units:
@@ -181,15 +184,40 @@ def check_layers(
     return checks
 
 
+FUSION_DEPTH = 4
+
+
+def _downstream_layer(
+    layers: list[EngineLayer], tensor: str, anchors: set[str], consumers: Mapping[str, list[str]],
+    node_outputs: Mapping[str, list[str]],
+) -> EngineLayer | None:  # fmt: skip
+    """The layer computing the first non-anchor node downstream of ``tensor`` that an engine layer names.
+
+    The direct reader may be named by any layer (a bias add split off); further down only a compute layer counts.
+    """
+    frontier = [tensor]
+    for depth in range(FUSION_DEPTH):
+        readers = [n for t in frontier for n in consumers.get(t, []) if n not in anchors]
+        for reader in readers:
+            found = unit_layer(layers, reader)
+            if found is not None and (depth == 0 or computes(found.kind)):
+                return found
+        frontier = [t for reader in readers for t in node_outputs.get(reader, [])]
+    return None
+
+
 def mismatches(checks: list[UnitCheck]) -> list[UnitCheck]:
-    """The units whose engine precision differs from the plan (including units the engine does not name)."""
-    return [check for check in checks if not check.matches]
+    """The units whose engine layer runs another precision than the plan's (units not found are not among them)."""
+    return [check for check in checks if check.layer is not None and not check.matches]
+
+
+def not_found(checks: list[UnitCheck]) -> list[UnitCheck]:
+    """The units no engine layer could be traced to: neither verified nor a mismatch."""
+    return [check for check in checks if check.layer is None]
 
 
 def describe(checks: list[UnitCheck]) -> str:
     """One line per mismatching unit, naming the ONNX node, the plan and the engine layer."""
     return "\n".join(
-        f"{c.unit}: planned {c.planned}, engine runs {c.engine}"
-        + (f" (layer {c.layer!r})" if c.layer else " (no engine layer names it)")
-        for c in mismatches(checks)
+        f"{c.unit}: planned {c.planned}, engine runs {c.engine} (layer {c.layer!r})" for c in mismatches(checks)
     )
