@@ -130,12 +130,21 @@ def _require_external_data(model: onnx.ModelProto, source: Path) -> None:
         )
 
 
-def name_unnamed_nodes(model: onnx.ModelProto) -> None:
-    """Give nameless or duplicate-named nodes a deterministic name ``<op>_<index>`` so units can be addressed."""
+def name_unnamed_nodes(model: onnx.ModelProto, tag: str = "") -> None:
+    """Give nameless or duplicate-named nodes a deterministic name ``<op>_<tag><index>`` so units can be addressed.
+
+    A new name never repeats one the graph already has (a converted graph's indices shift: ``tag`` tells its new
+    nodes apart from those named when it was loaded).
+    """
+    taken = {node.name for node in model.graph.node if node.name}
     seen: set[str] = set()
     for index, node in enumerate(model.graph.node):
         if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{index}"
+            name = f"{node.op_type}_{tag}{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
         seen.add(node.name)
 
 

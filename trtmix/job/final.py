@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from trtmix.job.pipeline import Pipeline
-from trtmix.quant.plan import PrecisionPlan
+from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.runtime.base import Runner
 from trtmix.search.bisection import BisectionSearch
-from trtmix.search.choose import Candidate, choose, latency_violations
+from trtmix.search.choose import Candidate, Choice, choose, latency_violations
 
 ROUND_RUNS = 5  # timed runs per contender per interleaved round (their median is the round's figure)
+ORIGINAL = "original-fp32"  # the key of the user's own graph, timed as given, in the final rounds
 EXTRA_PROBES = 2  # probes added off the bisection path when latency rises with k
 
 
@@ -38,24 +39,53 @@ def final_choice(
     reference = high["plan_hash"] if high and high["plan_hash"] in pool else min(candidates, key=lambda c: c.k).key
     if pipeline.config.final_rounds == 0:
         fastest = min(candidates, key=lambda c: (c.median_ms, -c.k))
+        if baseline["fp32"]["latency"]["median_ms"] <= fastest.median_ms:
+            return ORIGINAL_PLAN, {**part, "original": True}
         return PrecisionPlan.from_dict(pool[fastest.key]["plan"]), part
+    choice = _timed_choice(pipeline, candidates, reference, pool)
+    part["final_timing"] = {**asdict(choice), "k": {c.key: c.k for c in candidates} | {ORIGINAL: None},
+                            "baseline": reference, "round_runs": ROUND_RUNS}  # fmt: skip
+    if choice.key == ORIGINAL:
+        return ORIGINAL_PLAN, {**part, "original": True}
+    return PrecisionPlan.from_dict(pool[choice.key]["plan"]), part
+
+
+ORIGINAL_PLAN = PrecisionPlan(default=Precision.FP32)  # what plan.json says when the user's own graph is shipped
+
+
+def _timed_choice(
+    pipeline: Pipeline, candidates: list[Candidate], reference: str, pool: dict[str, dict[str, Any]]
+) -> Choice:
+    """``choose`` with the contenders and the user's original graph timed in the same interleaved rounds.
+
+    The original runs as the FP32 baseline was timed (OpenVINO: at its f32 precision hint, as TensorRT runs an FP32
+    graph); every runner is opened once, so the rounds compare like with like.
+    """
     runners: dict[str, Runner] = {}
     feed = pipeline.evaluation.feeds["search"][0]
 
     def measure(key: str) -> float:
         if key not in runners:
-            # through the builder, which checks the artifact's hash (a truncated one is rebuilt, never timed)
-            runners[key] = pipeline.backend.open(pipeline.build(PrecisionPlan.from_dict(pool[key]["plan"])))
+            runners[key] = _runner(pipeline, pool[key]["plan"] if key != ORIGINAL else None)
         return runners[key].time(feed, ROUND_RUNS, 1).median_ms
 
     try:
-        choice = choose(candidates, reference, measure, pipeline.config.final_rounds)
+        return choose(candidates, reference, measure, pipeline.config.final_rounds, original=ORIGINAL)
     finally:
         for runner in runners.values():
             runner.close()
-    part["final_timing"] = {**asdict(choice), "k": {c.key: c.k for c in candidates}, "baseline": reference,
-                            "round_runs": ROUND_RUNS}  # fmt: skip
-    return PrecisionPlan.from_dict(pool[choice.key]["plan"]), part
+
+
+def _runner(pipeline: Pipeline, plan: dict[str, Any] | None) -> Runner:
+    """A runner on a plan's artifact, or (None) on the original graph's, built through the builder.
+
+    The builder checks each artifact's hash: a truncated one is rebuilt, never timed.
+    """
+    if plan is not None:
+        return pipeline.backend.open(pipeline.build(PrecisionPlan.from_dict(plan)))
+    at_precision = getattr(pipeline.backend, "at_precision", None)
+    timer = at_precision("f32") if at_precision else pipeline.backend
+    return timer.open(pipeline.float_artifact)
 
 
 def _ok(record: dict[str, Any] | None) -> bool:

@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from trtmix.io import atomic_write_text
 from trtmix.ir.domains import foreign_ops
 from trtmix.ir.graph import save_onnx
@@ -52,4 +54,25 @@ def write_plan_outputs(
     lines = trtexec_lines(tensorrt_onnx.name, "chosen.engine", "timing.cache", tensorrt or {})
     atomic_write_text(output / "trtexec.txt", lines)
     chosen.update(tensorrt_onnx=tensorrt_onnx.name, trtexec=lines.splitlines()[1])  # the TensorRT 10 line
+    return chosen
+
+
+def write_original_outputs(
+    output: Path, original: onnx.ModelProto, artifact: Path, backend: str, tensorrt: dict[str, object] | None = None
+) -> dict[str, str]:
+    """When no plan beat the user's own graph: that graph, unchanged, is what the job ships.
+
+    plan.json says FP32 everywhere; ``chosen.original.onnx`` is the graph as given (its weights inside, or beside
+    it when over 2 GiB), the built artifact beside it, and trtexec lines that build it (FP32 is valid strongly typed).
+    """
+    from trtmix.job.final import ORIGINAL_PLAN
+
+    ORIGINAL_PLAN.save(output / "plan.json")
+    chosen = {"plan": "plan.json", "onnx": "chosen.original.onnx",
+              "artifact": f"chosen.original.{backend}{artifact.suffix}"}  # fmt: skip
+    save_onnx(original, output / chosen["onnx"])
+    shutil.copyfile(artifact, output / chosen["artifact"])
+    lines = trtexec_lines(chosen["onnx"], "chosen.engine", "timing.cache", tensorrt or {})
+    atomic_write_text(output / "trtexec.txt", lines)
+    chosen.update(trtexec=lines.splitlines()[1])
     return chosen

@@ -25,6 +25,7 @@ from trtmix.job.latency import job_latency_model
 from trtmix.job.orderings import JobOrderings, check_source
 from trtmix.job.quantizers import job_quantizers
 from trtmix.job.steps import step
+from trtmix.job.validity import check_job_graphs
 from trtmix.job.workspace import Workspace
 from trtmix.parallel.cluster import Cluster
 from trtmix.quant.flavours import get_flavour
@@ -76,6 +77,8 @@ class Pipeline:
         with step("the float baseline (which nodes float16 cannot hold)", self.output):
             self.float_baseline = self._float_baseline()
         self.driver.base = self.float_baseline.plan
+        with step("checking the job's graphs are valid ONNX", self.output):
+            check_job_graphs(self.builder, self.driver.base, self.journal)
         self.groups = find_groups(self.units, self.model) if config.groups else []
         self._cluster: Cluster | None = None
         self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups,
@@ -127,7 +130,9 @@ class Pipeline:
 
     def _builder(self, flavour: str) -> Builder:
         configured = get_flavour(flavour, self.config.weight_bits if flavour == self.config.flavour else None)
-        return Builder(self.model, self.units, self.ranges, configured, self.backend, self.workspace.artifacts)
+        original = self.workspace.original if self.workspace.original is not self.model else None
+        return Builder(self.model, self.units, self.ranges, configured, self.backend, self.workspace.artifacts,
+                       original=original)  # fmt: skip
 
     @property
     def measured(self) -> int:

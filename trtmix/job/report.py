@@ -183,8 +183,15 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
             f"Chosen: {chosen['k']} INT8 units, {_ms(chosen['latency'])} ms; {_pct(chosen['relative'])} of float "
             f"on the search split, {_pct(holdout.get('relative'))} on the holdout split (never seen by the search)."
         )
+    elif report["chosen"] == "original-fp32":
+        lines.append(f"Chosen: the FP32 graph as given (<code>{escape(str(report.get('original_model')))}</code>), "
+                     f"shipped unchanged: {escape((report.get('final_timing') or {}).get('reason', ''))}.")  # fmt: skip
     else:
         lines.append(f"<b>No probe met the budget</b>: {escape(report['stop_reason'])}.")
+    base = report["baseline"]
+    if base["fp32"]["accuracy"]:
+        lines.append(f"The all-high plan keeps {_pct(base['all_high']['accuracy'] / base['fp32']['accuracy'])} of the "
+                     "FP32 model's metric on the search split.")  # fmt: skip
     if report["violations"]:
         lines.append(f"Accuracy was not monotone in k: {escape(str(report['violations']))}.")
     files = report.get("files") or {}

@@ -15,9 +15,9 @@ from trtmix.errors import JobInterruptedError, TrtmixError
 from trtmix.ir.groups import describe_groups
 from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
-from trtmix.job.final import final_choice
+from trtmix.job.final import ORIGINAL, final_choice
 from trtmix.job.latency import add_predictions, job_group_savings
-from trtmix.job.outputs import holdout_check, write_plan_outputs
+from trtmix.job.outputs import holdout_check, write_original_outputs, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
 from trtmix.job.report import mark_pareto, reference_latencies, write_report
 from trtmix.job.steps import step
@@ -58,7 +58,12 @@ def _run(pipeline: Pipeline, output: Path, config: CompileConfig, started: float
     with step("the report's latency model", output):
         report = _report(pipeline, searches, baseline, chosen_plan, final["extra_probes"])
     report.update(final)
-    if chosen_plan is not None:
+    if final.get("original"):
+        with step("writing the original graph as the choice", output):
+            report.update(chosen=ORIGINAL, chosen_k=0, holdout=_original_holdout(baseline),
+                          files=write_original_outputs(output, pipeline.workspace.original, pipeline.float_artifact,
+                                                       pipeline.backend.name, pipeline.tensorrt_settings))  # fmt: skip
+    elif chosen_plan is not None:
         with step("checking the chosen plan and writing it", output):
             report["engine_check"] = _engine_check(pipeline, chosen_plan)
             report["holdout"] = holdout_check(pipeline.driver, chosen_plan, baseline)
@@ -70,6 +75,13 @@ def _run(pipeline: Pipeline, output: Path, config: CompileConfig, started: float
     with step("writing the report", output):
         write_report(report, output)
     return report
+
+
+def _original_holdout(baseline: dict[str, Any]) -> dict[str, Any]:
+    """The holdout figures when the user's own graph is shipped: the FP32 model's, against the baseline's."""
+    fp32 = baseline["fp32"]["holdout"]
+    return {"baseline": baseline["holdout"], "accuracy": fp32,
+            "relative": fp32 / baseline["holdout"] if baseline["holdout"] else float("nan")}  # fmt: skip
 
 
 def _searches(pipeline: Pipeline, output: Path, orderings: list[str], baseline_accuracy: float) -> dict[str, Any]:
@@ -136,6 +148,8 @@ def _report(
         "budget": asdict(config.budget),
         "budget_text": config.budget.describe(config.reference),
         "baseline": baseline,
+        "float_baseline": pipeline.float_baseline.record,
+        "original_model": str(pipeline.workspace.original_path),
         "all_int8": all_int8 and {"latency": all_int8["latency"], "relative": all_int8["relative"]},
         "orderings": orderings,
         "ordering_seconds": {name: pipeline.ordering_seconds(name) for name in searches},
@@ -260,6 +274,9 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         lines.append(f"weights: {settings['trtmix.weight_bits']}-bit ({settings['trtmix.weight_bits_reason']})")
     if report.get("quantizers"):
         lines.append(describe_quantizers(report["quantizers"]))
+    lines += _float_lines(report)
+    if report["chosen"] == ORIGINAL:
+        return lines + _original_lines(report, output)
     chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
     if chosen is None:
         lines.append(f"no plan met the budget ({report['budget_text']}): {report['stop_reason']}")
@@ -281,9 +298,12 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
                      f"{final['rounds']} interleaved rounds)")  # fmt: skip
     elif final:
         lines.append(f"choice: {final['reason']}")
+    fp32_accuracy = report["baseline"]["fp32"]["accuracy"]
     lines += [
         f"{report['metric']}: {chosen['relative']:.4%} of the {reference} plan on the search split, "
-        f"{report['holdout']['relative']:.4%} on the holdout split",
+        f"{report['holdout']['relative']:.4%} on the holdout split"
+        + (f"; {chosen['accuracy'] / fp32_accuracy:.4%} of the FP32 model on the search split"
+           if reference != "FP32" and fp32_accuracy else ""),
         f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
         f"{report['wall_seconds']:.0f} s"
         + (f", peak memory {report['peak_rss_mb']:.0f} MiB" if report.get("peak_rss_mb") else "")
@@ -314,6 +334,38 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
             "pay on this backend at these shapes; consider shipping the high-precision plan"
         )
     return lines
+
+
+def _float_lines(report: dict[str, Any]) -> list[str]:
+    """The all-high plan against FP32, and which float nodes it keeps in FP32 and why (tensorrt flavour)."""
+    base = report["baseline"]
+    fp32, high = base["fp32"]["accuracy"], base["all_high"]["accuracy"]
+    metric = report["metric"]
+    line = f"all-high plan: {high / fp32:.4%} of the FP32 model's {metric} on the search split" if fp32 else ""
+    record = report.get("float_baseline") or {}
+    if "magnitude_nodes" in record:
+        regions = record.get("regions") or []
+        kept = len(record["magnitude_nodes"]) + sum(r["nodes"] for r in regions)
+        line += (f"; {kept} float nodes kept FP32 ({len(record['magnitude_nodes'])} seen beyond "
+                 f"|{record['data_max']:g}| in calibration, {sum(r['nodes'] for r in regions)} in {len(regions)} "
+                 f"measured region(s)); all-FP16 first scored {record['all_high_first']:.4%}")  # fmt: skip
+    return [line] if line else []
+
+
+def _original_lines(report: dict[str, Any], output: Path) -> list[str]:
+    """The summary when the user's own FP32 graph won the final timing: it is shipped unchanged."""
+    final = report.get("final_timing") or {}
+    medians = final.get("medians_ms") or {}
+    ms = medians.get(ORIGINAL, report["baseline"]["fp32"]["latency"]["median_ms"])
+    return [
+        f"chosen: the FP32 graph you brought ({report.get('original_model')}), unchanged "
+        f"({output / report['files']['onnx']}): no plan was faster than it",
+        f"engine: {_engine_line(report)}",
+        f"latency: {ms:.2f} ms median; {reference_latencies(report)}",
+        f"choice: {final.get('reason', 'the FP32 model was the fastest of the probes measured')}",
+        f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
+        f"{report['wall_seconds']:.0f} s; stop: {report['stop_reason']}",
+    ]
 
 
 def _groups_line(section: dict[str, Any]) -> str:

@@ -41,7 +41,8 @@ class Workspace:
                 self.clear()
             self.artifacts.mkdir(exist_ok=True)
             self.original_path = self._float_model()
-            self.model_path, self.model = self._prepared(load_onnx(self.original_path))
+            self.original: onnx.ModelProto = load_onnx(self.original_path)
+            self.model_path, self.model = self._prepared(self.original)
             self.units: list[Unit] = require_units(self.model, str(self.model_path))
         except BaseException:
             self.close()

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
-from trtmix.ir.graph import GraphIndex, opset_version
+from trtmix.ir.graph import GraphIndex, name_unnamed_nodes, opset_version
 from trtmix.ir.large import convert_version, import_graph, model_sha256, tensor_bytes
 from trtmix.ir.units import Unit, require_units
 from trtmix.memory import release
@@ -172,7 +172,9 @@ def _with_opset(model: onnx.ModelProto, minimum: int) -> onnx.ModelProto:
     if current >= minimum:
         return model
     try:
-        return convert_version(model, minimum)
+        converted = convert_version(model, minimum)
+        name_unnamed_nodes(converted, f"opset{minimum}_")  # the converter names no node it adds (Softmax-13)
+        return converted
     except Exception as err:  # noqa: BLE001 - the converter raises RuntimeError from C++ assertions
         missing = sorted({f"{n.op_type} ({n.name})" for n in model.graph.node if not _has_schema(n, minimum)})
         reason = f"no opset {minimum} form of {', '.join(missing)}" if missing else str(err).splitlines()[0][:300]

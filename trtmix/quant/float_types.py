@@ -38,6 +38,7 @@ def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> o
     node_dtype = {node.name: FP32 if is_fp32_node(node.name) or node.name in rules.nodes else FP16
                   for node in graph.nodes}  # fmt: skip
     fixed_inputs = _float32_only_inputs(graph) | rules.inputs
+    _constants_follow_readers(graph, node_dtype, fixed_inputs)
     for node in graph.nodes:
         if node_dtype[node.name] == FP16:
             _retype_attributes(node)
@@ -58,6 +59,22 @@ def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> o
             tensor.dtype = node_dtype.get(tensor.inputs[0].name, tensor.dtype)
     graph.cleanup().toposort()
     return gs.export_onnx(graph)
+
+
+def _constants_follow_readers(
+    graph: gs.Graph, node_dtype: dict[str, np.dtype], fixed_inputs: set[tuple[str, int]]
+) -> None:
+    """A ``Constant`` node stays float32 when any reader takes it in float32 (Paddle2ONNX stores weights so).
+
+    Otherwise an FP32 node would read a float16-rounded weight through a Cast.
+    """
+    for node in graph.nodes:
+        if node.op != "Constant":
+            continue
+        readers = [(reader, position) for output in node.outputs for reader in output.outputs
+                   for position, tensor in enumerate(reader.inputs) if tensor is output]  # fmt: skip
+        if any(node_dtype.get(r.name) == FP32 or (r.name, p) in fixed_inputs for r, p in readers):
+            node_dtype[node.name] = FP32
 
 
 def _float32_only_inputs(graph: gs.Graph) -> set[tuple[str, int]]:

@@ -130,6 +130,9 @@ def _weight_axis_issues(unit: Unit, dq: onnx.NodeProto, index: GraphIndex) -> li
     return []
 
 
+SMOOTHING = "/smooth/"  # the nodes ``trtmix.quant.smooth`` inserts before a unit's input Q/DQ
+
+
 def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> list[str]:
     base = plan.default if plan.default is not Precision.INT8 else Precision.FP16
     if base is Precision.FP32:
@@ -142,8 +145,8 @@ def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPla
     types.update({init.name: init.data_type for init in model.graph.initializer})
     issues = []
     for node in model.graph.node:
-        if node.name in fp32_nodes or node.op_type in TYPE_NEUTRAL:
-            continue
+        if node.name in fp32_nodes or node.op_type in TYPE_NEUTRAL or SMOOTHING in node.name:
+            continue  # a smoothing Mul/Sub computes in the dtype of the tensor it divides
         float32_inputs = [
             name
             for position, name in enumerate(node.input)

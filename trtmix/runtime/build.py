@@ -71,9 +71,15 @@ class Builder:
         backend: Backend | None = None,
         folder: Path | None = None,
         model_hash: str | None = None,
+        original: onnx.ModelProto | None = None,
     ) -> None:
-        """``model_hash``: ``model``'s hash where the caller already has it (hashing BERT-large takes seconds)."""
+        """``model_hash``: ``model``'s hash where the caller already has it (hashing BERT-large takes seconds).
+
+        ``original``: the graph the user brought, where ``model`` was prepared from it (``trtmix.ir.fold``); the
+        float build (plan None, the FP32 baseline) is then the user's graph as given.
+        """
         self.model, self.units, self.ranges = model, units, ranges
+        self.original = original
         self.flavour = get_flavour(flavour)
         self.flavour.check_model(model)
         if backend is not None:
@@ -146,7 +152,7 @@ class Builder:
     def _float_copy(self) -> onnx.ModelProto:
         """A copy of the float model for the store to take its weights from (the builder's own is never changed)."""
         copy = onnx.ModelProto()
-        copy.CopyFrom(self.model)
+        copy.CopyFrom(self.original if self.original is not None else self.model)
         return copy
 
     def _intact(self, artifact: Path) -> bool:

@@ -9,7 +9,9 @@ plans sat within noise of each other.  So the choice is made again at the end:
 2. they are re-timed in rounds, interleaved (A B C, B C A, C A B, ...), so slow drifts of the machine hit all of them
    alike; the fastest median over the rounds wins;
 3. the winner replaces the baseline only if it was faster than the baseline in the same round often enough that
-   chance is unlikely (a one-sided sign test at 5%); otherwise the baseline is the result, and the report says so.
+   chance is unlikely (a one-sided sign test at 5%); otherwise the baseline is the result, and the report says so;
+4. with ``original`` (the graph the user brought, as given), it is timed in the same rounds, and it is the result
+   when its median is not slower than the choice's: no plan is shipped that is slower than the user's model.
 
 Pure logic: ``measure(key)`` is given, so tests drive it with scripted noisy latencies.
 """
@@ -62,18 +64,40 @@ def wins_needed(rounds: int, alpha: float = 0.05) -> int:
     return rounds + 1
 
 
-def choose(candidates: list[Candidate], baseline: str, measure: Callable[[str], float], rounds: int = 12) -> Choice:
-    """The fastest feasible candidate under interleaved re-timing, or ``baseline`` unless beaten with confidence."""
+def choose(
+    candidates: list[Candidate], baseline: str, measure: Callable[[str], float], rounds: int = 12,
+    original: str | None = None,
+) -> Choice:  # fmt: skip
+    """The fastest feasible candidate under interleaved re-timing, or ``baseline`` unless beaten with confidence.
+
+    ``original``: a key ``measure`` also times (the user's own graph); it wins when not slower than the choice.
+    """
     pool = contenders(candidates, baseline)
     keys = [c.key for c in pool]
-    if len(pool) == 1:
+    if len(pool) == 1 and original is None:
         return Choice(keys[0], "no other feasible plan was within noise of the fastest", keys)
-    samples: dict[str, list[float]] = {key: [] for key in keys}
+    timed = keys + ([original] if original is not None else [])
+    samples: dict[str, list[float]] = {key: [] for key in timed}
     for round_index in range(rounds):
-        shift = round_index % len(keys)
-        for key in keys[shift:] + keys[:shift]:
+        shift = round_index % len(timed)
+        for key in timed[shift:] + timed[:shift]:
             samples[key].append(measure(key))
     medians = {key: statistics.median(values) for key, values in samples.items()}
+    choice = _decide(keys, baseline, samples, medians, rounds)
+    if original is not None and medians[original] <= medians[choice.key]:
+        wins = sum(a <= b for a, b in zip(samples[original], samples[choice.key], strict=True))
+        return Choice(original, f"the original FP32 graph was not slower than the best plan ({medians[original]:.3f} "
+                      f"vs {medians[choice.key]:.3f} ms median; not slower in {wins} of {rounds} interleaved rounds)",
+                      timed, rounds, medians)  # fmt: skip
+    if original is not None:
+        choice.contenders = timed
+    return choice
+
+
+def _decide(
+    keys: list[str], baseline: str, samples: dict[str, list[float]], medians: dict[str, float], rounds: int
+) -> Choice:
+    """Among ``keys``: the fastest median, if it beat ``baseline`` in enough paired rounds; else ``baseline``."""
     fastest = min(keys, key=lambda key: medians[key])
     needed = wins_needed(rounds)
     if fastest == baseline:
