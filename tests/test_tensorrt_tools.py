@@ -16,7 +16,7 @@ from trtmix.ir.units import find_units
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.rules import tensorrt_issues as validate_tensorrt_graph
-from trtmix.runtime.engine_report import check_plan, datatype, describe, engine_layers, mismatches
+from trtmix.runtime.engine_report import check_plan, datatype, describe, engine_layers, mismatches, not_found
 from trtmix.runtime.trtexec import trtexec_command
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -63,7 +63,8 @@ def test_plan_verification_finds_exactly_the_mismatching_units(exported, fixture
         assert checks["/block_conv2/Conv"].engine == "fp16" and checks["/down/Conv"].engine == "fp32"
         assert "/down/Conv: planned fp16, engine runs fp32 (layer '__myl_Conv_3')" in describe(list(checks.values()))
     missing = check_plan({"Layers": []}, units, plan)
-    assert all(c.engine == "unknown" for c in missing) and len(mismatches(missing)) == len(units)
+    assert all(c.engine == "unknown" for c in missing) and not mismatches(missing)  # not found is not a mismatch
+    assert len(not_found(missing)) == len(units)
 
 
 def test_trtexec_command():

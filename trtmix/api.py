@@ -14,7 +14,8 @@ import numpy as np
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
 from trtmix.errors import PlanError
-from trtmix.ir.graph import QDQ_OPS, load_onnx, save_onnx
+from trtmix.ir.fold import load_float_model
+from trtmix.ir.graph import QDQ_OPS, save_onnx
 from trtmix.ir.large import check_model
 from trtmix.ir.units import Unit, require_units
 from trtmix.job.config import CompileConfig
@@ -49,7 +50,7 @@ class BuildResult:
 
 def list_units(model_path: str | Path) -> list[Unit]:
     """The quantizable units of an ONNX model (an error if it has none)."""
-    return require_units(load_onnx(model_path), str(model_path))
+    return require_units(load_float_model(model_path), str(model_path))
 
 
 def resolve_plan(spec: str | PrecisionPlan, units: list[Unit]) -> PrecisionPlan:
@@ -93,7 +94,7 @@ def build(
     configured.check_backend(backend)
     smooth = smooth or SmoothSettings()
     smooth.validate()
-    model = load_onnx(model_path)
+    model = load_float_model(model_path)
     units = require_units(model, str(model_path))
     resolved = resolve_plan(plan, units)
     if ranges is not None:

@@ -11,7 +11,7 @@ import numpy as np
 from trtmix.calibration.calibrate import CalibrationConfig, calibrate, calibrate_cached
 from trtmix.calibration.ranges import Ranges
 from trtmix.data.recipes import load_batches
-from trtmix.ir.graph import load_onnx
+from trtmix.ir.fold import load_float_model
 from trtmix.ir.units import require_units
 
 
@@ -43,7 +43,7 @@ def collect_ranges(
         cache_dir: cache folder (a recipe spec only); None disables the cache.
         progress: show a progress bar.
     """
-    model = load_onnx(model_path)
+    model = load_float_model(model_path)
     units = require_units(model, str(model_path))
     config = config or CalibrationConfig()
     if not isinstance(data, str):

@@ -19,6 +19,7 @@ from trtmix.data.user_code import load_model_factory
 from trtmix.errors import TrtmixError
 from trtmix.ir.domains import describe as describe_foreign
 from trtmix.ir.domains import foreign_ops
+from trtmix.ir.fold import load_float_model
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import require_units, units_to_json
 from trtmix.job.config import CompileConfig
@@ -68,7 +69,7 @@ def _dynamic_axes(args: argparse.Namespace, names: list[str]) -> dict[str, dict[
 
 def run_units(args: argparse.Namespace) -> None:
     """``trtmix units``."""
-    model = load_onnx(args.model)
+    model = load_float_model(args.model)  # the units every other command sees (BatchNormalization folded)
     units = require_units(model, str(args.model))
     foreign = foreign_ops(model)
     if foreign:  # on stderr, so `--json` stays one JSON document on stdout
@@ -110,7 +111,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
     if bool(args.data) == bool(args.from_tensorrt_cache):
         raise TrtmixError("Give exactly one of --data and --from-tensorrt-cache.", fix="see `trtmix calibrate --help`")
     if args.from_tensorrt_cache:
-        ranges, unmatched = ranges_from_tensorrt_cache(args.from_tensorrt_cache, load_onnx(args.model))
+        ranges, unmatched = ranges_from_tensorrt_cache(args.from_tensorrt_cache, load_float_model(args.model))
         if unmatched:
             LOG.warning("%d cache tensors are not in the model: %s", len(unmatched), ", ".join(unmatched[:5]))
         source = f"TensorRT cache {args.from_tensorrt_cache}"

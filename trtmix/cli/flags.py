@@ -28,8 +28,9 @@ class DeprecatedAlias(argparse.Action):
 
 
 def add_list_flag(parser: argparse.ArgumentParser, flag: str, metavar: str, help_text: str) -> None:
-    """A flag taking one or more ``metavar`` items (default: none)."""
-    parser.add_argument(flag, nargs="+", default=[], metavar=metavar, help=help_text)
+    """A flag taking one or more ``metavar`` items, also when repeated (``--data-arg a=1 --data-arg b=2``)."""
+    parser.add_argument(flag, nargs="+", action="extend", default=[], metavar=metavar,
+                        help=f"{help_text} (repeat it or list several)")  # fmt: skip
 
 
 def add_data_flags(parser: argparse.ArgumentParser, required: bool, split: bool = False, help_text: str = "") -> None:

@@ -11,15 +11,26 @@ so torch graphs come out of this unchanged.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from trtmix.ir.graph import GraphIndex
+from trtmix.ir.graph import GraphIndex, load_onnx
 
 LOG = logging.getLogger(__name__)
 FOLDABLE = ("Conv", "ConvTranspose")
+
+
+def load_float_model(path: str | Path) -> onnx.ModelProto:
+    """The float model every command works on: ``load_onnx``, then what TensorRT folds folded in float32.
+
+    ``trtmix units``, ``calibrate``, ``build`` and ``compile`` all see this graph, so ranges calibrated by one
+    command fit the graph another compiles.
+    """
+    model, _ = fold_batch_norms(load_onnx(path))
+    return model
 
 
 def fold_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:

@@ -77,7 +77,6 @@ class Workspace:
         folded, names = fold_batch_norms(model)
         if not names:
             return self.original_path, model
-        LOG.info("folded %d BatchNormalization node(s) into convolutions: %s", len(names), ", ".join(names[:8]))
         return save_onnx(folded, self.output / "prepared.onnx"), folded
 
     def journal(self, identity: str) -> Journal:

@@ -15,7 +15,7 @@ from trtmix.calibration.calibrate import CalibrationConfig, data_identity
 from trtmix.data.recipes import checked_batches, load_batches
 from trtmix.data.user_code import import_module_or_file, load_model_factory, split_spec
 from trtmix.io import atomic_write_text
-from trtmix.ir.graph import load_onnx
+from trtmix.ir.fold import load_float_model
 from trtmix.ir.large import model_sha256
 from trtmix.parallel.cluster import Cluster, ParallelSettings
 from trtmix.sensitivity.run import TORCH_METHODS, SensitivitySettings, compute_sensitivity
@@ -43,7 +43,7 @@ def sensitivity_for(
         from trtmix.ir.export import export_once
 
         model_path = export_once(source, output.with_suffix(".model.onnx"), input_names=input_names)
-    model = load_onnx(model_path)
+    model = load_float_model(model_path)
     units = api.list_units(model_path)
     ranges = api.collect_ranges(model_path, data, "calibration", calibration, data_args=data_args, cache_dir=cache_dir)
     key_text = json.dumps(
