@@ -79,3 +79,38 @@ def test_relative_half_width_shrinks_with_more_samples():
     rng = np.random.default_rng(0)
     few, many = list(rng.lognormal(0, 0.1, 10)), list(rng.lognormal(0, 0.1, 400))
     assert relative_half_width(many) < relative_half_width(few) and relative_half_width(many) < 0.03
+
+
+def _trials_with_original(true_ms, original_ms):
+    chosen = []
+    for seed in range(TRIALS):
+        candidates = _measured(true_ms, _noisy(true_ms, seed))
+        timings = {**true_ms, "original": original_ms}
+        measure = _noisy(timings, seed + 1000, runs=ROUND_RUNS)
+        chosen.append(choose(candidates, "baseline", measure, original="original").key)
+    return chosen
+
+
+def test_the_users_original_graph_wins_when_no_plan_is_faster():
+    """No plan is shipped that is slower than the graph the user brought (all-high 30 ms against FP32 15 ms)."""
+    true_ms = {"baseline": 30.0, "k12": 28.0, "k24": 26.0}
+    chosen = _trials_with_original(true_ms, 15.0)
+    assert chosen.count("original") == TRIALS
+
+
+def test_a_faster_plan_beats_the_original():
+    true_ms = {"baseline": 30.0, "k12": 25.0, "k24": 20.0}
+    chosen = _trials_with_original(true_ms, 40.0)
+    assert chosen.count("k24") >= 95, {key: chosen.count(key) for key in [*true_ms, "original"]}
+
+
+def test_the_original_is_timed_in_the_same_rounds():
+    calls = []
+
+    def measure(key):
+        calls.append(key)
+        return {"baseline": 10.0, "original": 12.0}[key]
+
+    choice = choose([Candidate("baseline", 0, 10.0, 9.5, 10.5)], "baseline", measure, rounds=4, original="original")
+    assert choice.key == "baseline" and calls.count("original") == 4 and calls.count("baseline") == 4
+    assert choice.medians_ms == {"baseline": 10.0, "original": 12.0}

@@ -18,7 +18,7 @@ from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
 
-NODE_NAME = re.compile(r"node \(([^)]+)\)|[Nn]ode '([^']+)'|node name: ([^\s,]+)")
+NODE_NAME = re.compile(r"node \(([^)]+)\)|[Nn]ode '([^']+)'|node name: ([^\s,)]+)")
 
 
 def check_job_graphs(builder: Builder, high: PrecisionPlan, journal: Journal) -> None:

@@ -46,6 +46,8 @@ def float32_rules(model: onnx.ModelProto) -> Float32Rules:
             continue
         if not any(name in data for name in node.input if name):
             reasons[node.name] = "computes a shape or index from constants (not float compute)"
+        elif node.op_type in SHAPE_OPS:
+            reasons[node.name] = f"{node.op_type} reads only its input's shape (no cast for it)"
         elif any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             reasons[node.name] = f"{node.op_type} has a subgraph (kept float32 as a whole)"
         else:
