@@ -43,6 +43,10 @@ class ScriptedLatency(OpenVinoBackend):
                 os._exit(1)
         return super().build(onnx_path, artifact_path)
 
+    def at_precision(self, precision: str) -> ScriptedLatency:
+        """The same scripted timer: the FP32 graph is timed by script too, like every probe."""
+        return self
+
     def time(self, artifact: Path, feeds: dict[str, np.ndarray], runs: int = 20, warmup: int = 3,
              policy: TimingPolicy | None = None) -> LatencyStats:  # fmt: skip
         """The scripted latency of ``artifact``."""

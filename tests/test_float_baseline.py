@@ -112,6 +112,9 @@ def test_magnitudes_beyond_float16_reach_keep_their_nodes_float32():
     assert magnitudes["scaled"] > DATA_MAX and magnitudes["y"] < 1
     kept = magnitude_nodes(model, magnitudes)
     assert set(kept) == {"scale", "centre"} and "reaches 1.6" in kept["scale"]
+    masked = _model([helper.make_node("Add", ["x", "mask"], ["y"], name="mask")],
+                    [numpy_helper.from_array(np.array(-3.4e38, np.float32), "mask")])  # fmt: skip
+    assert "beyond float16" in magnitude_nodes(masked, {})["mask"], "AutoCast's init_max: a mask constant"
     reference = _run(model, x)
     all_half = _run(to_float16(model, lambda name: False), x)
     careful = _run(to_float16(model, lambda name: name in kept), x)

@@ -28,8 +28,10 @@ import onnx
 from tqdm import tqdm
 
 from trtmix.errors import TrtmixError
+from trtmix.ir.graph import GraphIndex
 from trtmix.ir.large import shape_view
 from trtmix.quant.float_rules import float32_rules
+from trtmix.quant.float_types import FP16_MAX
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.search.journal import Journal
 
@@ -37,6 +39,7 @@ LOG = logging.getLogger(__name__)
 DATA_MAX = 512.0  # ModelOpt AutoCast's data_max
 REGIONS = 16
 MAGNITUDE_BATCHES = 2
+CONSTANT_SCAN_LIMIT = 1 << 20  # weights that large hold no mask constants: not scanned
 OUTPUTS_PER_RUN = 256  # intermediate outputs read per ORT run: bounds the memory of one pass on a large model
 Feed = dict[str, np.ndarray]
 Scorer = Callable[[PrecisionPlan], float]
@@ -74,17 +77,37 @@ def observed_magnitudes(model: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[s
 
 
 def magnitude_nodes(model: onnx.ModelProto, magnitudes: dict[str, float], data_max: float = DATA_MAX) -> dict[str, str]:
-    """Nodes with a float input or output beyond ``data_max`` → why (AutoCast's data_max rule)."""
+    """Nodes float16 cannot hold → why: AutoCast's ``data_max`` rule on observed values, ``init_max`` on constants.
+
+    A node with a float input or output observed beyond ``data_max``, or reading a float constant beyond float16's
+    largest value (an attention mask's -3.4e38), stays FP32.
+    """
+    index = GraphIndex(model)
     reasons = {}
     for node in model.graph.node:
         if node.op_type == "Constant":
             continue
         seen = [(name, magnitudes[name]) for name in [*node.input, *node.output] if name in magnitudes]
         beyond = [(name, value) for name, value in seen if value > data_max]
+        huge = [name for name in node.input if name and _largest_constant(index, name) > FP16_MAX]
         if beyond:
             name, value = max(beyond, key=lambda item: item[1])
             reasons[node.name] = f"|{name}| reaches {value:.4g} > {data_max:g}"
+        elif huge:
+            reasons[node.name] = f"constant {huge[0]} holds values beyond float16's {FP16_MAX:g}"
     return reasons
+
+
+def _largest_constant(index: GraphIndex, name: str) -> float:
+    """The largest finite |value| of a float constant (0 for anything else, or a constant too large to scan)."""
+    shape = index.constant_shape(name)
+    if shape is None or int(np.prod(shape)) > CONSTANT_SCAN_LIMIT:
+        return 0.0
+    value = index.constant_value(name)
+    if value is None or value.dtype not in (np.float32, np.float64) or not value.size:
+        return 0.0
+    finite = np.abs(value[np.isfinite(value)])
+    return float(finite.max()) if finite.size else 0.0
 
 
 def float_regions(model: onnx.ModelProto, excluded: set[str], count: int = REGIONS) -> list[list[str]]:

@@ -72,6 +72,10 @@ def write_original_outputs(
               "artifact": f"chosen.original.{backend}{artifact.suffix}"}  # fmt: skip
     save_onnx(original, output / chosen["onnx"])
     shutil.copyfile(artifact, output / chosen["artifact"])
+    foreign = foreign_ops(original)
+    if foreign:
+        chosen["tensorrt_note"] = f"no trtexec line: TensorRT cannot parse {foreign[0].domain} ops"
+        return chosen
     lines = trtexec_lines(chosen["onnx"], "chosen.engine", "timing.cache", tensorrt or {})
     atomic_write_text(output / "trtexec.txt", lines)
     chosen.update(trtexec=lines.splitlines()[1])

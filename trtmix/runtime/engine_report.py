@@ -127,16 +127,18 @@ def check_plan(information: Mapping[str, Any], units: list[Unit], plan: Precisio
     return check_layers(engine_layers(information), units, plan)
 
 
-def unit_layer(layers: list[EngineLayer], anchor: str) -> EngineLayer | None:
-    """The layer that computes ``anchor``: one naming it exactly or by a derived name (``anchor/...``).
+def unit_layer(layers: list[EngineLayer], anchor: str, fused: tuple[str, ...] = ()) -> EngineLayer | None:
+    """The layer that computes ``anchor``: one naming it (or a node ``fused`` into its unit) or a derived name.
 
-    Names of trtmix's own Q/DQ nodes (``anchor/weight/...``) do not count.  Among several layers, a conv or matmul
-    layer decides, so a bias add or a reorder split off the same node does not.
+    A derived name is ``anchor/...``; names of trtmix's own Q/DQ nodes (``anchor/weight/...``) do not count.  Among
+    several layers, a conv or matmul layer decides, so a bias add, a reorder or a weight transpose split off the same
+    node does not: OpenVINO names MiniLM's dense layers after their bias Add, and a ``MatMul/transpose_b`` layer
+    after the MatMul.
     """
-    prefix = f"{anchor}/"
+    names = (anchor, *fused)
 
     def names_it(node: str) -> bool:
-        return node == anchor or (node.startswith(prefix) and "Linear" not in node and "/weight" not in node)
+        return node in names or (node.startswith(f"{anchor}/") and "Linear" not in node and "/weight" not in node)
 
     candidates = [layer for layer in layers if any(names_it(node) for node in layer.onnx_nodes)]
     compute = [layer for layer in candidates if computes(layer.kind)]
@@ -169,7 +171,7 @@ def check_layers(
     anchors = {unit.name for unit in units}
     located = {}
     for unit in units:
-        layer = unit_layer(layers, unit.name) or _named_after(layers, unit.output)
+        layer = unit_layer(layers, unit.name, tuple(unit.nodes)) or _named_after(layers, unit.output)
         if layer is None and consumers:
             layer = _downstream_layer(layers, unit.output, anchors, consumers, node_outputs or {})
         located[unit.name] = layer
