@@ -9,8 +9,9 @@ engine (tensorrt flavour on OpenVINO, ort-cpu on ONNX Runtime), with the metric 
 graph and flavour:
 
 * exporter, opset, units, and the BatchNormalizations folded;
-* fidelity to the FP32 model on the search split: the all-FP16 graph as written before FP32 nodes were kept
-  (``first``), the job's all-high plan, and all-INT8;
+* fidelity to the FP32 model on the search split: the all-high plan with its magnitude FP32 nodes before any
+  measured region (``before regions``), the all-FP16 graph with no fold and no FP32 nodes (``--naive``, ONNX
+  Runtime), the job's all-high plan, and all-INT8 on the flavour's engine;
 * the FP32 nodes the all-high plan keeps (by magnitude, in measured regions);
 * latency of FP32 (the user's graph as given), all-high, all-INT8 and the chosen plan, each a probe median, and the
   chosen plan's and the original's medians from the final interleaved rounds (one run, like for like), with the
@@ -87,7 +88,7 @@ def job(name: str, flavour: str, args: argparse.Namespace, folder: Path) -> dict
     medians = final.get("medians_ms") or {}
     chosen_ms = medians.get(report["chosen"])
     return {
-        "first": record.get("all_high_first"), "all_high": high / fp32,
+        "first": record.get("before_regions"), "all_high": high / fp32,
         "all_int8": report["all_int8"]["relative"] * high / fp32 if report.get("all_int8") else None,
         "magnitude_nodes": len(record.get("magnitude_nodes") or {}),
         "region_nodes": sum(r["nodes"] for r in record.get("regions") or []),
@@ -116,7 +117,7 @@ def _ms(value: float | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| graph | exporter (opset) | units | BN folded | flavour | all-FP16 first | all-FP16 no fold | "
+    lines = ["| graph | exporter (opset) | units | BN folded | flavour | before regions | all-FP16, no fold | "
              "all-high | all-INT8 | FP32 nodes (magnitude + regions) | FP32 / all-high / all-INT8 ms | chosen | "
              "final: chosen / original ms | wall s |", "|" + "---|" * 14]  # fmt: skip
     for row in rows:

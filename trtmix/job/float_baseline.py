@@ -138,7 +138,7 @@ def choose_float_baseline(
                               "rule_nodes": len(rules.nodes), "magnitude_nodes": by_magnitude}  # fmt: skip
     cached = _journaled(journal, score)
     first = cached(plan)
-    record["all_high_first"] = first / fp32_score
+    record["before_regions"] = first / fp32_score
     if first / fp32_score >= 1 - tolerance:
         record.update(regions=[], all_high=first / fp32_score)
         return FloatBaseline(plan, record)

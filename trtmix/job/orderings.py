@@ -44,8 +44,10 @@ class JobOrderings:
         latency: Callable[[], LatencyModel | None] = lambda: None,
         groups: list[UnitGroup] | None = None,
         cluster: Callable[[], TaskRunner | None] = lambda: None,
+        fp32_nodes: frozenset[str] = frozenset(),
     ) -> None:
         self.source, self.config, self.builder, self.journal = source, config, builder, journal
+        self.fp32_nodes = fp32_nodes  # the all-high plan's FP32 nodes: every scored plan keeps them
         self.cluster = cluster  # with --workers / --ray-address: where unit scores are measured (started lazily)
         self.latency = latency  # the job's per-unit latency model (``gain`` needs it)
         self.groups = groups or []  # with --groups: the bisection's steps (``group_order``)
@@ -151,7 +153,8 @@ class JobOrderings:
         index, _ = scored_output(self.builder.model, self.config.score_output)
         ranges: Ranges = self.builder.ranges  # type: ignore[assignment]
         job = ScoringJob(self.builder.model, self.units, ranges, self.builder.flavour, self.config.metric, feeds,
-                         self.config.default, index, exact=self.config.kl_exact)  # fmt: skip
+                         self.config.default, index, exact=self.config.kl_exact,
+                         fp32_nodes=self.fp32_nodes)  # fmt: skip
         return score_plans(job, plans, label, self.cluster())
 
     def _torch_orders(self, methods: list[str]) -> dict[str, dict[str, Any]]:

@@ -68,21 +68,22 @@ class Pipeline:
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
         with step("loading the search and holdout data", self.output):
             self.evaluation = load_evaluation(config, self.model, self.workspace.original_path)
+        with step("the float baseline (which nodes float16 cannot hold)", self.output):
+            self.float_baseline = self._float_baseline(self._builder(config.flavour, calibrated))
+        fp32_nodes = self.float_baseline.plan.fp32_nodes
         with step("the choice of quantizers", self.output):
             self.ranges, self.quantizers = job_quantizers(config, self.model, self.units, calibrated, flavour,
-                                                          self.journal, self.evaluation)  # fmt: skip
+                                                          self.journal, self.evaluation, fp32_nodes)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(config.flavour)
         self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal, self.cluster)
-        with step("the float baseline (which nodes float16 cannot hold)", self.output):
-            self.float_baseline = self._float_baseline()
         self.driver.base = self.float_baseline.plan
         with step("checking the job's graphs are valid ONNX", self.output):
             check_job_graphs(self.builder, self.driver.base, self.journal)
         self.groups = find_groups(self.units, self.model) if config.groups else []
         self._cluster: Cluster | None = None
         self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups,
-                                      self.cluster)  # fmt: skip
+                                      self.cluster, self.driver.base.fp32_nodes)  # fmt: skip
 
     def cluster(self) -> Cluster | None:
         """With ``--workers`` / ``--ray-address``: Ray, started on first use; else None (Ray is never imported).
@@ -106,10 +107,14 @@ class Pipeline:
         return collect_ranges(self.model_path, config.data, "calibration", config.calibration,
                               data_args=dict(config.data_args), cache_dir=default_cache_dir())  # fmt: skip
 
-    def _float_baseline(self) -> FloatBaseline:
-        """The all-high plan: its FP32 nodes from observed magnitudes and measured regions (``job/float_baseline``)."""
+    def _float_baseline(self, builder: Builder) -> FloatBaseline:
+        """The all-high plan: its FP32 nodes from observed magnitudes and measured regions (``job/float_baseline``).
+
+        Decided before the quantizers, so their options are scored with these FP32 nodes; float plans hold no Q/DQ,
+        so ``builder``'s ranges (the calibrated ones) do not change them.
+        """
         config = self.config
-        if self.builder.flavour.float_base is not Precision.FP16 or config.default is not Precision.FP16:
+        if builder.flavour.float_base is not Precision.FP16 or config.default is not Precision.FP16:
             return FloatBaseline(PrecisionPlan(default=config.default), {"skipped": "the float base is FP32"})
         magnitudes = self.journal.cached("float-magnitudes")
         if magnitudes is None:
@@ -119,20 +124,22 @@ class Pipeline:
         fp32_score = self.evaluation.score("search", self.evaluation.reference["search"])
 
         def score(plan: PrecisionPlan) -> float:
-            record = self.driver.scored(plan)
-            if record["status"] != "ok":
-                raise TrtmixError(f"A float-baseline plan ({len(plan.fp32_nodes)} FP32 nodes) could not be "
-                                  f"built or scored: {record['error']}")  # fmt: skip
-            return float(record["accuracy"])
+            try:
+                artifact = builder.build(plan).artifact
+                return self.evaluation.score("search", self.evaluation.outputs(self.backend, artifact, "search"))
+            except TrtmixError as err:
+                raise TrtmixError(f"A float-baseline plan ({len(plan.fp32_nodes)} FP32 nodes) could not be built or "
+                                  f"scored: {err}", fix="use --flavour ort-cpu, or report it with the model") from err
 
         return choose_float_baseline(self.model, config.default, magnitudes, score, fp32_score,
                                      config.float_tolerance(), self.journal)  # fmt: skip
 
-    def _builder(self, flavour: str) -> Builder:
+    def _builder(self, flavour: str, ranges: Ranges | None = None) -> Builder:
+        """A builder of ``flavour`` (``ranges``: the job's, unless given)."""
         configured = get_flavour(flavour, self.config.weight_bits if flavour == self.config.flavour else None)
         original = self.workspace.original if self.workspace.original is not self.model else None
-        return Builder(self.model, self.units, self.ranges, configured, self.backend, self.workspace.artifacts,
-                       original=original)  # fmt: skip
+        return Builder(self.model, self.units, ranges or self.ranges, configured, self.backend,
+                       self.workspace.artifacts, original=original)  # fmt: skip
 
     @property
     def measured(self) -> int:

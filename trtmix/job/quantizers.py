@@ -49,13 +49,17 @@ def job_quantizers(
     flavour: Flavour,
     journal: Journal,
     evaluation: Evaluation,
+    fp32_nodes: frozenset[str] = frozenset(),
 ) -> tuple[Ranges, dict[str, Any]]:
-    """The ranges every build of the job uses, and the report of how they were chosen."""
+    """The ranges every build of the job uses, and the report of how they were chosen.
+
+    ``fp32_nodes``: the all-high plan's FP32 nodes, kept in the all-INT8 plan each option is scored on.
+    """
     cached = journal.cached(JOURNAL_KEY)
     measured: dict[str, float] = dict(cached["measured"]) if cached else {}
     start = time.perf_counter()
     options = _options(config.smooth, flavour, config.bias_correction)
-    trial = _Trial(config, model, units, calibrated, flavour, evaluation, measured)
+    trial = _Trial(config, model, units, calibrated, flavour, evaluation, measured, fp32_nodes)
     if len(options) > 1 or config.bias_correction:
         for label, option in tqdm(options.items(), desc="quantizers", unit="option"):
             trial.score(label, option)
@@ -82,11 +86,11 @@ class _Trial:
 
     def __init__(
         self, config: CompileConfig, model: onnx.ModelProto, units: list[Unit], calibrated: Ranges,
-        flavour: Flavour, evaluation: Evaluation, measured: dict[str, float],
+        flavour: Flavour, evaluation: Evaluation, measured: dict[str, float], fp32_nodes: frozenset[str],
     ) -> None:  # fmt: skip
         self.config, self.model, self.units, self.calibrated = config, model, units, calibrated
         self.flavour, self.evaluation, self.measured = flavour, evaluation, measured
-        self.plan = PrecisionPlan.with_int8([unit.name for unit in units], config.default)
+        self.plan = PrecisionPlan.with_int8([unit.name for unit in units], config.default, fp32_nodes)
         self.model_hash = model_sha256(model)  # once, not per option
 
     def score(self, label: str, option: tuple[float | None, bool, bool]) -> float:

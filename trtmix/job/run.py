@@ -348,7 +348,7 @@ def _float_lines(report: dict[str, Any]) -> list[str]:
         kept = len(record["magnitude_nodes"]) + sum(r["nodes"] for r in regions)
         line += (f"; {kept} float nodes kept FP32 ({len(record['magnitude_nodes'])} seen beyond "
                  f"|{record['data_max']:g}| in calibration, {sum(r['nodes'] for r in regions)} in {len(regions)} "
-                 f"measured region(s)); all-FP16 first scored {record['all_high_first']:.4%}")  # fmt: skip
+                 f"measured region(s)); before the regions: {record['before_regions']:.4%}")  # fmt: skip
     return [line] if line else []
 
 

@@ -47,10 +47,15 @@ def compile_switched(
     ranges: Ranges,
     flavour: str | Flavour,
     default: Precision = Precision.FP16,
+    fp32_nodes: frozenset[str] = frozenset(),
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The switched graph and, per unit, the name of its switch input (see the module docstring)."""
+    """The switched graph and, per unit, the name of its switch input (see the module docstring).
+
+    ``fp32_nodes``: float nodes kept FP32 in every plan (the job's all-high plan's).
+    """
     flavour = get_flavour(flavour)
-    graph = working_graph(model, units, PrecisionPlan.with_int8([u.name for u in units], default), flavour)
+    everything = PrecisionPlan.with_int8([u.name for u in units], default, fp32_nodes)
+    graph = working_graph(model, units, everything, flavour)
     original = GraphIndex(model)
     model_hash = model_sha256(model)  # once: serialising a 440 MB graph per unit would cost minutes
     switches: dict[str, str] = {}

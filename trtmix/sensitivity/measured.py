@@ -48,8 +48,10 @@ class PlanScorer:
         default: Precision = Precision.FP16,
         output_index: int = 0,
         threads: int | None = None,
+        fp32_nodes: frozenset[str] = frozenset(),
     ) -> None:
         self.builder, self.metric, self.feeds, self.default = builder, metric, feeds, default
+        self.fp32_nodes = fp32_nodes  # the job's all-high plan's FP32 nodes, kept in every scored plan
         self.output_index = output_index  # the graph output the metric scores
         self.threads = threads  # ONNX Runtime's threads (None: all usable cores)
         self.reference = self._outputs(builder.model)
@@ -60,7 +62,7 @@ class PlanScorer:
 
     def distance(self, int8_units: list[str]) -> float:
         """Divergence of the plan with ``int8_units`` in INT8 (the rest in the default precision)."""
-        plan = PrecisionPlan.with_int8(int8_units, default=self.default)
+        plan = PrecisionPlan.with_int8(int8_units, default=self.default, fp32_nodes=self.fp32_nodes)
         return divergence(self.metric, self._outputs(self.builder.compile(plan, check=False)), self.reference)
 
     def close(self) -> None:
@@ -82,11 +84,13 @@ class SwitchedScorer(PlanScorer):
         default: Precision = Precision.FP16,
         output_index: int = 0,
         threads: int | None = None,
+        fp32_nodes: frozenset[str] = frozenset(),
     ) -> None:
-        super().__init__(builder, metric, feeds, default, output_index, threads)
+        super().__init__(builder, metric, feeds, default, output_index, threads, fp32_nodes)
         if builder.ranges is None:
             raise ValueError("switched scoring needs activation ranges")
-        graph, self.switches = compile_switched(builder.model, builder.units, builder.ranges, builder.flavour, default)
+        graph, self.switches = compile_switched(builder.model, builder.units, builder.ranges, builder.flavour, default,
+                                                fp32_nodes)  # fmt: skip
         self._session = OnnxRuntimeRunner(graph, threads=threads, optimize=True)
 
     def distance(self, int8_units: list[str]) -> float:
@@ -113,12 +117,13 @@ class ScoringJob:
     default: Precision = Precision.FP16
     output_index: int = 0
     exact: bool = False  # a compile and a session per plan (else one switched graph)
+    fp32_nodes: frozenset[str] = frozenset()  # the job's all-high plan's FP32 nodes (``trtmix.job.float_baseline``)
 
     def scorer(self, threads: int | None = None) -> PlanScorer:
         """A scorer of this job's plans (``close`` it)."""
         kind = PlanScorer if self.exact else SwitchedScorer
         builder = Builder(self.model, self.units, self.ranges, self.flavour)
-        return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads)
+        return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads, self.fp32_nodes)
 
 
 def distances(
