@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,13 +129,24 @@ def profile(
         return engine.time(artifact, feeds, runs=runs, warmup=warmup)
 
 
-def compile(source: str, output: str | Path, config: CompileConfig, fresh: bool = False) -> dict[str, Any]:  # noqa: A001
+def compile(  # noqa: A001
+    source: str, output: str | Path, config: CompileConfig, fresh: bool = False,
+    metric: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], float] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """The whole job ``trtmix compile`` runs: the fastest measured plan inside ``config.budget``.
+
+    ``metric``: your own function over a whole split, ``metric(candidate, reference, extras) -> float``, higher is
+    better (``trtmix.job.user_metric``); it replaces ``config.metric``.
 
     ``source`` is ``MODULE:FUNCTION`` (a torch model factory) or an ``.onnx`` file.  Writes the chosen ONNX, the
     built artifact, plan.json, the trtexec command and the report into ``output``; rerunning resumes from its
     journal, ``fresh`` starts over.  Returns the report (also written as report.json / .html / .png).
     """
-    from trtmix.job.run import run_compile
+    from dataclasses import replace
 
+    from trtmix.job.run import run_compile
+    from trtmix.job.user_metric import register
+
+    if metric is not None:
+        config = replace(config, metric=register(metric))
     return run_compile(source, Path(output), config, fresh=fresh)

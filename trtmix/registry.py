@@ -22,6 +22,11 @@ METRICS = {
     "accuracy": "top-1 against the recipe's load_labels(split)",
     "cosine": "mean cosine to the float outputs over rows of the last axis, for embedding models",
     "sample-cosine": "mean per-sample cosine to the float outputs over the whole output, for dense maps",
+    "sequence": "arg-max agreement per position of [batch, positions, classes] outputs (CTC, token classes)",
+    "iou": "mean per-sample IoU of the output maps thresholded at 0.5 (segmentation, probability maps)",
+    "psnr": "mean per-sample PSNR in dB against the float outputs (images, depth; capped at 100 dB)",
+    "mse": "1 - MSE / variance of the float outputs (1 for identical outputs; regression, depth, maps)",
+    "auto": "chosen from the scored output's shape and values; the summary says which and why",
 }
 TORCH_SENSITIVITY = {
     "hessian": "Hutchinson trace of each unit's Hessian times its quantization noise (HAWQ-V2 style)",

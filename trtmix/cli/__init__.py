@@ -136,7 +136,7 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     parser = _parser(commands, "compile")
     flags.add_source_and_data(parser, "MODULE:FUNCTION returning (model, sample_inputs), or a .onnx file",
                               "data recipe with calibration/search/holdout splits")  # fmt: skip
-    flags.add_metric_flag(parser)
+    flags.add_metric_flag(parser, user=True)
     parser.add_argument(
         "--kl-exact", action="store_true",
         help="score each unit for the kl/gain orderings on its own compiled graph and session (slow, exact) instead "

@@ -135,9 +135,19 @@ def add_backend_flag(parser: argparse.ArgumentParser, default: str = "auto") -> 
     add_choice_flag(parser, "--backend", registry.BACKENDS, default, "engine backend")
 
 
-def add_metric_flag(parser: argparse.ArgumentParser, what: str = "the accuracy metric") -> None:
-    """``--metric``: how a plan's outputs are scored against the float model's."""
-    add_choice_flag(parser, "--metric", registry.METRICS, "agreement", what)
+def add_metric_flag(parser: argparse.ArgumentParser, what: str = "the accuracy metric", user: bool = False) -> None:
+    """``--metric``: how a plan's outputs are scored against the float model's (default ``auto``: fits the output).
+
+    With ``user``, also the user's own function (``FILE.py:FUNCTION`` or ``MODULE:FUNCTION``), checked by the job.
+    """
+    if not user:
+        add_choice_flag(parser, "--metric", registry.METRICS, "auto", what)
+        return
+    parser.add_argument("--metric", default="auto", metavar="NAME|FILE.py:FUNCTION",
+                        help=f"{what}: {registry.describe(registry.METRICS)}; or your own function over a whole split, "
+                        "higher is better: score(candidate, reference, extras) -> float, where candidate and reference "
+                        "map every graph output name to its arrays and extras is the recipe's load_extras(split) "
+                        "(README: 'Your own metric') (default: auto)")  # fmt: skip
 
 
 def add_timing_flags(parser: argparse.ArgumentParser, what: str = "per probe") -> None:

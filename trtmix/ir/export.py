@@ -90,7 +90,7 @@ def export_onnx(
             expected="sample inputs that forward() accepts, one tensor per argument",
             fix="check the (model, sample_inputs) your factory returns",
         ) from err
-    output_names = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
+    output_names = _output_names(model, len(reference))
     proto, used = _export_with(model, sample_inputs, exporter, opset, dynamic_axes, names, output_names)
     _check_inputs_kept(proto, names, used)
     module_map = annotate_modules(proto, model, renamed=used == "dynamo")
@@ -163,6 +163,17 @@ def export_once(
     export_onnx(model, samples, path, exporter=exporter, input_names=input_names)
     atomic_write_text(stamp, source)
     return path
+
+
+def _output_names(model: Any, count: int) -> list[str]:
+    """The graph's output names: the module's ``output_names`` when it names each output, else ``output_<i>``.
+
+    A metric of the user's reads outputs by name (``trtmix.job.user_metric``); one output alone is ``output``.
+    """
+    names = getattr(model, "output_names", None)
+    if isinstance(names, (list, tuple)) and len(names) == count and all(isinstance(n, str) for n in names):
+        return list(names)
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
 
 
 def _export_with(

@@ -12,6 +12,7 @@ from trtmix import registry
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.data.user_code import source_identity
 from trtmix.errors import TrtmixError
+from trtmix.job.user_metric import is_user_metric, metric_identity
 from trtmix.parallel.cluster import ParallelSettings
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision
@@ -33,7 +34,7 @@ class CompileConfig:
 
     data: str
     budget: Budget
-    metric: str = "agreement"
+    metric: str = "auto"  # resolved from the scored output by ``load_evaluation`` (the summary says what and why)
     flavour: str = "tensorrt"
     backend: str = "auto"
     ordering: str = "kl"
@@ -76,8 +77,10 @@ class CompileConfig:
 
     def validate(self) -> None:
         """Refuse unknown names and a backend that cannot run the flavour, before any work is done."""
-        if self.metric not in registry.METRICS:
-            raise TrtmixError(f"Unknown metric {self.metric!r}.", expected=f"one of {', '.join(registry.METRICS)}")
+        if self.metric not in registry.METRICS and not is_user_metric(self.metric):
+            raise TrtmixError(f"Unknown metric {self.metric!r}.",
+                              expected=f"one of {', '.join(registry.METRICS)}, or your own: FILE.py:FUNCTION or "
+                              "MODULE:FUNCTION")  # fmt: skip
         unknown = [name for name in self.orderings() if not registry.known_ordering(name)]
         if unknown:
             raise TrtmixError(
@@ -111,5 +114,6 @@ class CompileConfig:
         ``engine`` holds the flavour's options and the backend's name, version and settings.
         """
         settings = {key: asdict(self)[key] for key in MEASURED_SETTINGS}
+        settings["metric"] = metric_identity(self.metric)  # a user metric's file content, not only its name
         identity = {"model": model_hash, "data_content": source_identity(self.data), "engine": engine, **settings}
         return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

@@ -143,7 +143,7 @@ class SearchDriver:
         if cached is not None:
             return cached
         artifact = self.float_artifact()
-        scores = {split: self.evaluation.score(split, self.evaluation.reference[split]) for split in SPLITS}
+        scores = {split: self.evaluation.reference_score(split) for split in SPLITS}
         at_precision = getattr(self.backend, "at_precision", None)  # an engine that picks its own float type
         timer = at_precision("f32") if at_precision else self.backend
         feed = self.evaluation.feeds["search"][0]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -11,9 +13,10 @@ import onnx
 from trtmix.data.recipes import checked_batches, load_batches
 from trtmix.data.user_code import USER_FIX, import_module_or_file, split_spec, user_error
 from trtmix.errors import TrtmixError
-from trtmix.evaluate import score
+from trtmix.evaluate import choose_metric, score
 from trtmix.job.config import CompileConfig
-from trtmix.runtime.base import Backend
+from trtmix.job.user_metric import UserMetric, is_user_metric, load_user_metric
+from trtmix.runtime.base import Backend, Runner
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
 Feed = dict[str, np.ndarray]
@@ -32,15 +35,52 @@ class Evaluation:
     labels: dict[str, np.ndarray | None]
     output_index: int = 0  # which graph output the metric scores
     output_note: str | None = None  # said in the summary when the model has several outputs
+    metric_note: str | None = None  # with --metric auto: which metric was chosen, and why
+    metric_seconds: list[float] = field(default_factory=list)  # each evaluation's cost: it runs on every probe
+    user_metric: UserMetric | None = None  # --metric FILE.py:FUNCTION: scores every output, with the extras
+    output_names: tuple[str, ...] = ()
+    reference_all: dict[str, dict[str, Any]] = field(default_factory=dict)  # split → every FP32 output by name
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)  # split → the recipe's load_extras(split)
+    ordering_metric: str = ""  # the built-in whose divergence ranks units (the metric itself, if built in)
 
-    def score(self, split: str, outputs: np.ndarray) -> float:
-        """The metric of ``outputs`` on ``split``."""
-        return score(self.metric, outputs, self.reference[split], self.labels[split])
+    def score(self, split: str, outputs: Any) -> float:
+        """The metric of ``outputs`` on ``split`` (its time is kept: the report shows the metric's cost).
 
-    def outputs(self, backend: Backend, artifact: Path, split: str) -> np.ndarray:
-        """The scored output of ``artifact`` on every evaluated batch of ``split`` (one runner for all batches)."""
+        ``outputs`` is what ``run`` returns: the scored output, or with a user metric every output by name.
+        """
+        start = time.perf_counter()
+        if self.user_metric is not None:
+            value = self.user_metric(outputs, self.reference_all[split], self.extras.get(split, {}))
+        else:
+            value = score(self.metric, outputs, self.reference[split], self.labels[split])
+        self.metric_seconds.append(time.perf_counter() - start)
+        return value
+
+    def reference_score(self, split: str) -> float:
+        """The FP32 model's own score on ``split`` (what budgets relative to FP32 divide by)."""
+        return self.score(split, self.reference_all[split] if self.user_metric else self.reference[split])
+
+    def run(self, runner: Runner, split: str) -> Any:
+        """What ``score`` takes, from ``runner`` on every evaluated batch of ``split``."""
+        batches = [runner.infer(feed) for feed in self.feeds[split]]
+        if self.user_metric is not None:
+            return by_name(self.output_names, batches)
+        return np.concatenate([outputs[self.output_index] for outputs in batches])
+
+    def outputs(self, backend: Backend, artifact: Path, split: str) -> Any:
+        """``run`` on ``artifact`` (one runner for all batches)."""
         with backend.open(artifact) as runner:
-            return np.concatenate([runner.infer(feed)[self.output_index] for feed in self.feeds[split]])
+            return self.run(runner, split)
+
+
+def by_name(names: tuple[str, ...], batches: list[list[np.ndarray]]) -> dict[str, Any]:
+    """Each output's batches concatenated along axis 0, or the list of batches when their shapes differ."""
+    result: dict[str, Any] = {}
+    for position, name in enumerate(names):
+        arrays = [outputs[position] for outputs in batches]
+        same = len({array.shape[1:] for array in arrays}) == 1
+        result[name] = np.concatenate(arrays) if same else arrays
+    return result
 
 
 def split_feeds(config: CompileConfig, model: onnx.ModelProto, split: str, limit: int) -> list[Feed]:
@@ -54,9 +94,65 @@ def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: P
     index, note = scored_output(model, config.score_output)
     feeds = {split: split_feeds(config, model, split, config.eval_batches) for split in SPLITS}
     with OnnxRuntimeRunner(model_path, config.threads, optimize=True) as oracle:
-        reference = {s: np.concatenate([oracle.infer(f)[index] for f in batches]) for s, batches in feeds.items()}
+        raw = {split: [oracle.infer(feed) for feed in batches] for split, batches in feeds.items()}
+    reference = {split: np.concatenate([outputs[index] for outputs in batches]) for split, batches in raw.items()}
+    names = tuple(output.name for output in model.graph.output)
+    user = load_user_metric(config.metric) if is_user_metric(config.metric) else None
     labels = {split: _labels(config, split, len(reference[split])) for split in feeds}
-    return Evaluation(config.metric, feeds, reference, labels, index, note)
+    metric, metric_note = config.metric, None
+    if metric == "auto":
+        metric, why = choose_metric(reference["search"], names[index])
+        metric_note = f"metric auto: {metric}, for {why}"
+    ordering_metric = choose_metric(reference["search"], names[index])[0] if user else metric
+    if user is None:
+        _check_fit(metric, reference["search"])
+    evaluation = Evaluation(metric, feeds, reference, labels, index, note, metric_note, user_metric=user,
+                            output_names=names, ordering_metric=ordering_metric)  # fmt: skip
+    if user is not None:
+        evaluation.reference_all = {split: by_name(names, batches) for split, batches in raw.items()}
+        evaluation.extras = {split: _extras(config, split) for split in SPLITS}
+        evaluation.metric_note = (f"metric {config.metric} (yours; the kl/gain orderings rank units by the "
+                                  f"{ordering_metric} divergence of the scored output)")  # fmt: skip
+    return evaluation
+
+
+def _extras(config: CompileConfig, split: str) -> dict[str, Any]:
+    """``load_extras(split)`` of the recipe (and ``labels`` from ``load_labels(split)``) for a user metric."""
+    if config.data.endswith(".npz") or Path(config.data).is_dir():
+        return {}
+    module_name, _ = split_spec(config.data, default_function="load_data")
+    module = import_module_or_file(module_name)
+    extras: dict[str, Any] = {}
+    for function_name in ("load_extras", "load_labels"):
+        function = getattr(module, function_name, None)
+        if function is None:
+            continue
+        try:
+            value = function(split=split)
+        except TrtmixError:
+            raise
+        except Exception as err:
+            raise TrtmixError(user_error(err, f"{function_name}({split!r}) of {module_name}"), fix=USER_FIX) from err
+        if function_name == "load_labels":
+            extras["labels"] = np.asarray(value)
+        elif not isinstance(value, dict):
+            raise TrtmixError(f"load_extras({split!r}) of {module_name} returned {type(value).__name__}.",
+                              expected="a dict of name → value for the metric")  # fmt: skip
+        else:
+            extras.update(value)
+    return extras
+
+
+def _check_fit(metric: str, reference: np.ndarray) -> None:
+    """Refuse a built-in that cannot score this output, naming the one ``auto`` would pick."""
+    fits = metric not in ("sequence",) or np.ndim(reference) >= 3
+    if not fits:
+        suggestion, why = choose_metric(reference)
+        raise TrtmixError(
+            f"--metric {metric} does not fit the scored output of shape {np.shape(reference)}.",
+            expected="[batch, positions, classes] outputs for sequence",
+            fix=f"use --metric {suggestion} ({why}), or --metric auto",
+        )
 
 
 def scored_output(model: onnx.ModelProto, name: str | None) -> tuple[int, str | None]:

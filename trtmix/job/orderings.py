@@ -45,8 +45,10 @@ class JobOrderings:
         groups: list[UnitGroup] | None = None,
         cluster: Callable[[], TaskRunner | None] = lambda: None,
         fp32_nodes: frozenset[str] = frozenset(),
+        metric: str | None = None,
     ) -> None:
         self.source, self.config, self.builder, self.journal = source, config, builder, journal
+        self.metric = metric or config.metric  # the job's metric, ``auto`` resolved (``Evaluation.metric``)
         self.fp32_nodes = fp32_nodes  # the all-high plan's FP32 nodes: every scored plan keeps them
         self.cluster = cluster  # with --workers / --ray-address: where unit scores are measured (started lazily)
         self.latency = latency  # the job's per-unit latency model (``gain`` needs it)
@@ -152,7 +154,7 @@ class JobOrderings:
         feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
         index, _ = scored_output(self.builder.model, self.config.score_output)
         ranges: Ranges = self.builder.ranges  # type: ignore[assignment]
-        job = ScoringJob(self.builder.model, self.units, ranges, self.builder.flavour, self.config.metric, feeds,
+        job = ScoringJob(self.builder.model, self.units, ranges, self.builder.flavour, self.metric, feeds,
                          self.config.default, index, exact=self.config.kl_exact,
                          fp32_nodes=self.fp32_nodes)  # fmt: skip
         return score_plans(job, plans, label, self.cluster())
@@ -165,7 +167,7 @@ class JobOrderings:
         _, kl_scores = self.order("kl")
         kl_seconds = self.seconds("kl") or 0.0
         torch_model, _ = load_model_factory(self.source)
-        settings = SensitivitySettings(methods=tuple(methods), metric=self.config.metric,
+        settings = SensitivitySettings(methods=tuple(methods), metric=self.metric,
                                        flavour=self.builder.flavour.name, batches=CALIBRATION_FEEDS)  # fmt: skip
         feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
         ranges: Ranges = self.builder.ranges  # type: ignore[assignment]

@@ -83,7 +83,8 @@ class Pipeline:
         self.groups = find_groups(self.units, self.model) if config.groups else []
         self._cluster: Cluster | None = None
         self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups,
-                                      self.cluster, self.driver.base.fp32_nodes)  # fmt: skip
+                                      self.cluster, self.driver.base.fp32_nodes,
+                                      self.evaluation.ordering_metric)  # fmt: skip
 
     def cluster(self) -> Cluster | None:
         """With ``--workers`` / ``--ray-address``: Ray, started on first use; else None (Ray is never imported).
@@ -121,7 +122,7 @@ class Pipeline:
             feeds = split_feeds(config, self.model, "calibration", MAGNITUDE_BATCHES)
             magnitudes = observed_magnitudes(self.model, feeds)
             self.journal.store("float-magnitudes", magnitudes)
-        fp32_score = self.evaluation.score("search", self.evaluation.reference["search"])
+        fp32_score = self.evaluation.reference_score("search")
 
         def score(plan: PrecisionPlan) -> float:
             try:

@@ -19,7 +19,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import onnx
 from tqdm import tqdm
 
@@ -101,11 +100,10 @@ class _Trial:
             compiled = builder.compile(self.plan, check=False)
             evaluation = self.evaluation
             with OnnxRuntimeRunner(compiled, self.config.threads, optimize=True) as runner:
-                outputs = [runner.infer(feed)[evaluation.output_index] for feed in evaluation.feeds["search"]]
-            self.measured[label] = evaluation.score("search", np.concatenate(outputs))
+                self.measured[label] = evaluation.score("search", evaluation.run(runner, "search"))
             del compiled, ranges
             release(tensor_bytes(self.model))  # the option's graph and session
-            LOG.info("quantizers %s: all-INT8 %s %.5f", label, self.config.metric, self.measured[label])
+            LOG.info("quantizers %s: all-INT8 %s %.5f", label, self.evaluation.metric, self.measured[label])
         return self.measured[label]
 
 

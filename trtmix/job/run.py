@@ -10,6 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trtmix import __version__
 from trtmix.errors import JobInterruptedError, TrtmixError
 from trtmix.ir.groups import describe_groups
@@ -75,6 +77,11 @@ def _run(pipeline: Pipeline, output: Path, config: CompileConfig, started: float
     with step("writing the report", output):
         write_report(report, output)
     return report
+
+
+def _metric_ms(seconds: list[float]) -> float | None:
+    """The metric's median cost per evaluation in ms (it runs on every probe), None before any evaluation."""
+    return round(float(np.median(seconds)) * 1000, 3) if seconds else None
 
 
 def _original_holdout(baseline: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +151,10 @@ def _report(
         "cpu": cpu_features().describe(),
         "relative_to": config.relative_to,
         "busy_probes": busy_probes,
-        "metric": config.metric,
+        "metric": pipeline.evaluation.metric,
+        "metric_requested": config.metric,
+        "metric_note": pipeline.evaluation.metric_note,
+        "metric_ms": _metric_ms(pipeline.evaluation.metric_seconds),
         "budget": asdict(config.budget),
         "budget_text": config.budget.describe(config.reference),
         "baseline": baseline,
@@ -269,6 +279,10 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         lines.append(f"note: {report['flavour_note']}")
     if report.get("scored_output"):
         lines.append(report["scored_output"])
+    if report.get("metric_note"):
+        lines.append(report["metric_note"])
+    if report.get("metric_ms") is not None:
+        lines.append(f"metric {report['metric']}: {report['metric_ms']:.2f} ms per evaluation (it scores every probe)")
     settings = report.get("flavour_settings") or {}
     if "trtmix.weight_bits_reason" in settings:
         lines.append(f"weights: {settings['trtmix.weight_bits']}-bit ({settings['trtmix.weight_bits_reason']})")

@@ -43,7 +43,8 @@ from trtmix.sensitivity.measured import ScoringJob, TaskRunner, context_scores, 
 LOG = logging.getLogger(__name__)
 METHODS = tuple(registry.SENSITIVITY_METHODS)
 TORCH_METHODS = frozenset(registry.TORCH_SENSITIVITY)
-LOSS_FOR_METRIC = {"agreement": "kl", "cosine": "mse", "sample-cosine": "mse", "accuracy": "ce"}
+LOSS_FOR_METRIC = {"agreement": "kl", "cosine": "mse", "sample-cosine": "mse", "accuracy": "ce", "sequence": "kl",
+                   "iou": "mse", "psnr": "mse", "mse": "mse"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class SensitivitySettings:
     """
 
     methods: tuple[str, ...] = ("augmented-a",)
-    metric: str = "agreement"
+    metric: str = "auto"
     flavour: str = "tensorrt"
     batches: int = 4
     max_probes: int = 20
@@ -91,6 +92,8 @@ def compute_sensitivity(
     scores: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
     feeds = list(checked_batches(feeds, model, limit=settings.batches))
+    if settings.metric == "auto":  # the metric the float model's first output fits
+        settings = replace(settings, metric=_auto_metric(model, feeds))
     wanted = set(settings.methods)
     needs_torch = bool(wanted & TORCH_METHODS)
     needs_measured = (("kl" in wanted or needs_torch) and kl_scores is None) or "augmented-b" in wanted
@@ -188,6 +191,18 @@ def _torch_methods(
         scores["c"] = {name: c[name] + act[name] for name in c}
         scores["augmented-c"] = combine_by_rank(scores["hessian"], scores["c"], settings.augment_weight)
     return {name: reason for name, reason in mapping.unmapped.items()}
+
+
+def _auto_metric(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> str:
+    """``--metric auto``: the built-in metric the float model's first output fits (on the first feed)."""
+    from trtmix.evaluate import choose_metric
+    from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+    with OnnxRuntimeRunner(model, optimize=True) as runner:
+        output = runner.infer(feeds[0])[0]
+    metric, why = choose_metric(output, model.graph.output[0].name)
+    LOG.info("metric auto: %s, for %s", metric, why)
+    return metric
 
 
 def _problem(model, torch_model, mapping, feeds, settings, labels, device) -> TorchProblem:  # type: ignore[no-untyped-def]
