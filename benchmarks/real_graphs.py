@@ -78,7 +78,7 @@ def job(name: str, flavour: str, args: argparse.Namespace, folder: Path) -> dict
                            backend=BACKENDS[flavour], eval_batches=args.batches, ordering="kl")  # fmt: skip
     started = time.perf_counter()
     try:
-        report = api.compile(str(graph_path(name)), folder / f"{name}-{flavour}", config)
+        report = api.compile(str(graph_path(name)), folder / f"{name}-{flavour}", config).report
     except TrtmixError as err:
         return {"error": str(err).splitlines()[0][:200]}
     base, final = report["baseline"], report.get("final_timing") or {}

@@ -75,7 +75,7 @@ def child(name: str, budget: str, folder: Path, phase: str, parallel: Any = None
         config = CompileConfig(data=data, budget=Budget.parse(budget), metric=metric,
                                data_args=tuple(sorted(args.items())),
                                **({"parallel": parallel} if parallel is not None else {}))  # fmt: skip
-        report = api.compile(str(path), folder / "job", config, fresh=True)
+        report = api.compile(str(path), folder / "job", config, fresh=True).report
         row["units"] = report["unit_count"]
         row["model_mb"] = round(sum(p.stat().st_size for p in folder.glob(f"{name}.onnx*")) / 2**20, 1)
         row["builds"], row["chosen_k"], row["stop"] = report["builds"], report["chosen_k"], report["stop_reason"]

@@ -129,7 +129,7 @@ def compile_job(path: Path, args: dict[str, str], output: Path, runs: int) -> di
     kind = args["kind"]
     config = CompileConfig(data=RECIPE, budget=Budget.parse("1%"), metric="cosine" if kind == "text" else "agreement",
                            data_args=tuple(sorted(args.items())), runs=runs)  # fmt: skip
-    report = api.compile(str(path), output, config, fresh=True)
+    report = api.compile(str(path), output, config, fresh=True).report
     return {"chosen_k": report["chosen_k"], "stop": report["stop_reason"], "builds": report["builds"],
             "ordering_computed": report["orderings_computed"].get("kl"), "backend": report["backend"],
             "wall_seconds": round(report["wall_seconds"], 1), "peak_rss_mb": report["peak_rss_mb"]}  # fmt: skip

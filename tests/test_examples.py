@@ -111,3 +111,31 @@ def test_auto_is_the_default_and_the_summary_says_why(tmp_path: Path, capsys: py
                  "--max-drop", "5%", "-o", str(tmp_path / "out"), *FAST]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "metric auto: cosine, for a vector per position" in out and "ms per evaluation" in out
+
+
+def test_the_python_api_takes_objects(tmp_path: Path) -> None:
+    """A torch module with sample inputs, data as feeds per split in memory, a callable metric: a result object."""
+    import onnx
+    import torch
+
+    import trtmix
+    from trtmix.models.tiny import convnet
+
+    module, samples = convnet()
+    rng = np.random.default_rng(0)
+    data = {split: [{"input": rng.standard_normal((2, 3, 16, 16)).astype(np.float32)} for _ in range(3)]
+            for split in ("calibration", "search", "holdout")}  # fmt: skip
+
+    def agreement(candidate, reference, extras):  # noqa: ANN001, ANN202
+        return float(np.mean(candidate["output"].argmax(-1) == reference["output"].argmax(-1)))
+
+    result = trtmix.compile(module, tmp_path / "job", sample_inputs=samples, data=data, metric=agreement,
+                            max_drop="50%", runs=3, timing_target=None, final_rounds=2, eval_batches=3)  # fmt: skip
+    assert isinstance(result, trtmix.CompileResult) and result.plan is not None and result.onnx.is_file()
+    assert result.frontier and result["chosen"] and result.report["metric"].startswith("python:")
+    assert result.artifact.is_file() and onnx.load(str(result.onnx)).graph.node
+    again = trtmix.compile(onnx.load(str(tmp_path / "job" / "given.onnx")), tmp_path / "proto", data=data,
+                           max_drop="50%", runs=3, timing_target=None, final_rounds=2, eval_batches=3)  # fmt: skip
+    assert again.report["metric"] == "agreement" and "metric auto" in again.report["metric_note"]
+    with pytest.raises(TrtmixError, match="sample_inputs"):
+        trtmix.compile(torch.nn.Linear(2, 2), tmp_path / "x", data=data)

@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 from trtmix.quant.plan import Precision, PrecisionPlan  # noqa: E402
 
 _API_NAMES = frozenset(
-    {"list_units", "resolve_plan", "collect_ranges", "build", "profile", "compile", "BuildResult", "CompileConfig"}
+    {"list_units", "resolve_plan", "collect_ranges", "build", "profile", "compile", "BuildResult", "CompileConfig",
+     "CompileResult"}
 )
 
 
@@ -26,6 +27,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "BuildResult",
     "CompileConfig",
+    "CompileResult",
     "Precision",
     "PrecisionPlan",
     "__version__",

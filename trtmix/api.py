@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
@@ -27,8 +28,8 @@ from trtmix.runtime import LatencyStats, get_backend, resolve_backend
 from trtmix.runtime.build import Builder
 
 __all__ = [
-    "BuildResult", "CompileConfig", "build", "collect_ranges", "compile", "default_cache_dir", "get_backend",
-    "list_units", "profile", "resolve_plan",
+    "BuildResult", "CompileConfig", "CompileResult", "build", "collect_ranges", "compile", "default_cache_dir",
+    "get_backend", "list_units", "profile", "resolve_plan",
 ]  # fmt: skip
 LOG = logging.getLogger(__name__)
 PLAN_SHORTHANDS = {"int8": Precision.INT8, "fp16": Precision.FP16, "fp32": Precision.FP32}
@@ -129,24 +130,94 @@ def profile(
         return engine.time(artifact, feeds, runs=runs, warmup=warmup)
 
 
+Metric = Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], float]
+
+
+@dataclass
+class CompileResult:
+    """What a compile job chose and wrote (``trtmix.compile``).
+
+    ``plan`` is the chosen plan (all FP32 when the graph you brought was kept, ``original_kept``), None when no plan
+    met the budget; ``onnx`` and ``artifact`` the shipped files; ``frontier`` the measured probes on the
+    accuracy-latency Pareto front; ``report`` the whole report (``result["key"]`` reads it too).
+    """
+
+    output: Path
+    report: dict[str, Any]
+    plan: PrecisionPlan | None
+    onnx: Path | None
+    artifact: Path | None
+    frontier: list[dict[str, Any]]
+    original_kept: bool
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any], output: Path) -> CompileResult:
+        """The result of the job that wrote ``report`` into ``output``."""
+        files = report.get("files") or {}
+        plan = PrecisionPlan.load(output / files["plan"]) if files.get("plan") else None
+        return cls(output, report, plan, output / files["onnx"] if files.get("onnx") else None,
+                   output / files["artifact"] if files.get("artifact") else None,
+                   [p for p in report["probes"] if p.get("pareto")], report["chosen"] == "original-fp32")  # fmt: skip
+
+    def __getitem__(self, key: str) -> Any:
+        """``result["chosen"]``: the report's entries, as ``trtmix compile``'s report.json has them."""
+        return self.report[key]
+
+
 def compile(  # noqa: A001
-    source: str, output: str | Path, config: CompileConfig, fresh: bool = False,
-    metric: Callable[[dict[str, Any], dict[str, Any], dict[str, Any]], float] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """The whole job ``trtmix compile`` runs: the fastest measured plan inside ``config.budget``.
+    model: Any, output: str | Path, config: CompileConfig | None = None, *, data: Any = None,
+    sample_inputs: tuple[Any, ...] | None = None, metric: str | Metric | None = None, fresh: bool = False,
+    **settings: Any,
+) -> CompileResult:  # fmt: skip
+    """The whole job ``trtmix compile`` runs: the fastest measured plan inside the budget, every probe timed.
 
-    ``metric``: your own function over a whole split, ``metric(candidate, reference, extras) -> float``, higher is
-    better (``trtmix.job.user_metric``); it replaces ``config.metric``.
-
-    ``source`` is ``MODULE:FUNCTION`` (a torch model factory) or an ``.onnx`` file.  Writes the chosen ONNX, the
-    built artifact, plan.json, the trtexec command and the report into ``output``; rerunning resumes from its
-    journal, ``fresh`` starts over.  Returns the report (also written as report.json / .html / .png).
+    ``model``: an ``.onnx`` path, ``MODULE:FUNCTION`` (a torch factory), an ``onnx.ModelProto``, or a
+    ``torch.nn.Module`` with ``sample_inputs``.  ``data``: a recipe spec, or split name → iterable of feed dicts
+    (``calibration``, ``search``, ``holdout``).  ``metric``: a built-in name, ``FILE.py:FUNCTION``, or your function
+    ``metric(candidate, reference, extras) -> float`` (``trtmix.job.user_metric``).  Without ``config``, ``settings``
+    are ``CompileConfig`` fields, with ``max_drop`` ("1%", the default) for the budget.  Rerunning resumes from the
+    output folder's journal; ``fresh`` starts over.
     """
     from dataclasses import replace
 
+    from trtmix.data.recipes import register_splits
     from trtmix.job.run import run_compile
     from trtmix.job.user_metric import register
+    from trtmix.search.bisection import Budget
 
+    output = Path(output)
+    spec = data if isinstance(data, str) or data is None else register_splits(data)
+    if config is None:
+        if spec is None:
+            raise PlanError("trtmix.compile needs data: a recipe spec, or a dict of split → feeds.",
+                            expected="data={'calibration': [...], 'search': [...], 'holdout': [...]}")  # fmt: skip
+        budget = Budget.parse(settings.pop("max_drop", "1%"))
+        config = CompileConfig(data=spec, budget=budget, **settings)
+    elif spec is not None:
+        config = replace(config, data=spec)
     if metric is not None:
-        config = replace(config, metric=register(metric))
-    return run_compile(source, Path(output), config, fresh=fresh)
+        config = replace(config, metric=metric if isinstance(metric, str) else register(metric))
+    source = _source(model, sample_inputs, output)
+    return CompileResult.from_report(run_compile(source, output, config, fresh=fresh), output)
+
+
+def _source(model: Any, sample_inputs: tuple[Any, ...] | None, output: Path) -> str:
+    """The job's source spec: a path or ``MODULE:FUNCTION`` as given; an in-memory model written into ``output``."""
+    if isinstance(model, (str, Path)):
+        return str(model)
+    output.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, onnx.ModelProto):
+        return str(save_onnx(model, output / "given.onnx"))
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        if sample_inputs is None:
+            raise PlanError("A torch model needs sample_inputs to be exported.",
+                            expected="trtmix.compile(module, out, sample_inputs=(x,), data=...)")  # fmt: skip
+        from trtmix.ir.export import export_onnx
+
+        path = output / "given.onnx"
+        export_onnx(model, tuple(sample_inputs), path)
+        return str(path)
+    raise PlanError(f"trtmix.compile cannot compile a {type(model).__name__}.",
+                    expected="a .onnx path, MODULE:FUNCTION, an onnx.ModelProto or a torch.nn.Module")  # fmt: skip

@@ -273,7 +273,7 @@ def _timing_target(text: str) -> float | None:
 
 def run_compile(args: argparse.Namespace) -> None:
     """``trtmix compile``."""
-    report = api.compile(args.source, args.output, _compile_config(args), fresh=args.fresh)
+    report = api.compile(args.source, args.output, _compile_config(args), fresh=args.fresh).report
     for line in summary_lines(report, args.output):
         print(line)
     if report["chosen"] is None:
@@ -299,7 +299,7 @@ def run_demo(args: argparse.Namespace) -> None:
     engine = resolve_backend(config.backend, config.flavour)
     budget = config.budget.describe(config.reference)
     print(f"trtmix demo: {args.model}, metric {metric}, budget {budget}, {config.flavour} flavour on {engine}")
-    report = api.compile(source, args.output, config, fresh=args.fresh)
+    report = api.compile(source, args.output, config, fresh=args.fresh).report
     for line in summary_lines(report, args.output):
         print(line)
 

@@ -9,8 +9,9 @@ into three disjoint, seeded parts, one per split.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,49 @@ def parse_data_args(items: list[str] | None) -> dict[str, str]:
     return parsed
 
 
+IN_MEMORY = "trtmix-data:"  # the spec prefix of data a Python caller handed over (``register_splits``)
+REGISTERED: dict[str, dict[str, list[Feed]]] = {}
+
+
+def register_splits(splits: Mapping[str, Iterable[Feed]]) -> str:
+    """A data spec for feeds given in memory, split name → feeds (``api.compile(model, out, data={...})``).
+
+    The spec holds a hash of every array, so the journal and the calibration cache notice changed data.
+    """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise CalibrationError(f"Unknown split(s) {', '.join(unknown)} in the data given.",
+                               expected=f"keys among {', '.join(SPLITS)}")  # fmt: skip
+    materialised = {split: [dict(feed) for feed in feeds] for split, feeds in splits.items()}
+    digest = hashlib.sha256()
+    for split in sorted(materialised):
+        for feed in materialised[split]:
+            for name in sorted(feed):
+                array = np.ascontiguousarray(feed[name])
+                digest.update(f"{split}/{name}/{array.dtype}/{array.shape}".encode())
+                digest.update(array.tobytes())
+    spec = f"{IN_MEMORY}{digest.hexdigest()[:24]}"
+    REGISTERED[spec] = materialised
+    return spec
+
+
+def is_in_memory(spec: str) -> bool:
+    """True for data handed over in memory (no recipe module to ask for labels or extras)."""
+    return spec.startswith(IN_MEMORY)
+
+
 def load_batches(spec: str, split: str = "calibration", batch_size: int = 8, **options: str) -> Iterable[Feed]:
-    """The feeds of ``split`` from a recipe spec, an ``.npz`` file or an image folder."""
+    """The feeds of ``split`` from a recipe spec, an ``.npz`` file, an image folder or data given in memory."""
     if split not in SPLITS:
         raise CalibrationError(f"Unknown split {split!r}.", expected=f"one of {', '.join(SPLITS)}")
+    if is_in_memory(spec):
+        if spec not in REGISTERED:
+            raise CalibrationError("Data given in memory is gone (another process?).",
+                                   fix="pass a recipe file for jobs on Ray workers")  # fmt: skip
+        if split not in REGISTERED[spec]:
+            raise CalibrationError(f"The data given has no {split!r} split.",
+                                   expected=f"a dict with {', '.join(SPLITS)} → lists of feeds")  # fmt: skip
+        return iter(REGISTERED[spec][split])
     if spec.endswith(".npz"):
         return _npz_batches(Path(spec), split, int(options.pop("batch_size", batch_size)), options)
     if Path(spec).is_dir():

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtmix.data.recipes import checked_batches, load_batches
+from trtmix.data.recipes import checked_batches, is_in_memory, load_batches
 from trtmix.data.user_code import USER_FIX, import_module_or_file, split_spec, user_error
 from trtmix.errors import TrtmixError
 from trtmix.evaluate import choose_metric, score
@@ -118,7 +118,7 @@ def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: P
 
 def _extras(config: CompileConfig, split: str) -> dict[str, Any]:
     """``load_extras(split)`` of the recipe (and ``labels`` from ``load_labels(split)``) for a user metric."""
-    if config.data.endswith(".npz") or Path(config.data).is_dir():
+    if config.data.endswith(".npz") or Path(config.data).is_dir() or is_in_memory(config.data):
         return {}
     module_name, _ = split_spec(config.data, default_function="load_data")
     module = import_module_or_file(module_name)
@@ -187,6 +187,9 @@ def _labels(config: CompileConfig, split: str, rows: int) -> np.ndarray | None:
     """Labels of the evaluated rows of ``split`` from the recipe's ``load_labels(split)`` (metric accuracy)."""
     if config.metric != "accuracy":
         return None
+    if is_in_memory(config.data):
+        raise TrtmixError("--metric accuracy needs labels, and data given in memory has none.",
+                          fix="use your own metric that reads labels, or a recipe with load_labels(split)")  # fmt: skip
     module_name, _ = split_spec(config.data, default_function="load_data")
     labels_function = (
         None if config.data.endswith(".npz") else getattr(import_module_or_file(module_name), "load_labels", None)

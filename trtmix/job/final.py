@@ -39,7 +39,8 @@ def final_choice(
     reference = high["plan_hash"] if high and high["plan_hash"] in pool else min(candidates, key=lambda c: c.k).key
     if pipeline.config.final_rounds == 0:
         fastest = min(candidates, key=lambda c: (c.median_ms, -c.k))
-        if baseline["fp32"]["latency"]["median_ms"] <= fastest.median_ms:
+        fp32 = baseline["fp32"]["latency"]
+        if (fp32.get("ci_high_ms") or fp32["median_ms"]) < fastest.ci_low_ms:  # faster beyond both intervals
             return ORIGINAL_PLAN, {**part, "original": True}
         return PrecisionPlan.from_dict(pool[fastest.key]["plan"]), part
     choice = _timed_choice(pipeline, candidates, reference, pool)
