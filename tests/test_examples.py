@@ -13,7 +13,7 @@ from trtmix.cli import main
 from trtmix.errors import TrtmixError
 from trtmix.evaluate import choose_metric, map_iou, normalised_mse_score, psnr, score
 from trtmix.job.config import CompileConfig
-from trtmix.job.user_metric import load_user_metric
+from trtmix.data.user_metric import load_user_metric
 from trtmix.search.bisection import Budget
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -33,7 +33,7 @@ def test_detector_example_scores_probes_with_box_f1(tmp_path: Path) -> None:
     report = _compile("detector", "tiny_detector", "box_f1", tmp_path)
     assert report["metric"].endswith("metric.py:box_f1") and report["metric_ms"] > 0
     assert report["baseline"]["fp32"]["accuracy"] == 1.0, "the FP32 model's detections match themselves"
-    assert report["chosen"] and "orderings rank units by the" in report["metric_note"]
+    assert report["chosen"] and "orderings rank units by 1 - its score" in report["metric_note"]
     int8 = report["all_int8"]["relative"]
     assert 0 <= int8 <= 1.0 + 1e-9
 
@@ -48,14 +48,18 @@ def test_a_python_callable_is_a_metric(tmp_path: Path) -> None:
     calls = []
 
     def exact_match(candidate, reference, extras):  # noqa: ANN001, ANN202
-        calls.append(sorted(candidate))
+        calls.append((sorted(candidate), int(extras["ids"][0]) // 1000, sorted(extras)))
         return float(np.mean(candidate["logits"].argmax(-1) == reference["logits"].argmax(-1)))
 
     folder = EXAMPLES / "sequence"
-    config = CompileConfig(data=str(folder / "recipe.py"), budget=Budget.parse("5%"), runs=3, timing_target=None,
-                           final_rounds=2, eval_batches=2, ordering="noise")  # fmt: skip
+    config = CompileConfig(data=str(folder / "recipe.py"), budget=Budget.parse("0%"), runs=3, timing_target=None,
+                           final_rounds=2, eval_batches=2, ordering="kl")  # fmt: skip
     report = api.compile(f"{folder / 'model.py'}:tiny_recognizer", tmp_path / "out", config, metric=exact_match)
-    assert calls and calls[0] == ["logits"] and report["metric"].startswith("python:")
+    assert calls and calls[0][0] == ["logits"] and report["metric"].startswith("python:")
+    splits = {split for _, split, _ in calls}  # the recipe's ids: 1000 × the split's seed
+    assert splits == {0, 1, 2}, "the kl ordering (calibration), every probe (search) and the holdout check"
+    assert all(extras == ["ids"] for _, _, extras in calls), "load_extras reaches the metric"
+    assert report["orderings_computed"] == {"kl": True}
 
 
 @pytest.mark.parametrize(

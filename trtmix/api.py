@@ -174,15 +174,15 @@ def compile(  # noqa: A001
     ``model``: an ``.onnx`` path, ``MODULE:FUNCTION`` (a torch factory), an ``onnx.ModelProto``, or a
     ``torch.nn.Module`` with ``sample_inputs``.  ``data``: a recipe spec, or split name → iterable of feed dicts
     (``calibration``, ``search``, ``holdout``).  ``metric``: a built-in name, ``FILE.py:FUNCTION``, or your function
-    ``metric(candidate, reference, extras) -> float`` (``trtmix.job.user_metric``).  Without ``config``, ``settings``
+    ``metric(candidate, reference, extras) -> float`` (``trtmix.data.user_metric``).  Without ``config``, ``settings``
     are ``CompileConfig`` fields, with ``max_drop`` ("1%", the default) for the budget.  Rerunning resumes from the
     output folder's journal; ``fresh`` starts over.
     """
     from dataclasses import replace
 
     from trtmix.data.recipes import register_splits
+    from trtmix.data.user_metric import register
     from trtmix.job.run import run_compile
-    from trtmix.job.user_metric import register
     from trtmix.search.bisection import Budget
 
     output = Path(output)

@@ -100,6 +100,16 @@ def _rows(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(len(values), -1)
 
 
+def by_name(names: tuple[str, ...], batches: list[list[np.ndarray]]) -> dict[str, object]:
+    """Each output's batches concatenated along axis 0, or the list of batches when their shapes differ."""
+    result: dict[str, object] = {}
+    for position, name in enumerate(names):
+        arrays = [outputs[position] for outputs in batches]
+        same = len({array.shape[1:] for array in arrays}) == 1
+        result[name] = np.concatenate(arrays) if same else arrays
+    return result
+
+
 def nearest_neighbours(embeddings: np.ndarray) -> np.ndarray:
     """For each row, the index of the most cosine-similar other row."""
     rows = np.asarray(embeddings, dtype=np.float64)

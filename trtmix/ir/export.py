@@ -168,7 +168,7 @@ def export_once(
 def _output_names(model: Any, count: int) -> list[str]:
     """The graph's output names: the module's ``output_names`` when it names each output, else ``output_<i>``.
 
-    A metric of the user's reads outputs by name (``trtmix.job.user_metric``); one output alone is ``output``.
+    A metric of the user's reads outputs by name (``trtmix.data.user_metric``); one output alone is ``output``.
     """
     names = getattr(model, "output_names", None)
     if isinstance(names, (list, tuple)) and len(names) == count and all(isinstance(n, str) for n in names):

@@ -11,8 +11,8 @@ from typing import Any
 from trtmix import registry
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.data.user_code import source_identity
+from trtmix.data.user_metric import is_user_metric, metric_identity
 from trtmix.errors import TrtmixError
-from trtmix.job.user_metric import is_user_metric, metric_identity
 from trtmix.parallel.cluster import ParallelSettings
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision

@@ -12,10 +12,10 @@ import onnx
 
 from trtmix.data.recipes import checked_batches, is_in_memory, load_batches
 from trtmix.data.user_code import USER_FIX, import_module_or_file, split_spec, user_error
+from trtmix.data.user_metric import UserMetric, is_user_metric, load_user_metric
 from trtmix.errors import TrtmixError
-from trtmix.evaluate import choose_metric, score
+from trtmix.evaluate import by_name, choose_metric, score
 from trtmix.job.config import CompileConfig
-from trtmix.job.user_metric import UserMetric, is_user_metric, load_user_metric
 from trtmix.runtime.base import Backend, Runner
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
@@ -73,16 +73,6 @@ class Evaluation:
             return self.run(runner, split)
 
 
-def by_name(names: tuple[str, ...], batches: list[list[np.ndarray]]) -> dict[str, Any]:
-    """Each output's batches concatenated along axis 0, or the list of batches when their shapes differ."""
-    result: dict[str, Any] = {}
-    for position, name in enumerate(names):
-        arrays = [outputs[position] for outputs in batches]
-        same = len({array.shape[1:] for array in arrays}) == 1
-        result[name] = np.concatenate(arrays) if same else arrays
-    return result
-
-
 def split_feeds(config: CompileConfig, model: onnx.ModelProto, split: str, limit: int) -> list[Feed]:
     """At most ``limit`` checked batches of ``split`` from the job's data."""
     batches = load_batches(config.data, split, **dict(config.data_args))
@@ -110,13 +100,13 @@ def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: P
                             output_names=names, ordering_metric=ordering_metric)  # fmt: skip
     if user is not None:
         evaluation.reference_all = {split: by_name(names, batches) for split, batches in raw.items()}
-        evaluation.extras = {split: _extras(config, split) for split in SPLITS}
-        evaluation.metric_note = (f"metric {config.metric} (yours; the kl/gain orderings rank units by the "
-                                  f"{ordering_metric} divergence of the scored output)")  # fmt: skip
+        evaluation.extras = {split: recipe_extras(config, split) for split in SPLITS}
+        evaluation.metric_note = (f"metric {config.metric} (yours; the kl/gain orderings rank units by 1 - its "
+                                  "score relative to FP32 on calibration batches)")  # fmt: skip
     return evaluation
 
 
-def _extras(config: CompileConfig, split: str) -> dict[str, Any]:
+def recipe_extras(config: CompileConfig, split: str) -> dict[str, Any]:
     """``load_extras(split)`` of the recipe (and ``labels`` from ``load_labels(split)``) for a user metric."""
     if config.data.endswith(".npz") or Path(config.data).is_dir() or is_in_memory(config.data):
         return {}

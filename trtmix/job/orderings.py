@@ -16,7 +16,7 @@ from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
 from trtmix.search.orderings import gain_order, order_by_score, order_groups, order_units
-from trtmix.sensitivity.measured import ScoringJob, TaskRunner, score_plans
+from trtmix.sensitivity.measured import ScoringJob, TaskRunner, UserDistance, score_plans
 from trtmix.sensitivity.run import TORCH_METHODS
 
 CALIBRATION_FEEDS = 2  # calibration batches the measured orderings score on
@@ -46,9 +46,11 @@ class JobOrderings:
         cluster: Callable[[], TaskRunner | None] = lambda: None,
         fp32_nodes: frozenset[str] = frozenset(),
         metric: str | None = None,
+        user: UserDistance | None = None,
     ) -> None:
         self.source, self.config, self.builder, self.journal = source, config, builder, journal
         self.metric = metric or config.metric  # the job's metric, ``auto`` resolved (``Evaluation.metric``)
+        self.user = user  # the user's own metric, as the orderings' distance
         self.fp32_nodes = fp32_nodes  # the all-high plan's FP32 nodes: every scored plan keeps them
         self.cluster = cluster  # with --workers / --ray-address: where unit scores are measured (started lazily)
         self.latency = latency  # the job's per-unit latency model (``gain`` needs it)
@@ -156,7 +158,7 @@ class JobOrderings:
         ranges: Ranges = self.builder.ranges  # type: ignore[assignment]
         job = ScoringJob(self.builder.model, self.units, ranges, self.builder.flavour, self.metric, feeds,
                          self.config.default, index, exact=self.config.kl_exact,
-                         fp32_nodes=self.fp32_nodes)  # fmt: skip
+                         fp32_nodes=self.fp32_nodes, user=self.user)  # fmt: skip
         return score_plans(job, plans, label, self.cluster())
 
     def _torch_orders(self, methods: list[str]) -> dict[str, dict[str, Any]]:

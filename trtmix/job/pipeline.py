@@ -19,7 +19,7 @@ from trtmix.ir.groups import find_groups
 from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
 from trtmix.job.driver import SearchDriver
-from trtmix.job.evaluation import load_evaluation, split_feeds
+from trtmix.job.evaluation import load_evaluation, recipe_extras, split_feeds
 from trtmix.job.float_baseline import MAGNITUDE_BATCHES, FloatBaseline, choose_float_baseline, observed_magnitudes
 from trtmix.job.latency import job_latency_model
 from trtmix.job.orderings import JobOrderings, check_source
@@ -34,6 +34,7 @@ from trtmix.runtime import get_backend
 from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.bisection import BisectionSearch, Budget, LazyOrder
+from trtmix.sensitivity.measured import UserDistance
 
 
 class Pipeline:
@@ -84,7 +85,14 @@ class Pipeline:
         self._cluster: Cluster | None = None
         self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups,
                                       self.cluster, self.driver.base.fp32_nodes,
-                                      self.evaluation.ordering_metric)  # fmt: skip
+                                      self.evaluation.ordering_metric, self._user_distance())  # fmt: skip
+
+    def _user_distance(self) -> UserDistance | None:
+        """With the user's own metric: the orderings' distance, on calibration batches with their extras."""
+        if self.evaluation.user_metric is None:
+            return None
+        extras = recipe_extras(self.config, "calibration")
+        return UserDistance(self.config.metric, self.evaluation.output_names, extras)
 
     def cluster(self) -> Cluster | None:
         """With ``--workers`` / ``--ray-address``: Ray, started on first use; else None (Ray is never imported).

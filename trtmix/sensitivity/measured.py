@@ -3,7 +3,9 @@
 * ``kl`` (baseline): each unit alone in INT8, the rest float.
 * variant B (inter-layer, measured context): loss(all INT8) − loss(all INT8 but u): how much keeping u in high
   precision helps once every other unit is already quantized.  N + 1 compiles.
-The loss is the distance of the outputs to the float model's on calibration batches (KL, or 1 − cosine).
+The loss is the distance of the outputs to the float model's on calibration batches: the divergence that fits the
+built-in metric (KL, or 1 − cosine), or with the user's own metric 1 − metric(plan) / metric(FP32), where the
+metric sees every output by name and the recipe's ``load_extras("calibration")`` (``UserDistance``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import onnx
 from tqdm import tqdm
 
 from trtmix.calibration.ranges import Ranges
-from trtmix.evaluate import divergence
+from trtmix.data.user_metric import load_user_metric
+from trtmix.evaluate import by_name, divergence
 from trtmix.ir.units import Unit
 from trtmix.parallel.cluster import TASK_THREADS, Failure
 from trtmix.quant.flavours import Flavour
@@ -37,6 +40,29 @@ class TaskRunner(Protocol):
     def map(self, function: Callable[..., Any], calls: Any, label: str) -> list[Any]: ...
 
 
+@dataclass(frozen=True)
+class UserDistance:
+    """The user's metric as a distance: ``1 − metric(plan) / metric(FP32)`` (0 for the FP32 model itself).
+
+    Holds the metric's spec, not the function, so a Ray worker loads it from the user's file.
+    """
+
+    spec: str
+    output_names: tuple[str, ...]
+    extras: dict[str, Any]
+
+    def bind(self, reference: list[list[np.ndarray]]) -> Callable[[list[list[np.ndarray]]], float]:
+        """The distance of raw outputs (per batch, every output) to ``reference``'s."""
+        metric = load_user_metric(self.spec)
+        expected = by_name(self.output_names, reference)
+        own = metric(expected, expected, self.extras) or 1.0  # a metric that scores FP32 0 leaves the raw score
+
+        def distance(outputs: list[list[np.ndarray]]) -> float:
+            return 1.0 - metric(by_name(self.output_names, outputs), expected, self.extras) / own
+
+        return distance
+
+
 class PlanScorer:
     """Distance of a plan's outputs to the float model's, on fixed feeds; plans compile through ``builder``."""
 
@@ -49,21 +75,34 @@ class PlanScorer:
         output_index: int = 0,
         threads: int | None = None,
         fp32_nodes: frozenset[str] = frozenset(),
+        user: UserDistance | None = None,
     ) -> None:
         self.builder, self.metric, self.feeds, self.default = builder, metric, feeds, default
         self.fp32_nodes = fp32_nodes  # the job's all-high plan's FP32 nodes, kept in every scored plan
         self.output_index = output_index  # the graph output the metric scores
         self.threads = threads  # ONNX Runtime's threads (None: all usable cores)
-        self.reference = self._outputs(builder.model)
+        reference = self._raw(builder.model)
+        self._user = user.bind(reference) if user is not None else None
+        self.reference = self._scored(reference)
 
-    def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
+    def _raw(self, model: onnx.ModelProto) -> list[list[np.ndarray]]:
+        """Every output of ``model`` on every feed."""
         with OnnxRuntimeRunner(model, threads=self.threads, optimize=True) as runner:
-            return np.concatenate([runner.infer(feed)[self.output_index] for feed in self.feeds])
+            return [runner.infer(feed) for feed in self.feeds]
+
+    def _scored(self, raw: list[list[np.ndarray]]) -> np.ndarray:
+        return np.concatenate([outputs[self.output_index] for outputs in raw])
+
+    def _distance(self, raw: list[list[np.ndarray]]) -> float:
+        """The user's distance, or the built-in metric's divergence of the scored output."""
+        if self._user is not None:
+            return self._user(raw)
+        return divergence(self.metric, self._scored(raw), self.reference)
 
     def distance(self, int8_units: list[str]) -> float:
         """Divergence of the plan with ``int8_units`` in INT8 (the rest in the default precision)."""
         plan = PrecisionPlan.with_int8(int8_units, default=self.default, fp32_nodes=self.fp32_nodes)
-        return divergence(self.metric, self._outputs(self.builder.compile(plan, check=False)), self.reference)
+        return self._distance(self._raw(self.builder.compile(plan, check=False)))
 
     def close(self) -> None:
         """Nothing is held between plans."""
@@ -85,8 +124,9 @@ class SwitchedScorer(PlanScorer):
         output_index: int = 0,
         threads: int | None = None,
         fp32_nodes: frozenset[str] = frozenset(),
+        user: UserDistance | None = None,
     ) -> None:
-        super().__init__(builder, metric, feeds, default, output_index, threads, fp32_nodes)
+        super().__init__(builder, metric, feeds, default, output_index, threads, fp32_nodes, user)
         if builder.ranges is None:
             raise ValueError("switched scoring needs activation ranges")
         graph, self.switches = compile_switched(builder.model, builder.units, builder.ranges, builder.flavour, default,
@@ -95,9 +135,8 @@ class SwitchedScorer(PlanScorer):
 
     def distance(self, int8_units: list[str]) -> float:
         """Divergence with ``int8_units`` in INT8: their switches flipped in the shared session."""
-        outputs = [self._session.infer({**feed, **switch_feeds(self.switches, int8_units)})[self.output_index]
-                   for feed in self.feeds]  # fmt: skip
-        return divergence(self.metric, np.concatenate(outputs), self.reference)
+        raw = [self._session.infer({**feed, **switch_feeds(self.switches, int8_units)}) for feed in self.feeds]
+        return self._distance(raw)
 
     def close(self) -> None:
         """Release the session."""
@@ -118,12 +157,14 @@ class ScoringJob:
     output_index: int = 0
     exact: bool = False  # a compile and a session per plan (else one switched graph)
     fp32_nodes: frozenset[str] = frozenset()  # the job's all-high plan's FP32 nodes (``trtmix.job.float_baseline``)
+    user: UserDistance | None = None  # the user's own metric as a distance (else ``metric``'s divergence)
 
     def scorer(self, threads: int | None = None) -> PlanScorer:
         """A scorer of this job's plans (``close`` it)."""
         kind = PlanScorer if self.exact else SwitchedScorer
         builder = Builder(self.model, self.units, self.ranges, self.flavour)
-        return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads, self.fp32_nodes)
+        return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads, self.fp32_nodes,
+                    self.user)  # fmt: skip
 
 
 def distances(
@@ -147,7 +188,7 @@ def score_plans(
 
     Each worker builds one scorer and scores every w-th plan.  A share whose worker was lost twice is scored here.
     """
-    if cluster is None:
+    if cluster is None or (job.user is not None and job.user.spec.startswith("python:")):  # a function lives here
         return distances(job, plans, label=label if progress else None)
     shares = [list(range(start, len(plans), cluster.workers)) for start in range(min(cluster.workers, len(plans)))]
     shared_job = cluster.put(job)
