@@ -10,10 +10,10 @@ import pytest
 
 from trtmix import api
 from trtmix.cli import main
+from trtmix.data.user_metric import load_user_metric
 from trtmix.errors import TrtmixError
 from trtmix.evaluate import choose_metric, map_iou, normalised_mse_score, psnr, score
 from trtmix.job.config import CompileConfig
-from trtmix.data.user_metric import load_user_metric
 from trtmix.search.bisection import Budget
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
