@@ -143,3 +143,12 @@ def test_the_python_api_takes_objects(tmp_path: Path) -> None:
     assert again.report["metric"] == "agreement" and "metric auto" in again.report["metric_note"]
     with pytest.raises(TrtmixError, match="sample_inputs"):
         trtmix.compile(torch.nn.Linear(2, 2), tmp_path / "x", data=data)
+
+
+@pytest.mark.parametrize(("metric", "shape", "fits"), [("agreement", (4, 1, 8, 8), "sample-cosine"),
+                                                       ("sequence", (4, 10), "agreement")])  # fmt: skip
+def test_a_built_in_that_does_not_fit_says_which_does(metric: str, shape: tuple[int, ...], fits: str) -> None:
+    from trtmix.job.evaluation import _check_fit
+
+    with pytest.raises(TrtmixError, match=f"use --metric {fits}"):
+        _check_fit(metric, np.random.default_rng(0).normal(size=shape))

@@ -135,14 +135,21 @@ def recipe_extras(config: CompileConfig, split: str) -> dict[str, Any]:
 
 def _check_fit(metric: str, reference: np.ndarray) -> None:
     """Refuse a built-in that cannot score this output, naming the one ``auto`` would pick."""
-    fits = metric not in ("sequence",) or np.ndim(reference) >= 3
-    if not fits:
-        suggestion, why = choose_metric(reference)
-        raise TrtmixError(
-            f"--metric {metric} does not fit the scored output of shape {np.shape(reference)}.",
-            expected="[batch, positions, classes] outputs for sequence",
-            fix=f"use --metric {suggestion} ({why}), or --metric auto",
-        )
+    rank = np.ndim(reference)
+    problem = None
+    if metric == "sequence" and rank < 3:
+        problem = "sequence needs [batch, positions, classes] outputs"
+    elif metric in ("agreement", "cosine", "sequence") and rank >= 4:
+        problem = f"{metric} works along the last axis, which of a dense map is one image row"
+    elif metric == "iou" and (float(np.min(reference)) < 0 or float(np.max(reference)) > 1):
+        problem = "iou thresholds maps at 0.5, which fits probabilities in [0, 1], not these values"
+    if problem is None:
+        return
+    suggestion, why = choose_metric(reference)
+    raise TrtmixError(
+        f"--metric {metric} does not fit the scored output of shape {np.shape(reference)}: {problem}.",
+        fix=f"use --metric {suggestion} ({why}), --metric auto, or your own FILE.py:FUNCTION",
+    )
 
 
 def scored_output(model: onnx.ModelProto, name: str | None) -> tuple[int, str | None]:
