@@ -108,29 +108,35 @@ def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: P
 
 def recipe_extras(config: CompileConfig, split: str) -> dict[str, Any]:
     """``load_extras(split)`` of the recipe (and ``labels`` from ``load_labels(split)``) for a user metric."""
-    if config.data.endswith(".npz") or Path(config.data).is_dir() or is_in_memory(config.data):
-        return {}
-    module_name, _ = split_spec(config.data, default_function="load_data")
-    module = import_module_or_file(module_name)
     extras: dict[str, Any] = {}
-    for function_name in ("load_extras", "load_labels"):
-        function = getattr(module, function_name, None)
-        if function is None:
-            continue
-        try:
-            value = function(split=split)
-        except TrtmixError:
-            raise
-        except Exception as err:
-            raise TrtmixError(user_error(err, f"{function_name}({split!r}) of {module_name}"), fix=USER_FIX) from err
-        if function_name == "load_labels":
-            extras["labels"] = np.asarray(value)
-        elif not isinstance(value, dict):
-            raise TrtmixError(f"load_extras({split!r}) of {module_name} returned {type(value).__name__}.",
-                              expected="a dict of name → value for the metric")  # fmt: skip
-        else:
-            extras.update(value)
-    return extras
+    labels = _recipe_call(config, "load_labels", split)
+    if labels is not None:
+        extras["labels"] = np.asarray(labels)
+    value = _recipe_call(config, "load_extras", split)
+    if value is not None and not isinstance(value, dict):
+        raise TrtmixError(f"load_extras({split!r}) of {config.data} returned {type(value).__name__}.",
+                          expected="a dict of name → value for the metric")  # fmt: skip
+    return {**extras, **(value or {})}
+
+
+def _recipe_call(config: CompileConfig, function_name: str, split: str) -> Any:
+    """The recipe module's ``function_name(split=split)``, None when the data has no such function.
+
+    An ``.npz``, an image folder or data in memory has no module; an exception in the user's function is one error
+    naming their file and line.
+    """
+    if config.data.endswith(".npz") or Path(config.data).is_dir() or is_in_memory(config.data):
+        return None
+    module_name, _ = split_spec(config.data, default_function="load_data")
+    function = getattr(import_module_or_file(module_name), function_name, None)
+    if function is None:
+        return None
+    try:
+        return function(split=split)
+    except TrtmixError:
+        raise
+    except Exception as err:
+        raise TrtmixError(user_error(err, f"{function_name}({split!r}) of {module_name}"), fix=USER_FIX) from err
 
 
 def _check_fit(metric: str, reference: np.ndarray) -> None:
@@ -187,21 +193,13 @@ def _labels(config: CompileConfig, split: str, rows: int) -> np.ndarray | None:
     if is_in_memory(config.data):
         raise TrtmixError("--metric accuracy needs labels, and data given in memory has none.",
                           fix="use your own metric that reads labels, or a recipe with load_labels(split)")  # fmt: skip
-    module_name, _ = split_spec(config.data, default_function="load_data")
-    labels_function = (
-        None if config.data.endswith(".npz") else getattr(import_module_or_file(module_name), "load_labels", None)
-    )
-    if labels_function is None:
+    labels = _recipe_call(config, "load_labels", split)
+    if labels is None:
         raise TrtmixError(
             "--metric accuracy needs labels, but the data recipe has no load_labels(split) function.",
             fix="add load_labels(split) returning the labels in load_data order, or use --metric agreement",
         )
-    try:
-        labels = np.asarray(labels_function(split=split))
-    except TrtmixError:
-        raise
-    except Exception as err:
-        raise TrtmixError(user_error(err, f"load_labels({split!r}) of {module_name}"), fix=USER_FIX) from err
+    labels = np.asarray(labels)
     if len(labels) < rows:
         raise TrtmixError(f"load_labels({split!r}) returned {len(labels)} labels for {rows} evaluated samples.")
     return labels[:rows]

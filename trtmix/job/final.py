@@ -20,6 +20,7 @@ from trtmix.search.choose import Candidate, Choice, choose, latency_violations
 
 ROUND_RUNS = 5  # timed runs per contender per interleaved round (their median is the round's figure)
 ORIGINAL = "original-fp32"  # the key of the user's own graph, timed as given, in the final rounds
+ORIGINAL_PLAN = PrecisionPlan(default=Precision.FP32)  # what plan.json says when the user's own graph is shipped
 EXTRA_PROBES = 2  # probes added off the bisection path when latency rises with k
 
 
@@ -49,9 +50,6 @@ def final_choice(
     if choice.key == ORIGINAL:
         return ORIGINAL_PLAN, {**part, "original": True}
     return PrecisionPlan.from_dict(pool[choice.key]["plan"]), part
-
-
-ORIGINAL_PLAN = PrecisionPlan(default=Precision.FP32)  # what plan.json says when the user's own graph is shipped
 
 
 def _timed_choice(

@@ -51,10 +51,15 @@ def write_plan_outputs(
     if flavour != "tensorrt":
         shipped = Builder(builder.model, builder.units, builder.ranges, "tensorrt", model_hash=builder.model_hash)
         save_onnx(shipped.compile(plan, check=True), tensorrt_onnx)
-    lines = trtexec_lines(tensorrt_onnx.name, "chosen.engine", "timing.cache", tensorrt or {})
+    line = _write_trtexec(output, tensorrt_onnx.name, tensorrt)
+    return {**chosen, "tensorrt_onnx": tensorrt_onnx.name, "trtexec": line}
+
+
+def _write_trtexec(output: Path, onnx_name: str, tensorrt: dict[str, object] | None) -> str:
+    """``trtexec.txt``: the TensorRT 10 and 11 lines that build ``onnx_name``; returns the TensorRT 10 line."""
+    lines = trtexec_lines(onnx_name, "chosen.engine", "timing.cache", tensorrt or {})
     atomic_write_text(output / "trtexec.txt", lines)
-    chosen.update(tensorrt_onnx=tensorrt_onnx.name, trtexec=lines.splitlines()[1])  # the TensorRT 10 line
-    return chosen
+    return lines.splitlines()[1]
 
 
 def write_original_outputs(
@@ -76,7 +81,4 @@ def write_original_outputs(
     if foreign:
         chosen["tensorrt_note"] = f"no trtexec line: TensorRT cannot parse {foreign[0].domain} ops"
         return chosen
-    lines = trtexec_lines(chosen["onnx"], "chosen.engine", "timing.cache", tensorrt or {})
-    atomic_write_text(output / "trtexec.txt", lines)
-    chosen.update(trtexec=lines.splitlines()[1])
-    return chosen
+    return {**chosen, "trtexec": _write_trtexec(output, chosen["onnx"], tensorrt)}

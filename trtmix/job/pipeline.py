@@ -132,13 +132,15 @@ class Pipeline:
             self.journal.store("float-magnitudes", magnitudes)
         fp32_score = self.evaluation.reference_score("search")
 
+        scorer = SearchDriver(config, builder, self.evaluation, self.journal)  # its ``scored``: build, run, score
+
         def score(plan: PrecisionPlan) -> float:
-            try:
-                artifact = builder.build(plan).artifact
-                return self.evaluation.score("search", self.evaluation.outputs(self.backend, artifact, "search"))
-            except TrtmixError as err:
+            record = scorer.scored(plan)
+            if record["status"] != "ok":
                 raise TrtmixError(f"A float-baseline plan ({len(plan.fp32_nodes)} FP32 nodes) could not be built or "
-                                  f"scored: {err}", fix="use --flavour ort-cpu, or report it with the model") from err
+                                  f"scored: {record['error']}",
+                                  fix="use --flavour ort-cpu, or report it with the model")  # fmt: skip
+            return float(record["accuracy"])
 
         return choose_float_baseline(self.model, config.default, magnitudes, score, fp32_score,
                                      config.float_tolerance(), self.journal)  # fmt: skip
