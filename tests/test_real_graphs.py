@@ -193,3 +193,30 @@ def test_detector_with_range_compiles_in_the_default_flavour(tmp_path: Path) -> 
     base = report["baseline"]
     assert base["all_high"]["accuracy"] / base["fp32"]["accuracy"] >= 0.999
     assert report["chosen"]
+
+
+USER_METRIC = '''
+import numpy as np
+
+def confident_classes(candidate, reference, extras):
+    """Of the anchors the FP32 detector scores above 0.25, the share whose top class the plan keeps."""
+    ours, theirs = candidate["output0"][:, 4:], reference["output0"][:, 4:]  # [N, classes, anchors]
+    confident = theirs.max(axis=1) > 0.25
+    if not confident.any():
+        return 1.0
+    return float((ours.argmax(axis=1) == theirs.argmax(axis=1))[confident].mean())
+'''
+
+
+@needs("yolov8n")
+def test_a_graph_made_elsewhere_with_a_metric_trtmix_did_not_choose(tmp_path: Path) -> None:
+    """ultralytics' YOLOv8n, scored by the user's own metric over its raw output: the job runs it on every probe."""
+    metric = tmp_path / "metric.py"
+    metric.write_text(USER_METRIC)
+    out = tmp_path / "job"
+    assert main(["-q", "compile", str(graph_path("yolov8n")), *data("yolov8n"), "--metric",
+                 f"{metric}:confident_classes", "--max-drop", "1%", "-o", str(out), *FAST]) == 0  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["metric"] == f"{metric}:confident_classes" and report["metric_ms"] is not None
+    assert report["baseline"]["fp32"]["accuracy"] == 1.0, "the FP32 model agrees with itself"
+    assert report["baseline"]["all_high"]["accuracy"] >= 0.999 and report["chosen"]
