@@ -67,3 +67,35 @@ def test_a_damaged_store_file_is_rewritten_before_anything_reads_it(
     assert "missing or damaged" in caplog.text and victim.is_file()
     with get_backend("openvino").open(again.artifact) as runner:
         np.testing.assert_array_equal(runner.infer(feed)[0], expected)
+
+
+def test_a_new_plan_never_reuses_a_damaged_store_file(calibrated: dict, tmp_path: Path) -> None:
+    """A store file zeroed in place (same size) that a *new* plan shares with a built one is written again."""
+    model, ranges = calibrated["convnet"]
+    units = find_units(model)
+    first_plan = PrecisionPlan.with_int8([u.name for u in units])
+    new_plan = PrecisionPlan.with_int8([u.name for u in units[1:]])  # shares every int8 weight but the first unit's
+    feed = batches_for("convnet", 1, seed=4)[0]
+    builder = Builder(model, units, ranges, "tensorrt", get_backend("openvino"), tmp_path / "job")
+    first = builder.build(first_plan)
+    fresh = Builder(model, units, ranges, "tensorrt", get_backend("openvino"), tmp_path / "clean").build(new_plan)
+    with get_backend("openvino").open(fresh.artifact) as runner:
+        expected = runner.infer(feed)[0]
+    shared = set(references(first.artifact)) & _planned_references(builder, new_plan)
+    victim = max(shared, key=lambda path: path.stat().st_size)
+    with victim.open("r+b") as stream:  # zeroed in place: same size, same inode
+        stream.write(b"\0" * victim.stat().st_size)
+    again = builder.build(new_plan)  # the same job goes on to a plan it has not built yet
+    assert victim.read_bytes() != b"\0" * victim.stat().st_size, "the damaged store file was written again"
+    with get_backend("openvino").open(again.artifact) as runner:
+        np.testing.assert_array_equal(runner.infer(feed)[0], expected)
+
+
+def _planned_references(builder: Builder, plan: PrecisionPlan) -> set[Path]:
+    """The store files ``plan``'s compiled graph will refer to, named by hash (nothing written)."""
+    from trtmix.ir.large import skeleton
+
+    graph = skeleton(builder.compile(plan))
+    onnx_path, _ = builder.paths(plan)
+    return {onnx_path.parent / entry.value for tensor in graph.graph.initializer for entry in tensor.external_data
+            if entry.key == "location"}  # fmt: skip

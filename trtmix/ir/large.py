@@ -16,7 +16,6 @@ for them held several copies of its weights at once, which set the memory peak o
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -65,8 +64,8 @@ Writer = Callable[[bytes], tuple[str, int]]
 def skeleton(model: onnx.ModelProto, writer: Writer | None = None) -> onnx.ModelProto:
     """A copy of ``model`` whose large initializers are external references; ``model`` itself is not changed.
 
-    ``writer`` puts each weight's bytes somewhere and says where (see ``store_writer``); without one the references
-    name ``tensors/<sha256>.bin`` files that need not exist, which is all shape inference and hashing need.
+    ``writer`` puts each weight's bytes somewhere and says where (``trtmix.ir.store.store_writer``); without one the
+    references name ``tensors/<sha256>.bin`` files that need not exist, which is all shape inference and hashing need.
     """
     light = onnx.ModelProto()
     _copy_fields(model, light, skip="graph")
@@ -83,19 +82,6 @@ def skeleton(model: onnx.ModelProto, writer: Writer | None = None) -> onnx.Model
 
 def _named_by_hash(raw: bytes) -> tuple[str, int]:
     return f"{STORE}/{hashlib.sha256(raw).hexdigest()}.bin", 0
-
-
-def store_writer(store: Path, graph_folder: Path) -> Writer:
-    """A writer into the content-addressed ``store``: each distinct weight once, as ``<sha256>.bin``."""
-    store.mkdir(parents=True, exist_ok=True)
-
-    def write(raw: bytes) -> tuple[str, int]:
-        target = store / f"{hashlib.sha256(raw).hexdigest()}.bin"
-        if not target.is_file() or target.stat().st_size != len(raw):
-            atomic_write_bytes(target, raw)
-        return os.path.relpath(target, graph_folder), 0
-
-    return write
 
 
 def appending_writer(sink: BinaryIO, location: str) -> Writer:

@@ -89,7 +89,6 @@ class Builder:
         self.model_bytes = tensor_bytes(model)  # what releasing memory after a probe is worth (``trtmix.memory``)
         self.ranges_hash = ranges.stable_hash() if ranges is not None else "none"  # fixed for this builder
         self._verified: set[Path] = set()  # artifacts whose hash was checked by this builder
-        self._stored: set[Path] = set()  # store files whose content hash was checked by this builder
 
     def compile(self, plan: PrecisionPlan, check: bool = True) -> onnx.ModelProto:
         """``plan`` written into the graph; with ``check``, refused unless it passes the flavour's rules."""
@@ -164,7 +163,7 @@ class Builder:
             recorded = _hash_path(artifact)
             if not recorded.is_file() or recorded.read_text().strip() != file_sha256(artifact):
                 return False
-            broken = damaged(artifact, self._stored) if artifact.suffix == ".onnx" else []
+            broken = damaged(artifact) if artifact.suffix == ".onnx" else []
             for file in broken:
                 LOG.warning("store file %s is missing or damaged: rebuilding what reads it", file.name)
                 file.unlink(missing_ok=True)
