@@ -79,3 +79,29 @@ def journal_cached(output: Path, key: str) -> dict:
     with sqlite3.connect(output / "journal.sqlite") as db:
         (value,) = db.execute("SELECT value FROM cache WHERE key = ?", (key,)).fetchone()
     return json.loads(value)
+
+
+def assert_shipped_graphs_load(output: Path, elsewhere: Path) -> list[str]:
+    """Every ONNX file at the top of a job's folder, copied alone to ``elsewhere``, loads in ONNX Runtime and OpenVINO.
+
+    Only the top-level files travel (no ``artifacts/``, no tensor store): what a user copies into a release. ONNX
+    Runtime's own optimised artifact holds ORT-only fused ops, so OpenVINO is not asked to read that one.
+    Returns the names checked.
+    """
+    import shutil
+
+    import onnxruntime
+    import openvino
+
+    elsewhere.mkdir(parents=True)
+    for file in output.iterdir():
+        if file.is_file():
+            shutil.copy2(file, elsewhere / file.name)
+    shutil.rmtree(output)  # nothing may still point back into the job's folder
+    names = sorted(path.name for path in elsewhere.glob("*.onnx"))
+    assert names, "the job shipped no ONNX file"
+    for name in names:
+        onnxruntime.InferenceSession(str(elsewhere / name), providers=["CPUExecutionProvider"])
+        if not name.endswith(".onnxruntime.onnx"):
+            openvino.Core().read_model(str(elsewhere / name))
+    return names

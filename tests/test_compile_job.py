@@ -15,6 +15,7 @@ from trtmix.job.final import ORIGINAL
 from trtmix.runtime.cpu import cpu_features
 
 from .conftest import TINY_RECIPE as RECIPE
+from .conftest import assert_shipped_graphs_load
 
 
 @pytest.fixture()
@@ -35,8 +36,11 @@ def test_compile_writes_report_and_meets_budget_on_holdout(recipe, tmp_path, cap
     assert main(["-q", *_compile_args(recipe, output, "--max-drop", "0.5%", "--frontier", "2",
                                       "--compare-orderings", "noise,random")]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    assert "chosen plan:" in printed and "holdout split" in printed
     report = json.loads((output / "report.json").read_text())
+    if report["chosen"] == ORIGINAL:  # the tiny net's own FP32 graph can win the final timing on a busy machine
+        assert "chosen: the FP32 graph you brought" in printed
+    else:
+        assert "chosen plan:" in printed and "holdout split" in printed
     assert report["chosen"] and report["budget"]["lower"] == pytest.approx(0.995)
     assert report["holdout"]["relative"] >= report["budget"]["lower"]
     assert {"probes", "chosen", "baseline", "holdout"} <= set(report)
@@ -60,6 +64,8 @@ def test_compile_writes_report_and_meets_budget_on_holdout(recipe, tmp_path, cap
     assert "--stronglyTyped" in (output / "report.html").read_text()
     plan = json.loads((output / "plan.json").read_text())
     assert len([p for p in plan["units"].values() if p == "int8"]) == report["chosen_k"]
+    shipped = assert_shipped_graphs_load(output, tmp_path / "moved")
+    assert report["files"]["artifact"] in shipped  # ONNX Runtime's optimised graph, its weights now inside
 
 
 def _assert_pareto_flags(probes):

@@ -32,6 +32,8 @@ from trtmix.quant.plan import PrecisionPlan
 from trtmix.quant.smooth import SmoothSettings, plan_smoothing
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
+from .conftest import assert_shipped_graphs_load
+
 RECIPE = str(Path(__file__).resolve().parents[1] / "calib" / "real_graphs.py")
 INSTALLED = available()
 FAST = ["--runs", "3", "--timing-target", "0", "--final-rounds", "4", "--eval-batches", "2"]
@@ -193,6 +195,8 @@ def test_detector_with_range_compiles_in_the_default_flavour(tmp_path: Path) -> 
     base = report["baseline"]
     assert base["all_high"]["accuracy"] / base["fp32"]["accuracy"] >= 0.999
     assert report["chosen"]
+    shipped = assert_shipped_graphs_load(tmp_path / "yolov8n-tensorrt", tmp_path / "moved")
+    assert report["files"]["artifact"] in shipped  # OpenVINO's artifact, which referred to the job's tensor store
 
 
 USER_METRIC = '''

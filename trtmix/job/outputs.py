@@ -1,7 +1,8 @@
 """What a job ships for its chosen plan, and the holdout check that scores it on data the search never saw.
 
 Every ONNX file written here is compiled anew and checked by its flavour's rules before it is written: the file a
-user ships is never one the rules have not seen.
+user ships is never one the rules have not seen.  Every file loads on its own, wherever the folder is moved: a built
+artifact that is an ONNX graph refers to the job's tensor store, so its copy takes its weights inside (``ship_copy``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def write_plan_outputs(
     chosen = {"plan": "plan.json", "onnx": f"chosen.{flavour}.onnx",
               "artifact": f"chosen.{flavour}.{backend}{built.artifact.suffix}"}  # fmt: skip
     save_onnx(builder.compile(plan, check=True), output / chosen["onnx"])
-    shutil.copyfile(built.artifact, output / chosen["artifact"])
+    ship_copy(built.artifact, output / chosen["artifact"])
     tensorrt_onnx = output / "chosen.tensorrt.onnx"
     foreign = foreign_ops(builder.model)
     if foreign:  # TensorRT cannot parse the graph at all: no tensorrt-flavour file, and the report says why
@@ -53,6 +54,19 @@ def write_plan_outputs(
         save_onnx(shipped.compile(plan, check=True), tensorrt_onnx)
     line = _write_trtexec(output, tensorrt_onnx.name, tensorrt)
     return {**chosen, "tensorrt_onnx": tensorrt_onnx.name, "trtexec": line}
+
+
+def ship_copy(artifact: Path, target: Path) -> Path:
+    """A copy of a built artifact that loads without the job's folder.
+
+    An engine file is copied as it is.  An ONNX artifact (OpenVINO's, ONNX Runtime's optimised graph) keeps its
+    weights in ``artifacts/tensors/``, named relative to ``artifacts/``: copied as it is, ONNX Runtime and OpenVINO
+    refuse it ("External data path validation failed"), so its weights are read in and written with it.
+    """
+    if artifact.suffix != ".onnx":
+        shutil.copyfile(artifact, target)
+        return target
+    return save_onnx(onnx.load(str(artifact)), target)
 
 
 def _write_trtexec(output: Path, onnx_name: str, tensorrt: dict[str, object] | None) -> str:
@@ -76,7 +90,7 @@ def write_original_outputs(
     chosen = {"plan": "plan.json", "onnx": "chosen.original.onnx",
               "artifact": f"chosen.original.{backend}{artifact.suffix}"}  # fmt: skip
     save_onnx(original, output / chosen["onnx"])
-    shutil.copyfile(artifact, output / chosen["artifact"])
+    ship_copy(artifact, output / chosen["artifact"])
     foreign = foreign_ops(original)
     if foreign:
         chosen["tensorrt_note"] = f"no trtexec line: TensorRT cannot parse {foreign[0].domain} ops"
