@@ -12,48 +12,48 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from trtmix.calibration.ranges import Ranges
+from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
 from trtmix.ir.units import KIND_CONV, Unit
-from trtmix.quant.qdq import quantize_int8
+from trtmix.quant.qdq import asymmetric_uint8
+from trtmix.quant.weights import QuantizedWeight
 
 
-def correct_bias(
-    graph: gs.Graph,
-    unit: Unit,
-    weight: np.ndarray,
-    weight_scale: np.ndarray,
-    ranges: Ranges,
-    smoothing: np.ndarray | None = None,
-    shift: np.ndarray | None = None,
-) -> bool:
-    """Subtract E[X]·ΔW from the unit's bias in ``graph``; False when there is no bias or no channel mean.
+def bias_delta(quantized: QuantizedWeight, ranges: Ranges | None) -> np.ndarray | None:
+    """What the INT8 unit adds to its bias (None: nothing): z·W for a centred input, minus E[X]·ΔW when corrected.
 
-    ``weight`` is the weight as quantized (scaled by the smoothing, if any); the unit then reads (X − shift)/s.
+    One rule for ``compile`` and the switched graph.  Bias correction needs the input's channel means and a weight
+    axis; the shift needs nothing more, and a unit without a bias to take it is refused by ``add_bias_delta``.
     """
-    summary = ranges.channels.get(unit.inputs[0])
+    unit = quantized.unit
+    delta = shift_product(unit, quantized.exact, quantized.shift) if quantized.shift is not None else None
+    summary = ranges.channels.get(unit.inputs[0]) if ranges is not None and ranges.bias_correction else None
+    if summary is not None and unit.weight_axis is not None:
+        mean = input_mean(summary.mean, quantized.smoothing, quantized.shift)
+        error = quantized.dequantized() - quantized.weight.astype(np.float64)
+        correction = expected_shift(unit, error, mean)
+        if correction is not None:
+            delta = -correction if delta is None else delta - correction
+    return delta
+
+
+def add_bias_delta(graph: gs.Graph, unit: Unit, delta: np.ndarray, shifted: bool) -> None:
+    """Add ``delta`` (``bias_delta``) to the unit's bias in ``graph``; a unit without one is skipped unless shifted.
+
+    A shifted input without a bias to take z·W back would change the float semantics, so that is a trtmix bug.
+    """
     found = bias_input(graph, unit)
-    if summary is None or found is None or unit.weight_axis is None:
-        return False
-    delta = expected_shift(unit, weight, weight_scale, input_mean(summary.mean, smoothing, shift))
-    if delta is None:
-        return False
-    add_to_bias(*found, -delta, "corrected")
-    return True
+    if found is None:
+        if shifted:
+            raise CompileError(f"Internal error: unit {unit.name} has no bias to take its input shift.")
+        return
+    add_to_bias(*found, delta, "int8")
 
 
 def input_mean(mean: tuple[float, ...], smoothing: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
     """E[(X − shift)/s] per channel: the mean of what the unit reads."""
     value = np.asarray(mean, dtype=np.float64) - (shift if shift is not None else 0.0)
     return value / smoothing if smoothing is not None else value
-
-
-def absorb_shift(graph: gs.Graph, unit: Unit, weight: np.ndarray, shift: np.ndarray) -> None:
-    """Add shift·W (the float weight, unscaled) to the unit's bias: (X − z)·W + z·W + b is X·W + b."""
-    found = bias_input(graph, unit)
-    if found is None:
-        raise CompileError(f"Internal error: unit {unit.name} has no bias to take its input shift.")
-    add_to_bias(*found, shift_product(unit, weight, shift), "shifted")
 
 
 def shift_product(unit: Unit, weight: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -68,21 +68,27 @@ def add_to_bias(node: gs.Node, position: int, delta: np.ndarray, label: str) -> 
     The new constant is named after the node, not the old constant: exporters share one initializer between layers
     whose values are equal (every zero bias of a model at init), and each node's moved bias differs.
     """
-    bias = node.inputs[position]
-    moved = (bias.values.astype(np.float64) + delta).astype(bias.values.dtype)
-    node.inputs[position] = gs.Constant(f"{node.name}/bias_{label}", moved)
+    node.inputs[position] = gs.Constant(f"{node.name}/bias_{label}", moved_bias(node.inputs[position].values, delta))
 
 
-def expected_shift(unit: Unit, weight: np.ndarray, weight_scale: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
-    """E[X]·ΔW per output channel for the unit's int8 weight (None when the shapes do not line up)."""
+def moved_bias(bias: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The bias plus ``delta``, summed in float64 and rounded once to the bias's dtype (what every writer stores)."""
+    return (bias.astype(np.float64) + delta).astype(bias.dtype)
+
+
+def int32_bias(bias: np.ndarray, weight_scale: np.ndarray, x: TensorRange) -> tuple[np.ndarray, np.ndarray]:
+    """A Gemm bias as int32 and its scale (input scale × weight scale): the form ONNX Runtime's QGemm fuses.
+
+    ORT's QGemm selector rejects a float bias; its own quantizer writes the bias this way.
+    """
+    input_scale, _ = asymmetric_uint8(x.min, x.max)
+    bias_scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
+    return np.clip(np.rint(bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int32), bias_scale
+
+
+def expected_shift(unit: Unit, error: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
+    """E[X]·ΔW per output channel, ``error`` being ΔW (None when the shapes do not line up)."""
     axis = unit.weight_axis or 0
-    shape = [1] * weight.ndim
-    shape[axis] = -1
-    exact = weight.astype(np.float64)
-    rounded = quantize_int8(weight, weight_scale, axis).astype(np.float64) * weight_scale.astype(np.float64).reshape(
-        shape
-    )
-    error = rounded - exact
     if unit.kind == KIND_CONV:
         outputs, per_group = error.shape[0], error.shape[1]
         if mean.size % per_group or outputs % (mean.size // per_group):

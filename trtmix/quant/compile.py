@@ -24,24 +24,13 @@ from trtmix.ir.graph import GraphIndex, name_unnamed_nodes, opset_version
 from trtmix.ir.large import convert_version, import_graph, model_sha256, tensor_bytes
 from trtmix.ir.units import Unit, require_units
 from trtmix.memory import release
-from trtmix.quant.bias import absorb_shift, correct_bias
+from trtmix.quant.bias import add_bias_delta, bias_delta, int32_bias
 from trtmix.quant.flavours import ALL_READERS, Flavour, QuantizationSites, get_flavour
-from trtmix.quant.float_types import to_float16
+from trtmix.quant.float_types import plan_float32_rule, to_float16
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.quant.qdq import (
-    asymmetric_uint8,
-    per_channel_amax,
-    quantize_int8,
-    symmetric_scale,
-)
-from trtmix.quant.smooth import (
-    divided_input,
-    input_range,
-    scaled_weight,
-    smoothed_range,
-    unit_scales,
-    unit_shift,
-)
+from trtmix.quant.qdq import asymmetric_uint8, symmetric_scale
+from trtmix.quant.smooth import divided_input, input_range, smoothed_range, unit_scales
+from trtmix.quant.weights import QuantizedWeight, quantize_unit_weight
 
 LOG = logging.getLogger(__name__)
 
@@ -106,23 +95,22 @@ def _written(
 def _quantize_unit_weight(
     graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges | None, flavour: Flavour
 ) -> None:
-    """The unit's int8 weight, scaled first where it is smoothed.
+    """The unit's int8 weight (``trtmix.quant.weights``, scaled first where it is smoothed), written into ``graph``.
 
-    Also its bias: plus z·W where its input is shifted, corrected for the weight's rounding where the ranges ask for
-    it, and as int32 where the flavour wants a Gemm bias so.
+    Also its bias: moved by ``bias_delta`` (z·W where its input is shifted, bias correction where the ranges ask for
+    it), and as int32 where the flavour wants a Gemm bias so.
     """
-    float_weight = original.constant_value(unit.weight)  # type: ignore[arg-type]
-    weight, amax = float_weight, (ranges.weights.get(unit.weight) if ranges is not None else None)  # type: ignore[arg-type]
-    s, z = unit_scales(unit, ranges), unit_shift(unit, ranges)
-    if s is not None:
-        weight, amax = scaled_weight(unit, float_weight, s), None  # type: ignore[arg-type]
-    weight_scale = _quantize_weight(graph, unit, weight, flavour, amax)  # type: ignore[arg-type]
-    if z is not None:
-        absorb_shift(graph, unit, float_weight, z)  # type: ignore[arg-type]
-    if ranges is not None and ranges.bias_correction:
-        correct_bias(graph, unit, weight, weight_scale, ranges, s, z)  # type: ignore[arg-type]
+    anchor = next(n for n in graph.nodes if n.name == unit.name)
+    dtype = anchor.inputs[1].dtype
+    float_dtype = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
+    exact = original.constant_value(unit.weight)  # type: ignore[arg-type]
+    quantized = quantize_unit_weight(unit, exact, ranges, flavour.weight_levels, float_dtype)  # type: ignore[arg-type]
+    _write_weight(graph, anchor, quantized, flavour, float_dtype)
+    delta = bias_delta(quantized, ranges)
+    if delta is not None:
+        add_bias_delta(graph, unit, delta, shifted=quantized.shift is not None)
     if flavour.int32_gemm_bias and unit.op == "Gemm":
-        _quantize_gemm_bias(graph, unit, original, weight_scale, input_range(unit, ranges))  # type: ignore[arg-type]
+        _quantize_gemm_bias(graph, unit, original, quantized.scale, input_range(unit, ranges))  # type: ignore[arg-type]
 
 
 def exported(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
@@ -197,15 +185,7 @@ def _has_schema(node: onnx.NodeProto, opset: int) -> bool:
 
 def _apply_float_types(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> onnx.ModelProto:
     """Float16 everywhere except nodes that must stay float32 (fp32 units; everything else if the base is fp32)."""
-    base = plan.default if plan.default is not Precision.INT8 else Precision.FP16
-    unit_precision = {node: plan.precision_of(u.name) for u in units for node in u.nodes}
-
-    def is_fp32(node_name: str) -> bool:
-        if node_name in plan.fp32_nodes:
-            return True
-        precision = unit_precision.get(node_name, base)
-        return (base if precision is Precision.INT8 else precision) is Precision.FP32
-
+    is_fp32 = plan_float32_rule(units, plan)
     if all(is_fp32(node.name) for node in model.graph.node):
         return model
     return to_float16(model, is_fp32)
@@ -256,31 +236,20 @@ def activation_qdq(
     return _qdq_pair(graph, variable, scale, zero_point, axis=None, float_dtype=float_dtype, prefix=prefix)
 
 
-def _quantize_weight(
-    graph: gs.Graph, unit: Unit, weight: np.ndarray, flavour: Flavour, amax: tuple[float, ...] | None
-) -> np.ndarray:
-    """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ.
-
-    Returns the per-channel scales.
-    """
-    anchor = next(n for n in graph.nodes if n.name == unit.name)
-    current = anchor.inputs[1]
-    float_dtype = np.dtype(current.dtype) if current.dtype is not None else np.dtype(np.float32)
-    axis = unit.weight_axis if unit.weight_axis is not None else 0
-    keep_float_weight = flavour.float_weights
-    levels = flavour.weight_levels
-    channel_amax = np.asarray(amax, dtype=np.float32) if amax is not None else per_channel_amax(weight, axis)
-    scale = symmetric_scale(channel_amax, float_dtype, levels)
+def _write_weight(
+    graph: gs.Graph, anchor: gs.Node, quantized: QuantizedWeight, flavour: Flavour, float_dtype: np.dtype
+) -> None:
+    """Per-output-channel symmetric int8 weight: Q→DQ on the float weight, or an int8 initializer → DQ."""
+    scale, axis = quantized.scale, quantized.axis
     zero_point = np.zeros(scale.shape, dtype=np.int8)
-    prefix = f"{unit.name}/weight"
-    if keep_float_weight:
-        source = gs.Constant(f"{prefix}_float", weight.astype(float_dtype))
+    prefix = f"{quantized.unit.name}/weight"
+    if flavour.float_weights:
+        source = gs.Constant(f"{prefix}_float", quantized.weight.astype(float_dtype))
         dequantized = _qdq_pair(graph, source, scale, zero_point, axis=axis, float_dtype=float_dtype, prefix=prefix)
     else:
-        source = gs.Constant(f"{prefix}_int8", quantize_int8(weight, scale, axis))
+        source = gs.Constant(f"{prefix}_int8", quantized.int8())
         dequantized = _dq(graph, source, scale, zero_point, axis, float_dtype, prefix)
     anchor.inputs[1] = dequantized
-    return scale
 
 
 def _quantize_gemm_bias(
@@ -297,9 +266,7 @@ def _quantize_gemm_bias(
     )
     if bias is None or bias.ndim != 1:
         return
-    input_scale, _ = asymmetric_uint8(x.min, x.max)
-    bias_scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
-    quantized = np.clip(np.rint(bias / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
+    quantized, bias_scale = int32_bias(bias, weight_scale, x)
     prefix = f"{unit.name}/bias"
     source = gs.Constant(f"{prefix}_int32", quantized)
     zero_point = np.zeros(bias_scale.shape, dtype=np.int32)

@@ -19,13 +19,33 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from trtmix.ir.large import array_of, import_graph
+from trtmix.ir.units import Unit
 from trtmix.quant.float_rules import float32_rules
+from trtmix.quant.plan import Precision, PrecisionPlan
 
 FP16, FP32 = np.dtype(np.float16), np.dtype(np.float32)
 FP16_MAX = float(np.finfo(np.float16).max)
 # Inputs that ONNX types as float32 whatever the data type is (Resize roi/scales, Upsample scales).
 FLOAT32_ONLY_INPUTS = frozenset({("Resize", 1), ("Resize", 2), ("Upsample", 1)})
 DTYPE_ATTRIBUTES = {"Cast": "to", "RandomNormalLike": "dtype", "RandomUniformLike": "dtype", "EyeLike": "dtype"}
+
+
+def plan_float32_rule(units: list[Unit], plan: PrecisionPlan) -> Callable[[str], bool]:
+    """Whether ``plan`` keeps a node float32: an FP32 unit or node, or any node when the plan's base is FP32.
+
+    An INT8 unit is typed like the base.  One rule for ``compile``'s typing and for the dtype the orderings give a
+    unit's weight scales (``trtmix.quant.weights``), so that they quantize alike.
+    """
+    base = plan.default if plan.default is not Precision.INT8 else Precision.FP16
+    unit_precision = {node: plan.precision_of(u.name) for u in units for node in u.nodes}
+
+    def is_fp32(node_name: str) -> bool:
+        if node_name in plan.fp32_nodes:
+            return True
+        precision = unit_precision.get(node_name, base)
+        return (base if precision is Precision.INT8 else precision) is Precision.FP32
+
+    return is_fp32
 
 
 def to_float16(model: onnx.ModelProto, is_fp32_node: Callable[[str], bool]) -> onnx.ModelProto:

@@ -24,19 +24,12 @@ from trtmix.errors import CompileError
 from trtmix.ir.graph import GraphIndex
 from trtmix.ir.large import model_sha256
 from trtmix.ir.units import Unit
-from trtmix.quant.bias import bias_input, expected_shift, input_mean, shift_product
+from trtmix.quant.bias import bias_delta, bias_input, int32_bias, moved_bias
 from trtmix.quant.compile import activation_qdq, exported, reader_edges, working_graph
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.quant.qdq import asymmetric_uint8, per_channel_amax, quantize_int8, symmetric_scale
-from trtmix.quant.smooth import (
-    explicit_division,
-    input_range,
-    scaled_weight,
-    smoothed_range,
-    unit_scales,
-    unit_shift,
-)
+from trtmix.quant.smooth import explicit_division, input_range, smoothed_range, unit_scales, unit_shift
+from trtmix.quant.weights import quantize_unit_weight
 
 SWITCH_PREFIX = "trtmix_switch_"
 
@@ -100,68 +93,45 @@ def switch_feeds(switches: dict[str, str], on: str | Iterable[str] | None) -> di
 def _switch_weight(
     graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges, flavour: Flavour, switch: gs.Variable
 ) -> None:
-    """The unit's weight (and, where the flavour makes it int32, its Gemm bias) behind ``switch``.
+    """The unit's weight and bias as ``compile`` writes them in INT8, behind ``switch``.
 
-    The quantized weight is a constant, DQ(Q(W)) computed here with the quantizer ``compile`` writes: in the graph,
-    ONNX Runtime would requantize every weight of every unit on every run (``Where`` evaluates both branches, and
-    its constant folding leaves DequantizeLinear alone).
+    The quantized weight is a constant, DQ(Q(W)) from ``compile``'s own quantizer (``trtmix.quant.weights``): in
+    the graph, ONNX Runtime would requantize every weight of every unit on every run (``Where`` evaluates both
+    branches, and its constant folding leaves DequantizeLinear alone).  The bias moves by ``compile``'s
+    ``bias_delta``, and is int32 where the flavour makes a Gemm bias so.
     """
     anchor = next(n for n in graph.nodes if n.name == unit.name)
     exact = original.constant_value(unit.weight)  # type: ignore[arg-type]
     if exact is None:
         raise CompileError(f"Internal error: unit {unit.name} has no constant weight to switch.")
-    smoothing = unit_scales(unit, ranges)
-    weight = scaled_weight(unit, exact, smoothing) if smoothing is not None else exact
     float_weight = anchor.inputs[1]
     float_dtype = np.dtype(float_weight.dtype) if float_weight.dtype is not None else np.dtype(np.float32)
-    axis = unit.weight_axis if unit.weight_axis is not None else 0
-    amax = ranges.weights.get(unit.weight) if smoothing is None else None  # type: ignore[arg-type]
-    channel_amax = np.asarray(amax, dtype=np.float32) if amax is not None else per_channel_amax(weight, axis)
-    scale = symmetric_scale(channel_amax, float_dtype, flavour.weight_levels)
-    shape = [1] * weight.ndim
-    shape[axis % weight.ndim] = -1
-    dequantized = quantize_int8(weight, scale, axis).astype(np.float64) * scale.astype(np.float64).reshape(shape)
-    fake = gs.Constant(f"{unit.name}/weight_fake_quantized", dequantized.astype(float_dtype))
+    quantized = quantize_unit_weight(unit, exact, ranges, flavour.weight_levels, float_dtype)
+    fake = gs.Constant(f"{unit.name}/weight_fake_quantized", quantized.dequantized().astype(float_dtype))
     anchor.inputs[1] = _where(graph, switch, fake, float_weight)
-    delta = _bias_delta(unit, exact, weight, scale, ranges)
+    delta = bias_delta(quantized, ranges)
     if flavour.int32_gemm_bias and unit.op == "Gemm" and len(anchor.inputs) > 2:
-        _switch_gemm_bias(graph, unit, anchor, original, scale, ranges, switch, delta)
+        _switch_gemm_bias(graph, unit, anchor, original, quantized.scale, ranges, switch, delta)
     elif delta is not None and (found := bias_input(graph, unit)) is not None:
         node, position = found
         current = node.inputs[position]
-        moved = gs.Constant(f"{node.name}/s{unit.name}_bias", (current.values + delta).astype(current.values.dtype))
+        moved = gs.Constant(f"{node.name}/s{unit.name}_bias", moved_bias(current.values, delta))
         node.inputs[position] = _where(graph, switch, moved, current)
-
-
-def _bias_delta(
-    unit: Unit, exact: np.ndarray, weight: np.ndarray, scale: np.ndarray, ranges: Ranges
-) -> np.ndarray | None:
-    """What ``compile`` adds to the unit's bias in INT8: z·W for a shifted input, minus bias correction's shift."""
-    smoothing, shift = unit_scales(unit, ranges), unit_shift(unit, ranges)
-    delta = shift_product(unit, exact, shift) if shift is not None else None
-    summary = ranges.channels.get(unit.inputs[0])
-    if ranges.bias_correction and summary is not None:
-        correction = expected_shift(unit, weight, scale, input_mean(summary.mean, smoothing, shift))
-        if correction is not None:
-            delta = -correction if delta is None else delta - correction
-    return delta
 
 
 def _switch_gemm_bias(
     graph: gs.Graph, unit: Unit, anchor: gs.Node, original: GraphIndex, weight_scale: np.ndarray, ranges: Ranges,
     switch: gs.Variable, delta: np.ndarray | None,
 ) -> None:  # fmt: skip
-    """The int32 Gemm bias ORT's QGemm needs (scale = input scale x weight scale), dequantized, behind ``switch``."""
+    """The int32 Gemm bias ORT's QGemm needs (``int32_bias``, as ``compile`` writes it), dequantized, switched."""
     bias = original.constant_value(original.nodes[unit.name].input[2])
     if bias is None or bias.ndim != 1:
         return
     if delta is not None:
-        bias = bias + delta
-    x = input_range(unit, ranges)
-    input_scale, _ = asymmetric_uint8(x.min, x.max)
-    bias_scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
-    quantized = np.clip(np.rint(bias / bias_scale), -(2**31), 2**31 - 1)
-    fake = gs.Constant(f"{unit.name}/bias_fake_quantized", (quantized * bias_scale).astype(np.float32))
+        bias = moved_bias(bias, delta)
+    quantized, bias_scale = int32_bias(bias, weight_scale, input_range(unit, ranges))
+    dequantized = quantized.astype(np.float64) * bias_scale.astype(np.float64)
+    fake = gs.Constant(f"{unit.name}/bias_fake_quantized", dequantized.astype(np.float32))
     anchor.inputs[2] = _where(graph, switch, fake, anchor.inputs[2])
 
 
