@@ -60,18 +60,20 @@ class OnDeclaredGpus(ScriptedLatency):
     """``ScriptedLatency`` as a GPU backend would be placed (``device = "gpu"``), on the GPUs a test declares to Ray.
 
     Every build and timing leaves a stamp in ``stamps``: its kind, process, visible GPUs (``CUDA_VISIBLE_DEVICES``, as
-    Ray sets it) and start and end.  Timing also waits ``timing_seconds``, as a real timing would hold its GPU.
+    Ray sets it) and start and end.  Timing waits ``timing_seconds`` and a build ``build_seconds``, as a real timing
+    or a TensorRT build (which times kernel tactics) would hold its GPU.
     """
 
     device = "gpu"
 
-    def __init__(self, stamps: Path, timing_seconds: float = 0.3) -> None:
+    def __init__(self, stamps: Path, timing_seconds: float = 0.3, build_seconds: float = 0.3) -> None:
         super().__init__()
-        self.stamps, self.timing_seconds = stamps, timing_seconds
+        self.stamps, self.timing_seconds, self.build_seconds = stamps, timing_seconds, build_seconds
 
     def build(self, onnx_path: Path, artifact_path: Path) -> Path:
-        """OpenVINO's build, stamped."""
+        """OpenVINO's build, after holding the device for ``build_seconds``; stamped."""
         start = time.monotonic()
+        time.sleep(self.build_seconds)
         built = super().build(onnx_path, artifact_path)
         self._stamp("build", start)
         return built

@@ -26,7 +26,7 @@ from trtmix.job import probes as probes_module
 from trtmix.job.config import CompileConfig
 from trtmix.job.final import ORIGINAL
 from trtmix.job.run import run_compile
-from trtmix.parallel.cluster import GPU_SHARE, TIMING, Cluster, ParallelSettings
+from trtmix.parallel.cluster import BUILD_GPUS, TIMING, Cluster, ParallelSettings
 from trtmix.search.bisection import Budget
 from trtmix.sensitivity.measured import ScoringJob, score_plans
 
@@ -284,10 +284,10 @@ def _overlap(first: dict, second: dict) -> bool:
     return first["start"] < second["end"] and second["start"] < first["end"]
 
 
-def test_a_gpu_backend_builds_on_a_gpu_share_and_times_on_a_whole_gpu(recipe, tmp_path, monkeypatch,
-                                                                      declared_gpus) -> None:  # fmt: skip
+def test_a_gpu_backend_builds_and_times_on_a_whole_gpu(recipe, tmp_path, monkeypatch, declared_gpus) -> None:
     """Ray's placement of a TensorRT job, on declared GPUs (this machine has none): every build and timing sees one
-    GPU, nothing else runs on a GPU while it is timed, and the driver works only while no task runs."""
+    GPU, nothing else runs on a GPU while it is built on or timed (a TensorRT build times its tactics), and the
+    driver works only while no task runs."""
     stamps = tmp_path / "stamps"
     stamps.mkdir()
     report = _job(recipe, tmp_path / "out", OnDeclaredGpus(stamps), monkeypatch, ParallelSettings(workers=4),
@@ -298,9 +298,12 @@ def test_a_gpu_backend_builds_on_a_gpu_share_and_times_on_a_whole_gpu(recipe, tm
     tasks = [event for event in events if event["pid"] != os.getpid()]
     assert {event["kind"] for event in tasks} == {"build", "time"}
     assert all(len(event["gpus"]) == 1 for event in tasks), "Ray gave each build and timing one GPU"
-    for timing in (event for event in tasks if event["kind"] == "time"):
-        beside = [other for other in tasks if other is not timing and other["gpus"] == timing["gpus"]]
-        assert not any(_overlap(timing, other) for other in beside), "a timed GPU runs nothing else"
+    for held in tasks:
+        beside = [other for other in tasks if other is not held and other["gpus"] == held["gpus"]]
+        assert not any(_overlap(held, other) for other in beside), f"a GPU running a {held['kind']} runs nothing else"
+    builds = [event for event in tasks if event["kind"] == "build"]
+    assert any(_overlap(first, second) for first in builds for second in builds if first is not second), \
+        "builds on the two GPUs ran side by side"
     on_driver = [event for event in events if event["pid"] == os.getpid()]
     assert on_driver and not any(_overlap(mine, task) for mine in on_driver for task in tasks)
 
@@ -313,14 +316,14 @@ def test_benchmark_jobs_on_gpus_run_side_by_side_one_gpu_each(declared_gpus) -> 
     assert max(stamp[1] for stamp in stamps) < min(stamp[2] for stamp in stamps)
 
 
-def test_a_gpu_share_waits_while_its_gpu_is_timed(declared_gpus) -> None:
-    """The two resource shapes exclude each other: with both GPUs held by timings, a build's share starts only
-    once a timing has ended (and so never beside one)."""
+def test_a_build_waits_while_its_gpu_is_timed(declared_gpus) -> None:
+    """Builds and timings exclude each other: with both GPUs held by timings, a build starts only once a timing has
+    ended (and so never beside one)."""
     cluster = Cluster(ParallelSettings(workers=4))
     timings = [cluster.submit(stamped, (4.0,), options) for options in cluster.timing_options([None, None], gpu=True)]
     time.sleep(2.0)  # both timings hold their GPUs by now
-    shares = cluster.map(stamped, [(0.1,), (0.1,)], "builds", GPU_SHARE)
+    builds = cluster.map(stamped, [(0.1,), (0.1,)], "builds", BUILD_GPUS)
     timed = cluster.gather(timings, "timings")
     assert sorted(stamp[3] for stamp in timed) == ["0", "1"]
-    assert min(share[1] for share in shares) >= min(stamp[2] for stamp in timed)
-    assert all(share[3] in ("0", "1") for share in shares), "a share sees its one GPU"
+    assert min(build[1] for build in builds) >= min(stamp[2] for stamp in timed)
+    assert all(build[3] in ("0", "1") for build in builds), "a build sees its one GPU"

@@ -4,7 +4,7 @@ A worker rebuilds the job's driver from a ``ProbeContext`` (the float model, ran
 evaluation data, shipped once through Ray's object store) with no journal: it returns records, and only the driver
 writes them.  Scoring runs on one engine thread per task; timing runs as a second task, on the node that built the
 artifact, holding a timing token and the device: every core of a CPU host, or one GPU (``Cluster.timing_options``).
-With a GPU backend the build and scoring hold a share of one GPU, so none runs on a GPU while it is timed.
+With a GPU backend the build and scoring hold a whole GPU, so none runs on a GPU while it is timed or built on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.driver import SearchDriver
 from trtmix.job.evaluation import Evaluation
-from trtmix.parallel.cluster import GPU_SHARE, TASK_THREADS, Cluster, Failure, current_node
+from trtmix.parallel.cluster import BUILD_GPUS, TASK_THREADS, Cluster, Failure, current_node
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.base import Backend
@@ -76,9 +76,9 @@ def measure_on_cluster(driver: SearchDriver, cluster: Cluster, plans: list[Preci
     todo = [plan for key, plan in unique.items() if driver.journal.get(key) is None]
     if todo:
         context = cluster.put(ProbeContext.of(driver))
-        gpu = driver.backend.device == "gpu"  # a TensorRT probe builds on a share of a GPU and times on a whole one
+        gpu = driver.backend.device == "gpu"  # a TensorRT probe builds, and times, on a whole GPU
         scored = cluster.map(build_and_score, [(context, plan.to_dict()) for plan in todo], "probes: build, score",
-                             GPU_SHARE if gpu else 0.0)  # fmt: skip
+                             BUILD_GPUS if gpu else 0.0)  # fmt: skip
         records = _timed(cluster, context, todo, [_record(result) for result in scored], gpu)
         for plan, record in zip(todo, records, strict=True):
             seconds = record.pop("seconds", 0.0)

@@ -5,11 +5,13 @@ Without either nothing here is imported and every job runs serially, as before.
 
 * Work that does not time anything (scoring plans for an ordering, building and scoring probes) runs anywhere, one
   core per task and one engine thread per task (``TASK_THREADS``), so the workers together use the cores and no more.
-  With a GPU backend (TensorRT), a probe's build and scoring also hold a share of one GPU (``GPU_SHARE``): Ray makes
-  that GPU the task's only visible one, so a build never lands on a GPU that is being timed.
+  With a GPU backend (TensorRT), a probe's build and scoring also hold one whole GPU (``BUILD_GPUS``): Ray makes
+  that GPU the task's only visible one, so a build never lands on a GPU that is being timed, and never beside
+  another build (TensorRT times its kernel tactics while it builds: two builds on one GPU would time them against
+  each other, and the noisy picks would persist in the shared timing cache).
 * Latency is never measured beside other work on the same device.  Every node offers ``trtmix_timing`` tokens, one
   per device (one per CPU host; one per GPU on a TensorRT host).  A timing task holds a token of the node that built
-  the probe and its device: every core of a CPU host, or one whole GPU, which no share is then left on.
+  the probe and its device: every core of a CPU host, or one whole GPU.
 * Ray retries a task whose worker died once (``max_retries=1``); after that the caller gets a ``Failure`` and
   decides (the driver journals the probe as failed; an ordering rescores the lost part itself).
 """
@@ -30,7 +32,7 @@ LOG = logging.getLogger(__name__)
 TIMING = "trtmix_timing"  # the custom resource: one token per timing device on each node
 RETRIES = 1
 TASK_THREADS = 1  # engine threads of a one-core task
-GPU_SHARE = 0.25  # the share of one GPU a build-and-score task of a GPU backend holds: four build on a GPU at once
+BUILD_GPUS = 1.0  # a build-and-score task of a GPU backend holds a whole GPU: its tactic timing runs alone
 
 
 @dataclass(frozen=True)
@@ -110,12 +112,12 @@ class Cluster:
             )
 
     def map(self, function: Callable[..., Any], calls: Sequence[tuple[Any, ...]], label: str,
-            gpu_share: float = 0.0) -> list[Any]:  # fmt: skip
+            gpus: float = 0.0) -> list[Any]:  # fmt: skip
         """``function(*call)`` for every call on the workers, in order; a call that failed twice is a ``Failure``.
 
-        Each call holds one core, and ``gpu_share`` of one GPU when it builds or runs on a GPU (``GPU_SHARE``).
+        Each call holds one core, and ``gpus`` GPUs when it builds or runs on a GPU (``BUILD_GPUS``).
         """
-        remote = self.ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=RETRIES)(function)
+        remote = self.ray.remote(num_cpus=1, num_gpus=gpus, max_retries=RETRIES)(function)
         return self._gather([remote.remote(*call) for call in calls], label)
 
     def put(self, value: Any) -> Any:
