@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -81,21 +82,42 @@ def _assert_pareto_flags(probes):
         assert point[2] == (not dominated), point
 
 
-def test_summary_warns_when_the_chosen_plan_is_slower_than_float(recipe, tmp_path):
+def _speed_figures(lines):
+    """From the summary's latency line: the printed ms per name, the printed ratio and its reference."""
+    line = next(line for line in lines if line.startswith("latency: "))
+    figures = {name: float(ms) for name, ms in re.findall(r"(chosen|FP32|all-high|all-INT8) ([0-9.]+) ms", line)}
+    ratio = re.search(r"; ([0-9.]+)x the (FP32|all-high) plan's speed", line)
+    return figures, ratio and (float(ratio.group(1)), ratio.group(2))
+
+
+def test_summary_figures_come_from_one_timing_and_agree(recipe, tmp_path):
+    """The printed ratio is the printed milliseconds' ratio; slower than the reference is warned about."""
     from trtmix.job.run import summary_lines
 
     output = tmp_path / "out"
-    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "50%")]) == 0
+    assert main(["-q", *_compile_args(recipe, output, "--max-drop", "50%", "--relative-to", "fp32")]) == 0
     report = json.loads((output / "report.json").read_text())
-    report.pop("final_timing", None)  # the single-median figures (the interleaved ones: tests/test_choose.py)
-    if report["chosen"] == ORIGINAL:  # the tiny model's own FP32 graph won: the warning concerns a chosen plan
-        report["chosen"] = min((p for p in report["probes"] if p["status"] == "ok"),
-                               key=lambda p: p["latency"]["median_ms"])["plan_hash"]  # fmt: skip
-    chosen_ms = next(p for p in report["probes"] if p["plan_hash"] == report["chosen"])["latency"]["median_ms"]
+    if report["chosen"] == ORIGINAL:  # the tiny model's own FP32 graph won: the ratio concerns a chosen plan
+        report["chosen"] = next(p for p in report["probes"] if p["k"] == report["unit_count"])["plan_hash"]
+        report["chosen_k"] = report["unit_count"]
+    final = report["final_timing"]
+    assert final["rounds"] and report["chosen"] in final["medians_ms"]
+    for timing in ("paired", "probes"):
+        lines = summary_lines(report, output)
+        figures, (ratio, reference) = _speed_figures(lines)
+        assert reference == "FP32" and {"chosen", "FP32"} <= set(figures)
+        assert ratio == pytest.approx(round(figures["FP32"] / figures["chosen"], 2), abs=0.011), lines
+        source = "interleaved rounds" if timing == "paired" else "probe medians"
+        assert source in next(line for line in lines if line.startswith("latency: "))
+        if timing == "paired":
+            assert figures["FP32"] == pytest.approx(final["medians_ms"][ORIGINAL], abs=0.006)
+            assert figures["chosen"] == pytest.approx(final["medians_ms"][report["chosen"]], abs=0.006)
+            report.pop("final_timing")  # the single-median figures: the probes' own, all of them
+    chosen_ms = figures["chosen"]
     for float_ms, warned in ((chosen_ms / 2, True), (chosen_ms * 2, False)):
         report["baseline"]["latency"]["median_ms"] = float_ms
         lines = summary_lines(report, output)
-        warning = "warning: the chosen plan is slower than the all-high plan"
+        warning = "warning: the chosen plan is slower than the FP32 plan"
         assert any(line.startswith(warning) for line in lines) == warned
 
 

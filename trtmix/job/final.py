@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from trtmix.job.pipeline import Pipeline
+from trtmix.job.report import ORIGINAL
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.runtime.base import Runner
 from trtmix.search.bisection import BisectionSearch
 from trtmix.search.choose import Candidate, Choice, choose, latency_violations
 
 ROUND_RUNS = 5  # timed runs per contender per interleaved round (their median is the round's figure)
-ORIGINAL = "original-fp32"  # the key of the user's own graph, timed as given, in the final rounds
 ORIGINAL_PLAN = PrecisionPlan(default=Precision.FP32)  # what plan.json says when the user's own graph is shipped
 EXTRA_PROBES = 2  # probes added off the bisection path when latency rises with k
 

@@ -11,6 +11,8 @@ from typing import Any
 from trtmix.io import atomic_write_bytes, atomic_write_text
 from trtmix.search.bisection import pareto
 
+ORIGINAL = "original-fp32"  # the final timing's key of the user's own graph (``trtmix.job.final``)
+
 
 def mark_pareto(probes: list[dict[str, Any]]) -> None:
     """Set ``pareto`` on every probe: no other probe (of any ordering) is both faster and more accurate."""
@@ -180,10 +182,10 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
     if chosen:
         holdout = report["holdout"]
         lines.append(
-            f"Chosen: {chosen['k']} INT8 units, {_ms(chosen['latency'])} ms; {_pct(chosen['relative'])} of float "
+            f"Chosen: {chosen['k']} INT8 units; {_pct(chosen['relative'])} of float "
             f"on the search split, {_pct(holdout.get('relative'))} on the holdout split (never seen by the search)."
         )
-    elif report["chosen"] == "original-fp32":
+    elif report["chosen"] == ORIGINAL:
         lines.append(f"Chosen: the FP32 graph as given (<code>{escape(str(report.get('original_model')))}</code>), "
                      f"shipped unchanged: {escape((report.get('final_timing') or {}).get('reason', ''))}.")  # fmt: skip
     else:
@@ -202,17 +204,51 @@ def _summary_html(report: dict[str, Any], chosen: dict[str, Any] | None) -> str:
     return "".join(f"<p>{line}</p>" for line in lines)
 
 
-def reference_latencies(report: dict[str, Any]) -> str:
-    """``FP32 x ms, all-high y ms, all-INT8 z ms``: the three reference plans side by side (those measured)."""
-    baseline, int8 = report["baseline"], report.get("all_int8")
-    named = [("FP32", baseline.get("fp32")), ("all-high", baseline.get("all_high")), ("all-INT8", int8)]
-    return ", ".join(f"{name} {_ms(entry['latency'])} ms" for name, entry in named if entry)
+def latency_figures(report: dict[str, Any]) -> tuple[dict[str, float], str]:
+    """The chosen plan's and the reference plans' median latency in ms, all from one source, and that source.
+
+    The final interleaved re-timing when it ran (every figure and ratio in the summary from the same rounds; the
+    reference plans it did not time are left out), else the probes' own medians, each timed once during the search.
+    """
+    final = report.get("final_timing") or {}
+    medians = final.get("medians_ms") or {}
+    keys = {"chosen": report["chosen"], "FP32": ORIGINAL, "all-high": _probe_key(report, 0),
+            "all-INT8": _probe_key(report, report["unit_count"])}  # fmt: skip
+    if report["chosen"] == ORIGINAL:  # the chosen graph is the FP32 one: named once
+        del keys["FP32"]
+    if final.get("rounds") and report["chosen"] in medians:
+        figures = {name: medians[key] for name, key in keys.items() if key in medians}
+        return figures, (f"medians of {final['rounds']} interleaved rounds of {final.get('round_runs', '?')} runs, "
+                         "timed together at the end")  # fmt: skip
+    base = report["baseline"]
+    entries = {"FP32": base.get("fp32"), "all-high": base.get("all_high"), "all-INT8": report.get("all_int8")}
+    figures = {name: entry["latency"]["median_ms"] for name, entry in entries.items() if entry}
+    reference = "all-high" if base.get("relative_to") == "high" else "FP32"
+    figures[reference] = base["latency"]["median_ms"]  # the figure budgets and ratios were relative to
+    chosen = next((p for p in report["probes"] if p["plan_hash"] == report["chosen"]), None)
+    shipped = chosen["latency"]["median_ms"] if chosen else figures.pop("FP32")  # no probe: the original graph
+    return {"chosen": shipped, **figures}, "probe medians, each timed once during the search"
+
+
+def _probe_key(report: dict[str, Any], k: int) -> str | None:
+    """The plan hash of the probe with ``k`` INT8 units (0: the all-high plan), if one was measured."""
+    return next((p["plan_hash"] for p in report["probes"] if p["k"] == k and p["status"] == "ok"), None)
+
+
+def figures_text(figures: dict[str, float]) -> str:
+    """``chosen 4.10 ms, FP32 5.00 ms, ...``: the chosen plan first, then the references."""
+    return ", ".join(f"{name} {ms:.2f} ms" if ms >= 1 else f"{name} {ms:.4f} ms" for name, ms in figures.items())
 
 
 def _reference_line(report: dict[str, Any]) -> str:
-    """FP32, all-high and all-INT8 latencies, and what budgets are relative to."""
+    """The chosen and reference plans' latencies (one source), and what budgets are relative to."""
     relative = "the all-high plan" if report.get("relative_to") == "high" else "the FP32 model"
-    return (f"Latency: {reference_latencies(report)}. Accuracy percentages are relative to {relative}. "
+    if report.get("chosen"):
+        figures, source = latency_figures(report)
+        latency = f"{figures_text(figures)} ({source}; the probe table has each probe's own median)"
+    else:
+        latency = "no plan was chosen; the probe table has each probe's median"
+    return (f"Latency: {html.escape(latency)}. Accuracy percentages are relative to {relative}. "
             f"{report.get('cpu', '')}.")  # fmt: skip
 
 

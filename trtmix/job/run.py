@@ -21,7 +21,7 @@ from trtmix.job.final import ORIGINAL, final_choice
 from trtmix.job.latency import add_predictions, job_group_savings
 from trtmix.job.outputs import holdout_check, write_original_outputs, write_plan_outputs
 from trtmix.job.pipeline import Pipeline
-from trtmix.job.report import mark_pareto, reference_latencies, write_report
+from trtmix.job.report import figures_text, latency_figures, mark_pareto, write_report
 from trtmix.job.steps import step
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import describe_quantizers
@@ -296,17 +296,16 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
     if chosen is None:
         lines.append(f"no plan met the budget ({report['budget_text']}): {report['stop_reason']}")
         return lines
-    ms = chosen["latency"]["median_ms"]
     final = report.get("final_timing")
-    if final and final["baseline"] in final["medians_ms"]:  # paired, interleaved: the figures to believe
-        ms, base = final["medians_ms"][report["chosen"]], final["medians_ms"][final["baseline"]]
+    figures, source = latency_figures(report)
+    ms, base = figures["chosen"], figures.get(reference)
     kept = report["chosen_k"] == 0 and reference == "all-high"
+    speed = "" if kept or base is None else f"; {base / ms:.2f}x the {reference} plan's speed"
     lines += [
         f"chosen plan: {report['chosen_k']} of {report['unit_count']} units INT8 ({output / 'plan.json'})"
         + (": the high-precision plan was kept, so there is no INT8 speed-up" if kept else ""),
         f"engine: {_engine_line(report)}",
-        f"latency: {ms:.2f} ms median; {reference_latencies(report)}"
-        + ("" if kept else f"; {base / ms:.2f}x the {reference} plan's speed"),
+        f"latency: {figures_text(figures)} ({source}){speed}",
     ]
     if final and final["rounds"]:
         lines.append(f"choice: {final['reason']} ({len(final['contenders'])} contenders re-timed in "
@@ -346,11 +345,10 @@ def summary_lines(report: dict[str, Any], output: Path) -> list[str]:
         busy_ks = report["busy_probes"]
         lines.append(f"warning: the machine was busy while timing k={busy_ks} (more runnable work than cores, or "
                      "CPU time stolen): rerun on a quiet machine before trusting these latencies")  # fmt: skip
-    if ms > base:
-        lines.append(
-            f"warning: the chosen plan is slower than the {reference} plan ({ms:.2f} vs {base:.2f} ms): INT8 does not "
-            "pay on this backend at these shapes; consider shipping the high-precision plan"
-        )
+    if base is not None and ms > base:
+        both = figures_text({"chosen": ms, reference: base})
+        lines.append(f"warning: the chosen plan is slower than the {reference} plan ({both}): INT8 does not pay on "
+                     "this backend at these shapes; consider shipping the high-precision plan")  # fmt: skip
     return lines
 
 
@@ -393,13 +391,12 @@ def _float_lines(report: dict[str, Any]) -> list[str]:
 def _original_lines(report: dict[str, Any], output: Path) -> list[str]:
     """The summary when the user's own FP32 graph won the final timing: it is shipped unchanged."""
     final = report.get("final_timing") or {}
-    medians = final.get("medians_ms") or {}
-    ms = medians.get(ORIGINAL, report["baseline"]["fp32"]["latency"]["median_ms"])
+    figures, source = latency_figures(report)
     return [
         f"chosen: the FP32 graph you brought ({report.get('original_model')}), unchanged "
         f"({output / report['files']['onnx']}): no plan was faster than it",
         f"engine: {_engine_line(report)}",
-        f"latency: {ms:.2f} ms median; {reference_latencies(report)}",
+        f"latency: {figures_text(figures)} ({source})",
         f"choice: {final.get('reason', 'the FP32 model was the fastest of the probes measured')}",
         f"{report['builds']} builds this run, {report['resumed_probes']} probes resumed from the journal, "
         f"{report['wall_seconds']:.0f} s; stop: {report['stop_reason']}",
