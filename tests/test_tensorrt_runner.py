@@ -55,6 +55,23 @@ def test_a_split_gemm_is_decided_by_its_matmul_layer(exported):
     assert gemm.engine == "int8" and gemm.layer == "/fc/Gemm matmul"  # not the float bias add listed last
 
 
+def test_the_compute_layer_decides_whatever_the_layer_order(exported):
+    """Reversed, the bias add comes first: the matmul layer must still decide (not the first layer naming the node)."""
+    information = _fixture("engine_info_trt11.json")
+    information["Layers"].reverse()
+    units = find_units(onnx.load(str(exported[("convnet", "dynamo")])))
+    gemm = next(c for c in check_plan(information, units, PLAN) if c.unit == "/fc/Gemm")
+    assert gemm.engine == "int8" and gemm.layer == "/fc/Gemm matmul"
+
+
+def test_trtexec_11_turns_cuda_graphs_off_with_its_own_flag():
+    """TensorRT 11's trtexec captures CUDA graphs by default; ``--noCudaGraph`` (new in 11) turns them off."""
+    assert "--noCudaGraph" in shlex.split(trtexec_command("m.onnx", "m.engine", major=11, cuda_graph=False))
+    assert "--noCudaGraph" not in trtexec_command("m.onnx", "m.engine", major=11)
+    assert "--noCudaGraph" not in trtexec_command("m.onnx", "m.engine", major=10, cuda_graph=False)
+    assert trtexec_lines("m.onnx", "m.engine", "t.cache", {"cuda_graph": False}).count("--noCudaGraph") == 1
+
+
 def test_trtexec_line_per_version():
     shapes = {"input": ("1x3x224x224", "8x3x224x224", "32x3x224x224")}
     old = shlex.split(trtexec_command("m.onnx", "m.engine", "t.cache", shapes, major=10, workspace_mb=2048,

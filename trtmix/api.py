@@ -125,6 +125,9 @@ def profile(
 ) -> LatencyStats:
     """Build ``model_path`` with ``backend`` in a temporary folder and time it on ``feeds``."""
     engine = get_backend(backend, threads=threads, tensorrt=tensorrt)
+    cover = getattr(engine, "cover_feeds", None)  # TensorRT: a dynamic input's profile covers the feeds
+    if cover is not None:
+        cover(onnx.load(str(model_path), load_external_data=False), [feeds])
     with tempfile.TemporaryDirectory(prefix="trtmix-profile-") as folder:
         artifact = engine.build(Path(model_path), Path(folder) / "artifact.onnx")
         return engine.time(artifact, feeds, runs=runs, warmup=warmup)

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from typing import Any
 
 from trtmix import api
 from trtmix.calibration.calibrate import CalibrationConfig
@@ -127,8 +128,13 @@ def run_build(args: argparse.Namespace) -> None:
     """``trtmix build``."""
     args.backend = resolve_backend(args.backend, args.flavour)
     get_flavour(args.flavour, args.weight_bits).check_backend(args.backend)  # before any calibration work
+    tensorrt, feeds = tensorrt_settings(args), None
     if args.backend == "tensorrt":
-        api.get_backend("tensorrt")  # says clearly, before any work, when TensorRT is missing
+        engine = api.get_backend("tensorrt", tensorrt=tensorrt)  # says clearly, before any work, when it is missing
+        if args.artifact and args.data:  # the probe's feed: profiles for dynamic inputs, and the inspector's shapes
+            model = load_onnx(args.model)
+            feeds = timing_feeds(model, args.data, {}, data_args=parse_data_args(args.data_arg))
+            tensorrt["profiles"] = engine.cover_feeds(model, [feeds])  # type: ignore[attr-defined]
     ranges = Ranges.load(args.ranges) if args.ranges else None
     if ranges is None and args.data:
         ranges = _ranges_from_data(args)
@@ -140,7 +146,7 @@ def run_build(args: argparse.Namespace) -> None:
         ranges=ranges,
         backend=args.backend,
         artifact=args.artifact,
-        tensorrt=tensorrt_settings(args),
+        tensorrt=tensorrt,
         weight_bits=args.weight_bits,
         smooth=smooth_settings(args),
         bias_correction=args.bias_correction,
@@ -153,15 +159,23 @@ def run_build(args: argparse.Namespace) -> None:
     if result.artifact:
         print(f"built {result.artifact} with {args.backend}")
     if result.artifact and args.backend == "tensorrt":
-        _verify_engine(result, args.strict_precision)
+        _verify_engine(result, args.strict_precision, feeds, tensorrt)
 
 
-def _verify_engine(result: api.BuildResult, strict: bool) -> None:
-    """Compare the engine's real layer precisions with the plan; fatal with --strict-precision."""
+def _verify_engine(result: api.BuildResult, strict: bool, feeds: dict[str, Any] | None,
+                   tensorrt: dict[str, object]) -> None:  # fmt: skip
+    """Compare the engine's real layer precisions with the plan; fatal with --strict-precision.
+
+    The inspector reads a context set to ``feeds``' shapes: without them a dynamic-shape engine reports no
+    shape-dependent formats, so every unit would be unknown.
+    """
     from trtmix.runtime.engine_report import check_plan, describe, mismatches, not_found
 
-    backend = api.get_backend("tensorrt")
-    information = backend.engine_information(result.artifact)  # type: ignore[attr-defined]
+    backend = api.get_backend("tensorrt", tensorrt=tensorrt)
+    if feeds is None:
+        print("note: no --data, so the engine is inspected without input shapes (a dynamic-shape engine then "
+              "reports its units unknown)")  # fmt: skip
+    information = backend.engine_information(result.artifact, feeds)  # type: ignore[attr-defined]
     checks = check_plan(information, api.list_units(result.source), result.plan)
     wrong, missing = mismatches(checks), not_found(checks)
     if missing:

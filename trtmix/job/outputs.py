@@ -19,7 +19,7 @@ from trtmix.ir.graph import save_onnx
 from trtmix.job.driver import SearchDriver
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
-from trtmix.runtime.trtexec import trtexec_lines
+from trtmix.runtime.trtexec import fp32_compute, trtexec_lines
 
 
 def holdout_check(driver: SearchDriver, plan: PrecisionPlan, baseline: dict[str, Any]) -> dict[str, float]:
@@ -71,7 +71,8 @@ def ship_copy(artifact: Path, target: Path) -> Path:
 
 def _write_trtexec(output: Path, onnx_name: str, tensorrt: dict[str, object] | None) -> str:
     """``trtexec.txt``: the TensorRT 10 and 11 lines that build ``onnx_name``; returns the TensorRT 10 line."""
-    lines = trtexec_lines(onnx_name, "chosen.engine", "timing.cache", tensorrt or {})
+    fp32 = bool(fp32_compute(output / onnx_name))  # TF32 off where a conv or matmul is planned FP32
+    lines = trtexec_lines(onnx_name, "chosen.engine", "timing.cache", tensorrt or {}, fp32_layers=fp32)
     atomic_write_text(output / "trtexec.txt", lines)
     return lines.splitlines()[1]
 

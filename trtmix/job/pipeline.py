@@ -69,6 +69,10 @@ class Pipeline:
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
         with step("loading the search and holdout data", self.output):
             self.evaluation = load_evaluation(config, self.model, self.workspace.original_path)
+        cover = getattr(self.backend, "cover_feeds", None)  # TensorRT: profiles for dynamic inputs from the feeds
+        if cover is not None:
+            feeds = [feed for split in self.evaluation.feeds.values() for feed in split]
+            self.tensorrt_settings["profiles"] = cover(self.model, feeds)
         with step("the float baseline (which nodes float16 cannot hold)", self.output):
             self.float_baseline = self._float_baseline(self._builder(config.flavour, calibrated))
         fp32_nodes = self.float_baseline.plan.fp32_nodes

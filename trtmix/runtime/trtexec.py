@@ -5,16 +5,22 @@ Per TensorRT major version, from trtexec's own options (``samples/common/sampleO
 * TensorRT 10 needs ``--stronglyTyped`` (else the graph's float16 types are only hints) and times without CUDA
   graphs and with host transfers unless ``--useCudaGraph`` / ``--noDataTransfers`` are given;
 * TensorRT 11 is strongly typed always and times with CUDA graphs and without transfers by default; those three
-  flags are deprecated no-ops there that only warn, so the TensorRT 11 line leaves them out.
+  flags are deprecated no-ops there that only warn, so the TensorRT 11 line leaves them out, and turns CUDA graphs
+  off with ``--noCudaGraph`` (new in 11) when trtmix times without them.
 
 Both carry what trtmix's own build sets: ``--profilingVerbosity=detailed`` (so the inspector reports per-layer
 precisions), the timing cache, the optimisation profiles of ``--trt-shapes``, the workspace limit, the builder
-optimisation level, and ``--noTF32`` when TF32 is off (TensorRT and trtmix allow it by default).
+optimisation level, and ``--noTF32`` when TF32 is off: with ``--no-tf32``, and whenever the graph has a conv or
+matmul computing in float32 (``fp32_compute``), since TensorRT's TF32 default would run a unit planned FP32 in TF32
+on Ampere and later while the engine inspector still reports it as Float.
 """
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
+
+TF32_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})  # what TF32 tensor cores compute
 
 Shapes = dict[str, tuple[str, str, str]]
 
@@ -60,16 +66,42 @@ def trtexec_command(
         parts.append("--noTF32")
     if legacy:
         parts += (["--useCudaGraph"] if cuda_graph else []) + ["--noDataTransfers"]
+    elif not cuda_graph:
+        parts.append("--noCudaGraph")
     return " ".join(shlex.quote(part) for part in parts)
 
 
-def trtexec_lines(onnx_path: str, engine_path: str, timing_cache: str, settings: dict[str, object]) -> str:
-    """The TensorRT 10 and 11 lines for a job's TensorRT settings (``--trt-shapes``, workspace, level), commented."""
+def fp32_compute(onnx_path: Path) -> list[str]:
+    """The conv and matmul nodes of a graph that compute in float32 (planned FP32 units, or an FP32 graph).
+
+    TensorRT runs them in TF32 unless TF32 is off.  A node fed by a DequantizeLinear computes in INT8 (TensorRT fuses
+    the Q/DQ), so it does not count.  Types come from onnx's shape inference on the graph without its weights.
+    """
+    import onnx
+
+    from trtmix.ir.large import shape_view
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    typed = shape_view(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.input]}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return [node.name for node in model.graph.node if node.op_type in TF32_OPS and node.input
+            and node.input[0] not in dequantized and types.get(node.input[0]) == onnx.TensorProto.FLOAT]  # fmt: skip
+
+
+def trtexec_lines(onnx_path: str, engine_path: str, timing_cache: str, settings: dict[str, object],
+                  fp32_layers: bool = False) -> str:  # fmt: skip
+    """The TensorRT 10 and 11 lines for a job's TensorRT settings (``--trt-shapes``, workspace, level), commented.
+
+    ``fp32_layers``: the graph computes some conv or matmul in float32 (``fp32_compute``), so TF32 is off.
+    """
     profiles = settings.get("profiles") or {}
     shapes = {name: tuple("x".join(map(str, dims)) for dims in triple)
               for name, triple in profiles.items()} if isinstance(profiles, dict) else {}  # type: ignore[misc]  # fmt: skip
     options = {"workspace_mb": settings.get("workspace_mb"), "optimization_level": settings.get("optimization_level"),
-               "tf32": settings.get("tf32", True)}  # fmt: skip
+               "tf32": settings.get("tf32", True) and not fp32_layers,
+               "cuda_graph": settings.get("cuda_graph", True)}  # fmt: skip
     lines = []
     for major in (10, 11):
         command = trtexec_command(onnx_path, engine_path, timing_cache, shapes or None, major=major, **options)  # type: ignore[arg-type]
