@@ -107,7 +107,7 @@ def _switch_weight(
     float_weight = anchor.inputs[1]
     float_dtype = np.dtype(float_weight.dtype) if float_weight.dtype is not None else np.dtype(np.float32)
     quantized = quantize_unit_weight(unit, exact, ranges, flavour.weight_levels, float_dtype)
-    fake = gs.Constant(f"{unit.name}/weight_fake_quantized", quantized.dequantized().astype(float_dtype))
+    fake = gs.Constant(f"{unit.name}/weight_fake_quantized", quantized.stored())
     anchor.inputs[1] = _where(graph, switch, fake, float_weight)
     delta = bias_delta(quantized, ranges)
     if flavour.int32_gemm_bias and unit.op == "Gemm" and len(anchor.inputs) > 2:

@@ -31,27 +31,36 @@ class QuantizedWeight:
     unit: Unit
     exact: np.ndarray  # the float weight as exported
     weight: np.ndarray  # what is quantized: ``exact`` with its input rows multiplied by s where smoothed
-    scale: np.ndarray  # per output channel, in the float dtype of the graph it is written into
+    scale: np.ndarray  # per output channel, in the float dtype of the graph it is written into (DQ's output dtype)
     axis: int  # the output-channel axis
     smoothing: np.ndarray | None  # s: the unit reads X / s (None: not smoothed)
     shift: np.ndarray | None  # z: the unit reads (X − z) / s (None: not centred)
 
     def int8(self) -> np.ndarray:
-        """Q(weight): the int8 values, rounded as QuantizeLinear rounds."""
-        return quantize_int8(self.weight, self.scale, self.axis)
+        """Q(weight): the int8 values, rounded as QuantizeLinear rounds, of the weight as the graph stores it.
+
+        A float16 graph's Q→DQ reads the float16 weight: rounding it first moves ~1% of the values of a float32
+        weight by one step (ties), which the switched graph and the orderings must see as the engine does.
+        """
+        return quantize_int8(self.weight.astype(self.scale.dtype), self.scale, self.axis)
 
     def dequantized(self) -> np.ndarray:
-        """DQ(Q(weight)) in float64: what the INT8 unit multiplies its (divided) input by."""
+        """DQ(Q(weight)) in float64, exactly: the rounding to int8 alone (what bias correction removes)."""
         shape = [1] * self.weight.ndim
         shape[self.axis % self.weight.ndim] = -1
         return self.int8().astype(np.float64) * self.scale.astype(np.float64).reshape(shape)
 
+    def stored(self) -> np.ndarray:
+        """DQ(Q(weight)) in the graph's float dtype: what the INT8 unit multiplies its (divided) input by."""
+        return self.dequantized().astype(self.scale.dtype)
+
     def effective_delta(self) -> np.ndarray:
         """ΔW in the float weight's coordinates (float64): DQ(Q(W·s)) / s − W, so X·(W + ΔW) is the INT8 product.
 
-        The shift moves no weight: its z·W goes into the bias exactly.  This is the ΔW the orderings score.
+        DQ is the graph's (``stored``: in a float16 graph, rounded to float16).  The shift moves no weight: its z·W
+        goes into the bias exactly.  This is the ΔW the orderings score.
         """
-        dequantized = self.dequantized()
+        dequantized = self.stored().astype(np.float64)
         if self.smoothing is not None:
             shape = [1, 1]
             shape[input_axis(self.unit)] = -1
