@@ -1,13 +1,28 @@
-"""The bisection with scripted measurements: visits, stopping, non-monotone accuracy, budgets, Pareto."""
+"""The bisection with scripted measurements: visits, stopping, non-monotone accuracy, budgets, Pareto; k-section on
+the real ``SearchDriver`` (scripted probes, an in-process cluster) against its serial path."""
 
+from __future__ import annotations
+
+import functools
 import math
+from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onnx import helper
 
 from trtmix.errors import TrtmixError
+from trtmix.ir.units import find_units
+from trtmix.job.config import CompileConfig
+from trtmix.job.driver import SearchDriver
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.runtime.build import Builder
+from trtmix.runtime.onnxruntime import OnnxRuntimeBackend
 from trtmix.search.bisection import BisectionSearch, Budget, pareto
+from trtmix.search.journal import Journal
 
 
 def drive(search, accuracy_of_k, latency_of_k=lambda k: 100.0 - k, failing=()):
@@ -125,17 +140,79 @@ def test_hypervolume():
     assert hypervolume([(1.5, 1.0), (0.5, 0.8)], (1.0, 0.9)) == 0.0
 
 
-def drive_k_section(search, accuracy_of_k, latency_of_k, workers, failing=()):
-    """The driver's loop on a cluster of ``workers``: ``speculate``, record the extra points, tell the asked one."""
-    rounds = 0
-    while (asked := search.ask()) is not None:
-        rounds += 1
-        frontier = search.pending_frontier()
-        ks = frontier if len(frontier) > 1 else [*search.speculate(workers)[1:], asked]
-        for k in ks:
-            measured = (None, None, "failed") if k in failing else (accuracy_of_k(k), latency_of_k(k), "ok")
-            (search.tell if k == asked or frontier else search.record)(k, *measured)
-    return rounds
+class ScriptedProbes(SearchDriver):
+    """The real ``SearchDriver``, each probe's build, score and timing scripted by its k: the search loop is under test.
+
+    ``script(k)`` is (accuracy, latency in ms), or None for a probe whose build fails. ``workers``: probes go to an
+    in-process cluster of that many workers through the driver's own ``measure_on_cluster`` (0: the serial path).
+    ``rounds`` counts the measuring rounds: one per batch sent to the cluster, one per probe measured alone.
+    """
+
+    def __init__(self, budget: Budget, script, workers: int = 0, frontier: int = 0) -> None:
+        config = CompileConfig(data="scripted", budget=budget, frontier=frontier)
+        cluster = (lambda: InProcessCluster(self, workers)) if workers else (lambda: None)
+        journal = Journal(Path(":memory:"), "scripted")
+        super().__init__(config, _builder(), evaluation=None, journal=journal, cluster=cluster)
+        self.script, self.rounds = script, 0
+
+    def measure(self, plan: PrecisionPlan) -> dict:
+        if self.journal.get(plan.stable_hash()) is None:
+            self.rounds += 1  # measured alone (a cluster's probes are journaled before the driver replays them)
+        return super().measure(plan)
+
+    def scored(self, plan: PrecisionPlan, scoring_threads: int | None = None) -> dict:
+        k = len(plan.int8_units())
+        if self.script(k) is None:
+            return {"status": "failed", "error": f"scripted build failure at k={k}"}
+        return {"status": "ok", "accuracy": self.script(k)[0], "artifact": f"k{k}.onnx"}
+
+    def timed(self, plan: PrecisionPlan, artifact: Path) -> dict:
+        return {"latency": {"median_ms": self.script(len(plan.int8_units()))[1]}}
+
+
+class InProcessCluster:
+    """``Cluster``'s interface in this process: each task runs at once, its context's driver is the scripted one."""
+
+    def __init__(self, driver: ScriptedProbes, workers: int) -> None:
+        self.owner, self.workers = driver, workers
+
+    def put(self, value: object) -> InProcessCluster:
+        return self  # the tasks' context: ``driver()`` below
+
+    def driver(self) -> ScriptedProbes:
+        return self.owner
+
+    def map(self, function, calls, label, gpu_share=0.0) -> list:
+        self.owner.rounds += 1
+        return [function(*call) for call in calls]
+
+    def timing_options(self, node_ids, gpu=False) -> list[dict]:
+        return [{} for _ in node_ids]
+
+    def submit(self, function, call, options) -> object:
+        return function(*call)
+
+    def gather(self, refs, label) -> list:
+        return list(refs)
+
+
+@functools.cache
+def _builder() -> Builder:
+    """A real builder (one MatMul) for the driver to hold; the scripted probes never build with it."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g", [x],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+                              [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return Builder(model, find_units(model), None, "ort-cpu", OnnxRuntimeBackend(threads=1))
+
+
+def driven(count: int, budget: Budget, script, workers: int = 0, frontier: int = 0):
+    """(driver, search): ``SearchDriver.search`` run to its end over ``count`` units, measured by ``script``."""
+    driver = ScriptedProbes(budget, script, workers, frontier)
+    search = driver.search(units(count), "scripted", 1.0, budget)
+    assert len(driver.journal.records()) == driver.measured == len(search.probes)  # each probe measured once
+    return driver, search
 
 
 @settings(max_examples=300, deadline=None)
@@ -152,13 +229,15 @@ def test_k_section_never_chooses_a_slower_plan_than_the_serial_bisection(
     count, workers, accuracies, latencies, failing, budget, frontier
 ):
     """Same (scripted, possibly non-monotone) measurements: k-section measures a superset of the serial probes."""
-    accuracy_of_k, latency_of_k = accuracies.__getitem__, latencies.__getitem__
-    serial = BisectionSearch(units(count), Budget.parse(*budget), frontier=frontier)
-    drive(serial, accuracy_of_k, latency_of_k, failing)
-    parallel = BisectionSearch(units(count), Budget.parse(*budget), frontier=frontier)
-    drive_k_section(parallel, accuracy_of_k, latency_of_k, workers, failing)
+
+    def script(k: int) -> tuple[float, float] | None:
+        return None if k in failing else (accuracies[k], latencies[k])
+
+    serial_driver, serial = driven(count, Budget.parse(*budget), script, frontier=frontier)
+    parallel_driver, parallel = driven(count, Budget.parse(*budget), script, workers, frontier)
     assert set(serial.probes) <= set(parallel.probes)
     assert parallel.stop_reason == serial.stop_reason
+    assert parallel_driver.rounds <= serial_driver.rounds == len(serial.probes)
     if serial.best() is not None:
         assert parallel.best().latency_ms <= serial.best().latency_ms
 
@@ -166,17 +245,16 @@ def test_k_section_never_chooses_a_slower_plan_than_the_serial_bisection(
 def test_k_section_takes_fewer_rounds_with_more_workers():
     rounds = {}
     for workers in (1, 3, 7):
-        search = BisectionSearch(units(64), Budget.parse("1%"))
-        rounds[workers] = drive_k_section(search, lambda k: 1.0 - 0.0005 * k, lambda k: 100.0 - k, workers)
+        driver, search = driven(64, Budget.parse("1%"), lambda k: (1.0 - 0.0005 * k, 100.0 - k), workers)
         assert search.best().k == 20
+        rounds[workers] = driver.rounds
     assert rounds[1] == 2 + 6 and rounds[3] == 2 + 3 and rounds[7] == 2 + 2
 
 
 def test_k_section_stops_where_the_serial_bisection_lands_inside_the_range():
     # Serial: 16, 0, 8 (99.2%), 12 (98.8%: inside 98.5..99.0, stop). With 3 workers, 4 and 12 come with 8.
-    serial = BisectionSearch(units(16), Budget.parse(accuracy_range="98.5:99.0"))
-    drive(serial, lambda k: 1.0 - 0.001 * k)
-    parallel = BisectionSearch(units(16), Budget.parse(accuracy_range="98.5:99.0"))
-    drive_k_section(parallel, lambda k: 1.0 - 0.001 * k, lambda k: 100.0 - k, workers=3)
+    budget = Budget.parse(accuracy_range="98.5:99.0")
+    _, serial = driven(16, budget, lambda k: (1.0 - 0.001 * k, 100.0 - k))
+    _, parallel = driven(16, budget, lambda k: (1.0 - 0.001 * k, 100.0 - k), workers=3)
     assert serial.stop_reason == parallel.stop_reason == "k=12 landed inside the accuracy range"
-    assert sorted(parallel.probes) == [0, 4, 8, 12, 16]
+    assert sorted(serial.probes) == [0, 8, 12, 16] and sorted(parallel.probes) == [0, 4, 8, 12, 16]
