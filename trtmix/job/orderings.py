@@ -12,6 +12,7 @@ from trtmix.ir.groups import UnitGroup
 from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import scored_output, split_feeds
+from trtmix.quant.weights import WeightQuantizer
 from trtmix.runtime.attribution import LatencyModel
 from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
@@ -82,7 +83,7 @@ class JobOrderings:
         elif name == "gain":
             order, scores = self._gain()
         else:
-            order, scores = order_units(name, self.units, self.builder.model)
+            order, scores = order_units(name, self.units, self.builder.model, quantizer=self.quantizer())
         self.journal.store(f"ordering:{name}", {"order": order, "scores": scores,
                                                "seconds": time.perf_counter() - start})  # fmt: skip
         return order, scores
@@ -146,6 +147,10 @@ class JobOrderings:
             )
         return model
 
+    def quantizer(self) -> WeightQuantizer:
+        """The job's weight quantizer, as its builder compiles each unit's single-unit plan (``noise``, Hessians)."""
+        return WeightQuantizer(self.builder.ranges, self.builder.flavour, self.config.default, self.fp32_nodes)
+
     def _kl_scores(self) -> dict[str, float]:
         """Each unit alone in INT8, measured on calibration batches (one switched graph, or a compile per unit)."""
         scores = self._measured_scores([[unit.name] for unit in self.units], "ordering kl")
@@ -174,8 +179,9 @@ class JobOrderings:
         feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
         ranges: Ranges = self.builder.ranges  # type: ignore[assignment]
         result = compute_sensitivity(
-            self.builder.model, self.units, ranges, feeds, settings, torch_model, kl_scores=kl_scores
-        )
+            self.builder.model, self.units, ranges, feeds, settings, torch_model, kl_scores=kl_scores,
+            quantizer=self.quantizer(),
+        )  # fmt: skip
         timings = result["timings_seconds"]
         variant = {"augmented-a": "a", "augmented-b": "b", "augmented-c": "c"}
         orderings = {}

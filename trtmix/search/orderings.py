@@ -4,8 +4,9 @@
   distance of the outputs to the float model's (KL for classifiers, 1 − cosine for embeddings).  One compile and
   one short run per unit.  It sees activation quantization and fusion effects; it is ``compile``'s default, on the
   paper benchmark's evidence (README).
-* ``noise`` — data-free: relative weight quantization noise ‖Q(W) − W‖² / ‖W‖² with exactly the quantizer
-  ``compile`` writes; units without a weight (attention) are placed at the median.
+* ``noise`` — data-free: relative weight quantization noise ‖ΔW‖² / ‖W‖², ΔW from exactly the quantizer the
+  job's ``compile`` writes (``trtmix.quant.weights``: its levels, smoothing and weight ranges); units without a
+  weight (attention) are placed at the median.
 * ``random`` — a seeded permutation, the baseline any real ordering must beat; ``random-N`` uses seed N.
 """
 
@@ -21,7 +22,7 @@ from trtmix.errors import TrtmixError
 from trtmix.ir.graph import GraphIndex
 from trtmix.ir.groups import UnitGroup
 from trtmix.ir.units import Unit
-from trtmix.quant.qdq import fake_quantize_weight
+from trtmix.quant.weights import WeightQuantizer
 from trtmix.registry import is_random_ordering
 
 
@@ -31,14 +32,20 @@ def order_units(
     model: onnx.ModelProto,
     single_unit_divergence: Callable[[Unit], float] | None = None,
     seed: int = 0,
+    quantizer: WeightQuantizer | None = None,
 ) -> tuple[list[str], dict[str, float]]:
-    """Unit names least sensitive first, and the score of each (lower = less sensitive)."""
+    """Unit names least sensitive first, and the score of each (lower = less sensitive).
+
+    ``quantizer``: the job's weight quantizer, which ``noise`` measures (required by it).
+    """
     if name == "random" or is_random_ordering(name):
         seed = int(name.split("-", 1)[1]) if is_random_ordering(name) else seed
         permutation = np.random.default_rng(seed).permutation(len(units))
         scores = {units[i].name: float(rank) for rank, i in enumerate(permutation)}
     elif name == "noise":
-        scores = _weight_noise(units, model)
+        if quantizer is None:
+            raise TrtmixError("The noise ordering needs the job's weight quantizer.")
+        scores = _weight_noise(units, model, quantizer)
     elif name == "kl":
         if single_unit_divergence is None:
             raise TrtmixError("The kl ordering needs a way to measure single-unit divergence.")
@@ -78,15 +85,15 @@ def order_by_score(scores: dict[str, float], names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (scores[n], position[n]))
 
 
-def _weight_noise(units: list[Unit], model: onnx.ModelProto) -> dict[str, float]:
+def _weight_noise(units: list[Unit], model: onnx.ModelProto, quantizer: WeightQuantizer) -> dict[str, float]:
+    """‖ΔW‖² / ‖W‖² per unit with the job's quantizer; units without a weight at the median."""
     index = GraphIndex(model)
     scores: dict[str, float] = {}
     for unit in units:
         weight = index.constant_value(unit.weight) if unit.weight else None
         if weight is None or unit.weight_axis is None:
             continue
-        weight = weight.astype(np.float32)
-        noise = float(((fake_quantize_weight(weight, unit.weight_axis) - weight) ** 2).sum())
-        scores[unit.name] = noise / max(float((weight**2).sum()), 1e-30)
+        noise = float((quantizer.quantize(unit, weight).effective_delta() ** 2).sum())
+        scores[unit.name] = noise / max(float((weight.astype(np.float64) ** 2).sum()), 1e-30)
     median = float(np.median(list(scores.values()))) if scores else 0.0
     return {unit.name: scores.get(unit.name, median) for unit in units}

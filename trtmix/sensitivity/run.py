@@ -26,7 +26,8 @@ from trtmix import registry
 from trtmix.calibration.ranges import Ranges
 from trtmix.data.recipes import checked_batches, model_input_specs
 from trtmix.ir.units import Unit
-from trtmix.quant.qdq import fake_quantize_weight
+from trtmix.quant.flavours import get_flavour
+from trtmix.quant.weights import WeightQuantizer
 from trtmix.search.orderings import order_units
 from trtmix.sensitivity.hessian import (
     SensitivityError,
@@ -83,12 +84,17 @@ def compute_sensitivity(
     progress: bool = True,
     kl_scores: dict[str, float] | None = None,
     cluster: TaskRunner | None = None,
+    quantizer: WeightQuantizer | None = None,
 ) -> dict[str, Any]:
     """Scores, ranks and orderings of every requested method, with timings and the units the Hessian could not score.
 
     ``kl_scores``, when the caller already measured them on the same feeds (``trtmix compile`` does for its ``kl``
     ordering), are used instead of measuring every unit again; ``timings_seconds`` then has no ``kl`` entry.
+    ``quantizer``: the INT8 quantizer every method scores, as ``compile`` writes it (the job's flavour object,
+    default precision and FP32 nodes over these same ``ranges``); default: ``settings.flavour``'s over ``ranges``.
+    The Hessian's ΔW and ``noise`` take their weights from it, and the measured methods compile with its flavour.
     """
+    quantizer = quantizer or WeightQuantizer(ranges, get_flavour(settings.flavour))
     scores: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
     feeds = list(checked_batches(feeds, model, limit=settings.batches))
@@ -102,21 +108,26 @@ def compute_sensitivity(
             "The Hessian-based methods need the torch model, but only an ONNX file was given.",
             fix="pass MODULE:FUNCTION instead of the .onnx, or use --method kl, noise or random",
         )
-    job = ScoringJob(model, units, ranges, settings.flavour, settings.metric, feeds)  # kl: one switched graph
+    # kl: one switched graph, with the quantizer's flavour object (its weight bits), default and FP32 nodes
+    job = ScoringJob(model, units, ranges, quantizer.flavour, settings.metric, feeds, quantizer.default,
+                     fp32_nodes=quantizer.fp32_nodes)  # fmt: skip
     if kl_scores is not None:
         scores["kl"] = dict(kl_scores)
     elif needs_measured:
         scores["kl"] = _timed(timings, "kl", lambda: single_unit_scores(job, units, cluster, progress))
     unmapped: dict[str, str] = {}
     if needs_torch:
-        unmapped = _torch_methods(model, units, ranges, feeds, settings, torch_model, labels, scores, timings, progress)
+        unmapped = _torch_methods(model, units, ranges, feeds, settings, torch_model, labels, scores, timings, progress,
+                                  quantizer)  # fmt: skip
     if "augmented-b" in wanted:
         exact = replace(job, exact=True)  # B scores whole-graph plans: a compile per plan
         scores["b"] = _timed(timings, "b", lambda: context_scores(exact, units, cluster, progress))
         scores["augmented-b"] = combine_by_rank(scores["hessian"], scores["b"], settings.augment_weight)
     for name in ("noise", "random"):
         if name in wanted:
-            scores[name] = _timed(timings, name, lambda n=name: order_units(n, units, model, seed=settings.seed)[1])
+            scores[name] = _timed(
+                timings, name, lambda n=name: order_units(n, units, model, seed=settings.seed, quantizer=quantizer)[1]
+            )
     orderings = {method: _ordering(scores[method], scores.get("kl"), units) for method in settings.methods}
     return {
         "settings": asdict(settings),
@@ -146,7 +157,9 @@ def _torch_methods(
     scores: dict[str, dict[str, float]],
     timings: dict[str, float],
     progress: bool,
+    quantizer: WeightQuantizer,
 ) -> dict[str, str]:
+    """The Hessian-based scores into ``scores`` (ΔW from ``quantizer``); returns the units they could not score."""
     if torch_model is None:
         raise SensitivityError(
             "The Hessian-based methods need the torch model, but only an ONNX file was given.",
@@ -160,7 +173,8 @@ def _torch_methods(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch_model = torch_model.to(device)
     problem = _problem(model, torch_model, mapping, feeds, settings, labels, device)
-    deltas = _weight_deltas(model, units, mapping, device)
+    deltas = {name: torch.from_numpy(delta).to(device)
+              for name, delta in weight_deltas(model, units, mapping, quantizer).items()}  # fmt: skip
     generator = torch.Generator().manual_seed(settings.seed)
     bar = tqdm(total=settings.max_probes, desc="hessian probes", disable=not progress, unit="HVP")
     start = time.perf_counter()
@@ -215,10 +229,13 @@ def _problem(model, torch_model, mapping, feeds, settings, labels, device) -> To
     return TorchProblem(torch_model, unit_parameters, batches, loss, torch_labels)
 
 
-def _weight_deltas(
-    model: onnx.ModelProto, units: list[Unit], mapping: Any, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """ΔW = Q(W) − W with the compile quantizer, in each torch parameter's coordinates."""
+def weight_deltas(
+    model: onnx.ModelProto, units: list[Unit], mapping: Any, quantizer: WeightQuantizer
+) -> dict[str, np.ndarray]:
+    """ΔW = Q(W) − W per mapped unit, from the quantizer ``compile`` writes, in each torch parameter's coordinates.
+
+    Where the unit is smoothed, ΔW is DQ(Q(W·s))/s − W: the change of the weight the unit applies to X.
+    """
     from trtmix.ir.graph import GraphIndex
 
     index = GraphIndex(model)
@@ -226,9 +243,9 @@ def _weight_deltas(
     for unit in units:
         if unit.name not in mapping.maps or unit.weight_axis is None:
             continue
-        weight = index.constant_value(unit.weight).astype(np.float32)  # type: ignore[union-attr]
-        delta = mapping.maps[unit.name].to_torch(fake_quantize_weight(weight, unit.weight_axis) - weight)
-        deltas[unit.name] = torch.from_numpy(np.ascontiguousarray(delta, dtype=np.float32)).to(device)
+        weight = index.constant_value(unit.weight)  # type: ignore[arg-type]
+        delta = mapping.maps[unit.name].to_torch(quantizer.quantize(unit, weight).effective_delta())  # type: ignore[arg-type]
+        deltas[unit.name] = np.ascontiguousarray(delta, dtype=np.float32)
     return deltas
 
 
