@@ -169,14 +169,21 @@ def test_sensitivity_cli_writes_scores_ranks_timings_and_caches(tmp_path, capsys
     unit = result["units"]["/stem/Conv"]
     assert {"hessian", "augmented-a", "kl", "a", "b", "c"} <= set(unit["scores"]) and set(unit["ranks"]) == set(METHODS)
     assert result["timings_seconds"]["hessian"] > 0
-    assert "most sensitive" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "most sensitive" in printed
+    # the quantizer every method scored, and that compile may choose another
+    assert result["quantizers"]["bias_correction"]["enabled"] and result["quantizers"]["summary"] in printed
+    assert "`trtmix compile` measures" in printed
     out.unlink()
     assert main(["-q", *args]) == 0  # cache hit: same result, written again
     assert json.loads(out.read_text())["orderings"] == result["orderings"]
     onnx_args = ["sensitivity", str(tmp_path / "sensitivity.model.onnx"), "--data", str(tmp_path / "recipe.py")]
     assert main(["-q", *onnx_args, "--method", "hessian", "-o", str(tmp_path / "x.json")]) == 2
     assert "need the torch model" in capsys.readouterr().err
-    assert main(["-q", *onnx_args, "--method", "kl", "noise", "-o", str(tmp_path / "y.json")]) == 0
+    plain = ["--no-smooth", "--no-bias-correction"]
+    assert main(["-q", *onnx_args, "--method", "kl", "noise", *plain, "-o", str(tmp_path / "y.json")]) == 0
+    quantizers = json.loads((tmp_path / "y.json").read_text())["quantizers"]
+    assert not quantizers["smoothing"]["enabled"] and not quantizers["bias_correction"]["enabled"]
 
 
 def test_compile_with_augmented_ordering(tmp_path, capsys):

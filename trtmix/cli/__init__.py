@@ -214,6 +214,8 @@ def _add_sensitivity(commands: argparse._SubParsersAction) -> None:  # type: ign
     flags.add_metric_flag(parser, "picks the loss: KL to the float model (agreement), cross-entropy (accuracy), MSE "
                                   "(cosine)")  # fmt: skip
     flags.add_flavour_flag(parser, "tensorrt", "flavour of the measured variants")
+    flags.add_weight_bits_flag(parser)
+    flags.add_quantizer_flags(parser)  # the quantizer every method scores, chosen as build chooses it
     parser.add_argument("--sensitivity-batches", type=int, default=4, help="calibration batches used (default: 4)")
     parser.add_argument("--max-probes", type=int, default=20, help="Hutchinson probe limit (default: 20)")
     parser.add_argument(

@@ -1,4 +1,10 @@
-"""``trtmix sensitivity``: export if needed, calibrate, compute, and cache by model + data + settings."""
+"""``trtmix sensitivity``: export if needed, calibrate, compute, and cache by model + data + settings.
+
+Every method scores one INT8 quantizer, the one ``compile`` would write with these ranges: the flavour's weight
+levels (``--weight-bits``), ``--weights``, smoothing and bias correction.  Its smoothing is chosen as ``trtmix
+build`` chooses it (the expected-noise model, or ``--smooth-alpha`` / ``--no-smooth``): ``compile`` measures its
+options on the search split instead, which this command does not, so the result says which quantizer it scored.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,14 @@ from trtmix.io import atomic_write_text
 from trtmix.ir.fold import load_float_model
 from trtmix.ir.large import model_sha256
 from trtmix.parallel.cluster import Cluster, ParallelSettings
+from trtmix.quant.flavours import get_flavour
+from trtmix.quant.smooth import SmoothSettings, describe_quantizers, prepare_ranges
+from trtmix.quant.weights import WeightQuantizer
 from trtmix.sensitivity.run import TORCH_METHODS, SensitivitySettings, compute_sensitivity
+
+NOT_MEASURED = ("chosen as `trtmix build` chooses them; `trtmix compile` measures its smoothing option on the search "
+                "split and may choose another (its report's quantizers.smoothing.option): pass --smooth-alpha or "
+                "--no-smooth to score that one (compile's centred option has no flag here)")  # fmt: skip
 
 
 def sensitivity_for(
@@ -32,11 +45,19 @@ def sensitivity_for(
     input_names: list[str] | None = None,
     cache_dir: Path | None = None,
     parallel: ParallelSettings | None = None,
+    smooth: SmoothSettings | None = None,
+    bias_correction: bool = True,
+    weight_bits: int | None = None,
 ) -> dict[str, Any]:
     """The sensitivity result for ``source`` (MODULE:FUNCTION or .onnx), written to ``output`` and cached.
 
-    With ``parallel`` enabled, the measured scores (kl, B) are shared among Ray workers.
+    With ``parallel`` enabled, the measured scores (kl, B) are shared among Ray workers.  ``smooth``,
+    ``bias_correction`` and ``weight_bits`` set the quantizer as they do for ``trtmix build``; the result's
+    ``quantizers`` says which one was scored.
     """
+    flavour = get_flavour(settings.flavour, weight_bits)
+    smooth = smooth or SmoothSettings()
+    smooth.validate()
     if source.endswith(".onnx"):
         model_path = Path(source)
     else:
@@ -45,10 +66,16 @@ def sensitivity_for(
         model_path = export_once(source, output.with_suffix(".model.onnx"), input_names=input_names)
     model = load_float_model(model_path)
     units = api.list_units(model_path)
-    ranges = api.collect_ranges(model_path, data, "calibration", calibration, data_args=data_args, cache_dir=cache_dir)
+    calibrated = api.collect_ranges(
+        model_path, data, "calibration", calibration, data_args=data_args, cache_dir=cache_dir
+    )
+    ranges, quantizers = prepare_ranges(model, units, calibrated, smooth, bias_correction, flavour)
+    quantizers["summary"] = f"{describe_quantizers(quantizers)}, {NOT_MEASURED}"
     key_text = json.dumps(
         {"model": model_sha256(model), "data": data_identity(data), "args": data_args, "settings": asdict(settings),
-         "calibration": asdict(calibration), "source_is_torch": not source.endswith(".onnx")},
+         "calibration": asdict(calibration), "source_is_torch": not source.endswith(".onnx"),
+         "quantizers": {"smooth": asdict(smooth), "bias_correction": bias_correction,
+                        "weight_levels": flavour.weight_levels}},
         sort_keys=True,
     )  # fmt: skip
     cache_path = (
@@ -66,11 +93,13 @@ def sensitivity_for(
         labels = _labels(data, feeds) if settings.metric == "accuracy" else None
         cluster = Cluster(parallel) if parallel is not None and parallel.enabled else None
         try:
-            result = compute_sensitivity(model, units, ranges, feeds, settings, torch_model, labels, cluster=cluster)
+            result = compute_sensitivity(model, units, ranges, feeds, settings, torch_model, labels, cluster=cluster,
+                                         quantizer=WeightQuantizer(ranges, flavour))  # fmt: skip
         finally:
             if cluster is not None:
                 cluster.close()
         result["model"] = source
+        result["quantizers"] = quantizers
         if cache_path is not None:
             atomic_write_text(cache_path, json.dumps(result, indent=1) + "\n")
     atomic_write_text(output, json.dumps(result, indent=1) + "\n")
