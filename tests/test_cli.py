@@ -190,3 +190,98 @@ def test_profile_random_inputs_with_symbolic_dims(tmp_path, capsys):
     capsys.readouterr()
     assert main(["profile", str(tmp_path / "t.onnx"), "--runs", "2", "--dim", "batch=3"]) == 0
     assert "input (3, 8, 16)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["compile", "m.onnx", "--data", "r.py", "--max-runs", "0"], "--max-runs: must be 1 or more (got 0)"),
+    (["compile", "m.onnx", "--data", "r.py", "--frontier", "-2"], "--frontier: must be 0 or more (got -2)"),
+    (["compile", "m.onnx", "--data", "r.py", "--threads", "0"], "--threads: must be 1 or more (got 0)"),
+    (["compile", "m.onnx", "--data", "r.py", "--eval-batches", "0"], "--eval-batches: must be 1 or more (got 0)"),
+    (["compile", "m.onnx", "--data", "r.py", "--max-timing-seconds", "nan"], "--max-timing-seconds: must be above 0"),
+    (["sensitivity", "m.onnx", "--data", "r.py", "-o", "s.json", "--augment-weight", "2"],
+     "--augment-weight: must be at least 0 and at most 1 (got 2)"),
+    (["profile", "m.onnx", "--runs", "two"], "--runs: expected a whole number, got 'two'"),
+])  # fmt: skip
+def test_numeric_flags_are_checked_before_any_work(argv, flag, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and flag in err
+    assert "usage:" not in err and "--help` for every flag" in err  # one message, not argparse's whole usage block
+
+
+def test_an_unexpected_exception_is_one_message_with_version_and_command(workspace, monkeypatch, capsys):
+    from trtmix import __version__
+    from trtmix.cli import commands
+
+    def broken(args):
+        raise ZeroDivisionError("a bug deep inside")
+
+    monkeypatch.setattr(commands, "run_units", broken)  # stands for any bug: the catch-all is what is tested
+    model = str(workspace / "convnet.onnx")
+    assert main(["units", model]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected error: ZeroDivisionError: a bug deep inside" in err and __version__ in err
+    assert f"Command: trtmix units {model}" in err and "report it" in err and "Traceback" not in err
+    assert main(["--verbose", "units", model]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_quiet_silences_progress_bars(workspace, tmp_path, capsys):
+    args = ["calibrate", str(workspace / "convnet.onnx"), "--data", str(workspace / "recipe.py"), "--no-cache"]
+    assert main([*args, "-o", str(tmp_path / "a.json")]) == 0
+    assert "calibrate:" in capsys.readouterr().err  # the bar is drawn...
+    assert main(["-q", *args, "-o", str(tmp_path / "b.json")]) == 0
+    assert "calibrate:" not in capsys.readouterr().err  # ...and -q silences it
+
+
+INTERRUPTING_RECIPE = RECIPE + """
+def load_data_interrupted(split="calibration"):
+    if split == "calibration":
+        raise KeyboardInterrupt  # what Ctrl-C raises, at this moment of the job
+    yield from load_data(split)
+"""
+
+
+def test_ctrl_c_during_calibration_says_how_to_resume(workspace, tmp_path, capsys):
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(INTERRUPTING_RECIPE)
+    args = ["compile", "trtmix.models.tiny:convnet", "--data", f"{recipe}:load_data_interrupted", "--metric", "cosine",
+            "-o", str(tmp_path / "out"), "--backend", "onnxruntime", "--flavour", "ort-cpu"]  # fmt: skip
+    assert main(["-q", *args]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted during calibration" in err and "rerun the same command to resume" in err
+    assert (tmp_path / "out" / "model.onnx").is_file(), "the export before it is kept for the rerun"
+
+
+def test_build_strict_precision_checks_the_engine_or_says_why_not(workspace, tmp_path, capsys):
+    model, recipe = str(workspace / "convnet.onnx"), str(workspace / "recipe.py")
+    base = ["build", model, "--plan", "int8", "--data", recipe, "--strict-precision"]
+    assert main([*base, "-o", str(tmp_path / "a.onnx")]) == 2
+    assert "nothing is built without --artifact" in capsys.readouterr().err
+    assert main([*base, "--flavour", "ort-cpu", "--backend", "onnxruntime", "-o", str(tmp_path / "b.onnx"),
+                 "--artifact", str(tmp_path / "b.ort.onnx")]) == 2  # fmt: skip
+    assert "onnxruntime reports no per-layer precision" in capsys.readouterr().err
+    assert main([*base, "--backend", "openvino", "-o", str(tmp_path / "c.onnx"),
+                 "--artifact", str(tmp_path / "c.ov.onnx")]) == 0  # fmt: skip
+    assert "engine verified: 5 of 5 units run their planned precision" in capsys.readouterr().out
+
+
+def test_build_smooths_only_when_asked_and_profile_picks_the_graphs_engine(tmp_path, capsys):
+    """build measures nothing, so it does not smooth by default; profile --backend auto follows the graph's flavour."""
+    assert main(["-q", "export", "trtmix.models.tiny:transformer", "-o", str(tmp_path / "t.onnx")]) == 0
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(RECIPE.replace("(2, 3, 16, 16)", "(2, 8, 16)"))
+    built = {}
+    for name, extra in (("default", []), ("none", ["--no-smooth"]), ("alpha", ["--smooth-alpha", "0.5"])):
+        out = tmp_path / f"{name}.onnx"
+        assert main(["-q", "build", str(tmp_path / "t.onnx"), "--plan", "int8", "--data", str(recipe),
+                     "--no-cache", "-o", str(out), *extra]) == 0  # fmt: skip
+        built[name] = onnx.load(str(out)).graph.SerializeToString()
+    assert built["default"] == built["none"] and built["alpha"] != built["none"]
+    assert main(["-q", "build", str(tmp_path / "t.onnx"), "--plan", "int8", "--data", str(recipe), "--no-cache",
+                 "--flavour", "ort-cpu", "-o", str(tmp_path / "ort.onnx")]) == 0  # fmt: skip
+    capsys.readouterr()
+    for graph, engine in (("default.onnx", "openvino"), ("ort.onnx", "onnxruntime"), ("t.onnx", "openvino")):
+        assert main(["profile", str(tmp_path / graph), "--runs", "2"]) == 0
+        assert f" on {engine} (" in capsys.readouterr().out, graph

@@ -88,13 +88,13 @@ def build(
 
     An unknown flavour, or a ``backend`` that cannot run the flavour's graphs, is an error before any work.
     ``weight_bits`` (7 or 8) sets the ``ort-cpu`` weight width; by default it follows the CPU.  ``smooth`` (default:
-    on, α from the expected-noise model) and ``bias_correction`` (default on) adjust the quantizers when ``ranges``
-    are given.
+    off, as nothing is measured here; ``compile`` measures it) and ``bias_correction`` (default on) adjust the
+    quantizers when ``ranges`` are given.
     """
     backend = resolve_backend(backend, flavour)
     configured = get_flavour(flavour, weight_bits)
     configured.check_backend(backend)
-    smooth = smooth or SmoothSettings()
+    smooth = smooth or SmoothSettings(enabled=False)
     smooth.validate()
     model = load_float_model(model_path)
     units = require_units(model, str(model_path))

@@ -1,7 +1,8 @@
 """Errors trtmix raises on purpose.
 
 Every user-facing error says what was wrong, what was expected and how to fix it.  The CLI prints the message of a
-``TrtmixError`` and exits with code 2; anything else is a bug and keeps its traceback.
+``TrtmixError`` and exits with code 2; anything else is a bug: one message with the version, the command and where
+to report it, and the traceback with ``--verbose``.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ class JobInterruptedError(TrtmixError):
 
     exit_code = 130  # the shell's convention for a process ended by SIGINT
 
-    def __init__(self, output: object) -> None:
+    def __init__(self, output: object, stage: str | None = None) -> None:
+        during = f" during {stage}" if stage else ""
         super().__init__(
-            f"interrupted. Every probe measured so far is in {output}/journal.sqlite.",
-            fix="rerun the same command to resume; nothing is measured twice",
+            f"interrupted{during}. What was finished is kept: the export (stamped), the calibration (cached) and every "
+            f"probe measured so far ({output}/journal.sqlite).",
+            fix="rerun the same command to resume; nothing finished is done twice",
         )
 
 

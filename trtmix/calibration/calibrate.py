@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from trtmix import registry
 from trtmix.calibration.channels import ChannelStats, ChannelSummary, tracked_tensors
@@ -41,6 +40,7 @@ from trtmix.io import atomic_write_bytes, atomic_write_text
 from trtmix.ir.graph import GraphIndex, two_activation_adds
 from trtmix.ir.large import model_sha256, shape_view
 from trtmix.ir.units import Unit
+from trtmix.progress import bar as progress_bar
 
 LOG = logging.getLogger(__name__)
 METHODS = tuple(registry.CALIBRATION_METHODS)
@@ -135,7 +135,8 @@ def collect_statistics(
     per_channel = {name: ChannelStats(axis) for name, axis in (channels or {}).items() if name in histograms}
     count = 0
     feeds = checked_batches(batches, model, limit)
-    for index, feed in enumerate(tqdm(feeds, desc="calibrate", disable=not progress, unit="batch", total=limit)):
+    shown = progress_bar(feeds, desc="calibrate", disable=not progress, unit="batch", total=limit)
+    for index, feed in enumerate(shown):
         for name, value in zip(output_names, session.run(output_names, feed), strict=True):
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 quantized_by = ", ".join((owners or {}).get(name, [])) or "a unit"

@@ -10,10 +10,12 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from trtmix import __version__, registry
 from trtmix.cli import flags
 from trtmix.errors import TrtmixError
+from trtmix.progress import set_quiet
 
 LOG = logging.getLogger("trtmix")
 
@@ -83,12 +85,12 @@ def _add_export(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     parser.add_argument("-o", "--output", required=True, type=Path, help="ONNX file to write")
     flags.add_export_flags(parser)
-    parser.add_argument("--opset", type=int, default=19, help="ONNX opset (default: 19; dynamo needs >= 18)")
+    parser.add_argument("--opset", type=flags.whole(7), default=19, help="ONNX opset (default: 19; dynamo needs >= 18)")
     parser.add_argument("--dynamic-batch", action="store_true", help="make axis 0 of every input and output dynamic")
     flags.add_list_flag(parser, "--dynamic-axis", "TENSOR:AXIS:NAME", "mark more dynamic axes, e.g. input_ids:1:seq")
     parser.add_argument(
         "--tolerance",
-        type=float,
+        type=flags.number(0),
         default=1e-3,
         help="largest accepted |onnx - torch| relative to the output magnitude (default: 1e-3)",
     )
@@ -181,10 +183,11 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "--compare-orderings", default="", metavar="A,B", help="also search along these orderings, same plot"
     )
     parser.add_argument(
-        "--frontier", type=int, default=0, help="extra probes spread over k for the frontier (default: 0)"
+        "--frontier", type=flags.whole(0), default=0, help="extra probes spread over k for the frontier (default: 0)"
     )
     parser.add_argument(
-        "--eval-batches", type=int, default=8, help="batches of the search / holdout splits evaluated (default: 8)"
+        "--eval-batches", type=flags.whole(1), default=8,
+        help="batches of the search / holdout splits evaluated (default: 8)",
     )
     flags.add_timing_flags(parser)
     flags.add_noise_flags(parser)
@@ -216,17 +219,18 @@ def _add_sensitivity(commands: argparse._SubParsersAction) -> None:  # type: ign
     flags.add_flavour_flag(parser, "tensorrt", "flavour of the measured variants")
     flags.add_weight_bits_flag(parser)
     flags.add_quantizer_flags(parser)  # the quantizer every method scores, chosen as build chooses it
-    parser.add_argument("--sensitivity-batches", type=int, default=4, help="calibration batches used (default: 4)")
-    parser.add_argument("--max-probes", type=int, default=20, help="Hutchinson probe limit (default: 20)")
+    parser.add_argument("--sensitivity-batches", type=flags.whole(1), default=4,
+                        help="calibration batches used (default: 4)")  # fmt: skip
+    parser.add_argument("--max-probes", type=flags.whole(1), default=20, help="Hutchinson probe limit (default: 20)")
     parser.add_argument(
-        "--tol", type=float, default=0.05, help="stop when every trace changes less than this (default: 0.05)"
+        "--tol", type=flags.number(0), default=0.05, help="stop when every trace changes less than this (default: 0.05)"
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the probes and of the random ordering (default: 0)"
     )
     parser.add_argument(
         "--augment-weight",
-        type=float,
+        type=flags.number(0, 1, low_open=False),
         default=0.5,
         help="weight of the Hessian rank in augmented scores (default: 0.5)",
     )
@@ -239,7 +243,9 @@ def _add_sensitivity(commands: argparse._SubParsersAction) -> None:  # type: ign
 def _add_profile(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = _parser(commands, "profile")
     parser.add_argument("model", type=Path, help="ONNX model (float or compiled)")
-    flags.add_backend_flag(parser, default="onnxruntime")
+    flags.add_backend_flag(parser, what="engine backend (auto: the engine of the flavour trtmix wrote the graph in, "
+                           "read from its trtmix.flavour property; any other graph as the tensorrt flavour, as compile "
+                           "and build do)")  # fmt: skip
     flags.add_timing_flags(parser, what="")
     flags.add_data_flags(parser, required=False, help_text="time on the first calibration batch of this recipe, "
                          "image folder or .npz (default: random inputs shaped by the graph and --dim)")  # fmt: skip
@@ -268,7 +274,7 @@ def _add_trtexec(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         help="the TensorRT major version the line is for: 11 drops the deprecated --stronglyTyped, --useCudaGraph "
         "and --noDataTransfers (its defaults) (default: 10)",
     )
-    parser.add_argument("--workspace-mb", type=int, help="workspace memory pool limit in MiB")
+    parser.add_argument("--workspace-mb", type=flags.whole(1), help="workspace memory pool limit in MiB")
     parser.add_argument("--builder-optimization-level", type=int, choices=range(6), help="builder optimisation level")
     parser.add_argument("--no-tf32", action="store_true", help="disallow TF32 (trtmix and TensorRT allow it)")
 
@@ -279,14 +285,22 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "--model", choices=("minilm", "efficientnet-lite0"), default="minilm", help="which model (default: minilm)"
     )
     parser.add_argument("--output", type=Path, default=Path("trtmix-demo"), help="output folder (default: trtmix-demo)")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per probe (default: 20)")
-    parser.add_argument("--frontier", type=int, default=2, help="extra frontier probes (default: 2)")
+    parser.add_argument("--runs", type=flags.whole(1), default=20, help="timed runs per probe (default: 20)")
+    parser.add_argument("--frontier", type=flags.whole(0), default=2, help="extra frontier probes (default: 2)")
     parser.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a short error: the message and where the flags are explained, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` and the ``--help`` to read, and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help` for every flag)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used to document every flag)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="trtmix",
         description=(
             "Mixed-precision (INT8 + FP16) deployment compiler: precision plans written into ONNX, built and timed."
@@ -311,10 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPORT_TO = "the trtmix issue tracker (README: 'Reporting a problem')"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trtmix`` console script."""
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
+    set_quiet(args.quiet)
     from trtmix.cli import commands
 
     handler = getattr(commands, f"run_{args.command.replace('-', '_')}")
@@ -326,9 +344,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trtmix {args.command}: error: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
-        print("trtmix: interrupted", file=sys.stderr)
+        print(f"trtmix {args.command}: interrupted; nothing was written half-way (every write is atomic)",
+              file=sys.stderr)  # fmt: skip
         return 130
+    except Exception as err:  # noqa: BLE001 - a bug (ours or a library's): one message, the traceback on request
+        _report_bug(err, args, argv)
+        return 1
     return 0
+
+
+def _report_bug(err: Exception, args: argparse.Namespace, argv: list[str] | None) -> None:
+    """An unexpected exception as one message: what failed, the version, the command, and where to report it."""
+    if args.verbose:
+        traceback.print_exception(err, file=sys.stderr)
+    command = " ".join(["trtmix", *(sys.argv[1:] if argv is None else argv)])
+    hint = "the traceback is above" if args.verbose else "rerun with --verbose for the traceback"
+    print(f"trtmix {args.command}: unexpected error: {type(err).__name__}: {err}\n"
+          f"This is a bug in trtmix {__version__} or in a library it calls, not in your input.\n"
+          f"Command: {command}\n"
+          f"Fix: {hint}, and report it with that output to {REPORT_TO}", file=sys.stderr)  # fmt: skip
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:

@@ -9,6 +9,8 @@ import sys
 from collections import Counter
 from typing import Any
 
+import onnx
+
 from trtmix import api
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.calibration.ranges import Ranges
@@ -126,6 +128,9 @@ def run_calibrate(args: argparse.Namespace) -> None:
 
 def run_build(args: argparse.Namespace) -> None:
     """``trtmix build``."""
+    if args.strict_precision and not args.artifact:  # before any work
+        raise TrtmixError("--strict-precision checks the built engine, and nothing is built without --artifact.",
+                          fix="add --artifact PATH (and --data for the engine's input shapes)")  # fmt: skip
     args.backend = resolve_backend(args.backend, args.flavour)
     get_flavour(args.flavour, args.weight_bits).check_backend(args.backend)  # before any calibration work
     tensorrt, feeds = tensorrt_settings(args), None
@@ -148,7 +153,7 @@ def run_build(args: argparse.Namespace) -> None:
         artifact=args.artifact,
         tensorrt=tensorrt,
         weight_bits=args.weight_bits,
-        smooth=smooth_settings(args),
+        smooth=smooth_settings(args, measured=False),
         bias_correction=args.bias_correction,
     )
     print(
@@ -158,41 +163,69 @@ def run_build(args: argparse.Namespace) -> None:
     )
     if result.artifact:
         print(f"built {result.artifact} with {args.backend}")
-    if result.artifact and args.backend == "tensorrt":
-        _verify_engine(result, args.strict_precision, feeds, tensorrt)
+        _verify_engine(result, args, feeds, tensorrt)
 
 
-def _verify_engine(result: api.BuildResult, strict: bool, feeds: dict[str, Any] | None,
+def _verify_engine(result: api.BuildResult, args: argparse.Namespace, feeds: dict[str, Any] | None,
                    tensorrt: dict[str, object]) -> None:  # fmt: skip
-    """Compare the engine's real layer precisions with the plan; fatal with --strict-precision.
+    """Compare the engine's layer precisions with the plan (TensorRT, OpenVINO); fatal with --strict-precision.
 
-    The inspector reads a context set to ``feeds``' shapes: without them a dynamic-shape engine reports no
-    shape-dependent formats, so every unit would be unknown.
+    The engine sees ``feeds`` (the recipe's first batch): TensorRT's inspector needs their shapes for a
+    dynamic-shape engine, OpenVINO runs the graph on them.  ONNX Runtime reports no per-layer precision.
     """
-    from trtmix.runtime.engine_report import check_plan, describe, mismatches, not_found
+    from trtmix.runtime.engine_report import describe, mismatches, not_found
 
-    backend = api.get_backend("tensorrt", tensorrt=tensorrt)
-    if feeds is None:
-        print("note: no --data, so the engine is inspected without input shapes (a dynamic-shape engine then "
-              "reports its units unknown)")  # fmt: skip
-    information = backend.engine_information(result.artifact, feeds)  # type: ignore[attr-defined]
-    checks = check_plan(information, api.list_units(result.source), result.plan)
+    checks = _engine_checks(result, args, feeds, tensorrt)
+    if checks is None:
+        if args.strict_precision:
+            raise TrtmixError(
+                f"--strict-precision: {args.backend} reports no per-layer precision, so the engine cannot be checked "
+                "against the plan.", fix="build with --backend openvino or tensorrt, or leave --strict-precision out")
+        return
     wrong, missing = mismatches(checks), not_found(checks)
     if missing:
         print(f"note: {len(missing)} unit(s) not found among the engine's layers, so not checked: "
               f"{', '.join(c.unit for c in missing[:8])}")  # fmt: skip
     if not wrong:
         print(f"engine verified: {len(checks) - len(missing)} of {len(checks)} units run their planned precision")
-    elif strict:
+    elif args.strict_precision:
         raise TrtmixError(f"--strict-precision: the engine does not run the plan:\n{describe(wrong)}")
     else:
         print(f"warning: {len(wrong)} units do not run their planned precision:\n{describe(wrong)}")
 
 
+def _engine_checks(result: api.BuildResult, args: argparse.Namespace, feeds: dict[str, Any] | None,
+                   tensorrt: dict[str, object]) -> list[Any] | None:  # fmt: skip
+    """Each unit's planned precision against the engine's own report; None where the backend reports none."""
+    from trtmix.ir.graph import GraphIndex
+    from trtmix.runtime.engine_report import check_layers, check_plan
+
+    if args.backend == "tensorrt":
+        backend = api.get_backend("tensorrt", tensorrt=tensorrt)
+        if feeds is None:
+            print("note: no --data, so the engine is inspected without input shapes (a dynamic-shape engine then "
+                  "reports its units unknown)")  # fmt: skip
+        information = backend.engine_information(result.artifact, feeds)  # type: ignore[attr-defined]
+        return check_plan(information, api.list_units(result.source), result.plan)
+    if args.backend != "openvino":
+        return None
+    model = load_float_model(result.source)
+    if feeds is None:  # the recipe's first batch, or random inputs where the graph's shapes are all fixed
+        feeds = timing_feeds(model, args.data, {}, data_args=parse_data_args(args.data_arg))
+    index = GraphIndex(model)
+    consumers = {tensor: [n.name for n in nodes] for tensor, nodes in index.consumers.items()}
+    node_outputs = {node.name: list(node.output) for node in model.graph.node}
+    layers = api.get_backend("openvino").engine_layers(result.artifact, feeds)  # type: ignore[attr-defined]
+    return check_layers(layers, require_units(model, str(result.source)), result.plan, False, consumers,
+                        node_outputs)  # fmt: skip
+
+
 def run_profile(args: argparse.Namespace) -> None:
-    """``trtmix profile``."""
+    """``trtmix profile``: ``--backend auto`` picks the engine of the flavour the graph was written in."""
     data_args = parse_data_args(args.data_arg)
-    feeds = timing_feeds(load_onnx(args.model), args.data, parse_dims(args.dim), data_args=data_args)
+    model = load_onnx(args.model)
+    args.backend = resolve_backend(args.backend, graph_flavour(model))
+    feeds = timing_feeds(model, args.data, parse_dims(args.dim), data_args=data_args)
     stats = api.profile(args.model, feeds, args.backend, args.runs, args.warmup, args.threads, tensorrt_settings(args))
     if args.json:
         print(json.dumps(stats.to_dict(), indent=2))
@@ -202,6 +235,12 @@ def run_profile(args: argparse.Namespace) -> None:
         f"{args.model} on {args.backend} ({stats.threads} threads, {shapes}): median {stats.median_ms:.2f} ms, "
         f"p90 {stats.p90_ms:.2f} ms, mean {stats.mean_ms:.2f} ± {stats.stdev_ms:.2f} ms over {stats.runs} runs"
     )
+
+
+def graph_flavour(model: onnx.ModelProto) -> str:
+    """The flavour a trtmix graph was written in (its ``trtmix.flavour`` property); any other graph: tensorrt."""
+    properties = {prop.key: prop.value for prop in model.metadata_props}
+    return properties.get("trtmix.flavour", "tensorrt")
 
 
 def run_sensitivity(args: argparse.Namespace) -> None:

@@ -22,6 +22,7 @@ from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import SPLITS, Evaluation
 from trtmix.memory import release
 from trtmix.parallel.cluster import Cluster
+from trtmix.progress import bar as progress_bar
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
 from trtmix.runtime.engine_report import UnitCheck, check_layers, describe, mismatches, not_found
@@ -188,7 +189,7 @@ class SearchDriver:
         """Run one bisection along ``order`` (``members``: a group step's units) to its end, measuring each probe."""
         search = BisectionSearch(order, budget, self.config.default, self.config.frontier, members or {},
                                  fp32_nodes=self.base.fp32_nodes)  # fmt: skip
-        progress = tqdm(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
+        progress = progress_bar(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
         while (asked := search.ask()) is not None:
             frontier = search.pending_frontier()
             for k, record in self._next_records(search, asked, frontier):
@@ -213,7 +214,7 @@ class SearchDriver:
                                            fp32_nodes=self.base.fp32_nodes)
                     for label, (order, members) in orders.items()}  # fmt: skip
         total = sum(search.max_builds + self.config.frontier for search in searches.values())
-        progress = tqdm(total=total, desc=f"searches ({', '.join(searches)})", unit="probe")
+        progress = progress_bar(total=total, desc=f"searches ({', '.join(searches)})", unit="probe")
         while active := [search for search in searches.values() if search.ask() is not None]:
             share = max(1, cluster.workers // len(active))
             rounds = []

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from trtmix.errors import TrtmixError
 from trtmix.ir.graph import GraphIndex
 from trtmix.ir.large import shape_view
+from trtmix.progress import bar as progress_bar
 from trtmix.quant.float_rules import float32_rules
 from trtmix.quant.float_types import FP16_MAX
 from trtmix.quant.plan import Precision, PrecisionPlan
@@ -163,7 +163,7 @@ def _kept_regions(
 ) -> tuple[list[tuple[list[str], float]], float]:
     """Each region scored alone in FP32; the best ones added, fewest first, until the plan is within tolerance."""
     gains = []
-    for region in tqdm(regions, desc="float regions", unit="region"):
+    for region in progress_bar(regions, desc="float regions", unit="region"):
         gains.append((region, score(_with_fp32(plan, region)) / fp32_score))
     gains.sort(key=lambda item: -item[1])
     kept: list[tuple[list[str], float]] = []

@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import Any
 
 import onnx
-from tqdm import tqdm
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.ir.large import model_sha256, tensor_bytes
@@ -28,6 +27,7 @@ from trtmix.ir.units import Unit
 from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import Evaluation
 from trtmix.memory import release
+from trtmix.progress import bar as progress_bar
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import SmoothSettings, plan_smoothing
@@ -60,7 +60,7 @@ def job_quantizers(
     options = _options(config.smooth, flavour, config.bias_correction)
     trial = _Trial(config, model, units, calibrated, flavour, evaluation, measured, fp32_nodes)
     if len(options) > 1 or config.bias_correction:
-        for label, option in tqdm(options.items(), desc="quantizers", unit="option"):
+        for label, option in progress_bar(options.items(), desc="quantizers", unit="option"):
             trial.score(label, option)
     best = max((measured[label] for label in options), default=None) if measured else None
     chosen = next(label for label in options if best is None or measured[label] >= best)  # ties: the simpler option

@@ -36,7 +36,10 @@ LOG = logging.getLogger(__name__)
 def run_compile(source: str, output: Path, config: CompileConfig, fresh: bool = False) -> dict[str, Any]:
     """Run the whole job into ``output`` and return the report (also written as report.json / .html / .png)."""
     started = time.perf_counter()
-    pipeline = Pipeline(source, output, config, fresh=fresh)
+    try:
+        pipeline = Pipeline(source, output, config, fresh=fresh)  # export, calibration, quantizers: steps to resume
+    except KeyboardInterrupt:
+        raise JobInterruptedError(output) from None
     try:
         return _run(pipeline, output, config, started)
     except KeyboardInterrupt:

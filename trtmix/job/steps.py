@@ -12,17 +12,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from trtmix.errors import ResourceError, TrtmixError
+from trtmix.errors import JobInterruptedError, ResourceError, TrtmixError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextmanager
 def step(name: str, output: Path) -> Iterator[None]:
-    """Turn a MemoryError or a full disk inside the block into one ``ResourceError`` naming the step."""
+    """Turn a MemoryError or a full disk inside the block into one ``ResourceError`` naming the step.
+
+    Ctrl-C inside it becomes a ``JobInterruptedError`` naming the step, with how to resume.
+    """
     resume = f"rerun the same command: what was measured is kept in {output / 'journal.sqlite'} and resumed"
     try:
         yield
+    except KeyboardInterrupt:
+        raise JobInterruptedError(output, name) from None
     except MemoryError as err:
         detail = str(err) or "an allocation failed"
         raise ResourceError(f"Out of memory during {name}: {detail}.",

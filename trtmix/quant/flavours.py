@@ -88,8 +88,11 @@ class Flavour(ABC):
         return None
 
     def metadata(self) -> dict[str, str]:
-        """Key/values written into every compiled graph's ``metadata_props`` (the settings a reader needs)."""
-        return {"trtmix.weight_bits": "8"}
+        """Key/values written into every compiled graph's ``metadata_props`` (the settings a reader needs).
+
+        ``trtmix.flavour`` lets ``trtmix profile --backend auto`` pick the engine the graph was written for.
+        """
+        return {"trtmix.flavour": self.name, "trtmix.weight_bits": "8"}
 
     def check_backend(self, backend: str) -> None:
         """Refuse, before any work, a backend that cannot run this flavour's graphs as planned."""
@@ -167,7 +170,8 @@ class OrtCpuFlavour(Flavour):
 
     def metadata(self) -> dict[str, str]:
         """The weight width and why it was chosen, stored in every compiled graph."""
-        return {"trtmix.weight_bits": str(self.weight_bits), "trtmix.weight_bits_reason": self.weight_bits_reason}
+        return {"trtmix.flavour": self.name, "trtmix.weight_bits": str(self.weight_bits),
+                "trtmix.weight_bits_reason": self.weight_bits_reason}  # fmt: skip
 
     def sites(self, model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
         """Unit inputs, conv outputs, and residual Adds between quantized tensors (QLinearAdd)."""
