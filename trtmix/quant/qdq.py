@@ -1,7 +1,8 @@
 """The int8 quantizers trtmix writes into graphs, as plain numpy.
 
-They live apart from the graph editing so that the sensitivity code can apply exactly the quantization ``compile``
-writes (same scales, same rounding, same clipping) to torch weights.
+They live apart from the graph editing so that a unit's weight can be quantized outside a graph exactly as
+``compile`` writes it (same scales, same rounding, same clipping): ``trtmix.quant.weights`` does that for compile,
+the switched graph and the orderings.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def quantize_int8(values: np.ndarray, scale: np.ndarray, axis: int | None = None
 def fake_quantize_weight(
     weight: np.ndarray, axis: int, dtype: np.dtype | type = np.float32, levels: int = INT8_MAX
 ) -> np.ndarray:
-    """Q(W): the weight after per-channel symmetric int8 quantization and dequantization, in ``weight``'s dtype."""
+    """Q(W): the weight after per-channel symmetric int8 quantization and dequantization, in ``weight``'s dtype.
+
+    Its own max per channel, no smoothing: not a job's quantizer (that is ``trtmix.quant.weights.WeightQuantizer``).
+    """
     scale = symmetric_scale(per_channel_amax(weight, axis), dtype, levels)
     quantized = quantize_int8(weight, scale, axis).astype(np.float64)
     shape = [1] * weight.ndim
