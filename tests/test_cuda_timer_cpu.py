@@ -7,8 +7,10 @@ by count.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,14 @@ def test_importing_the_timer_pulls_no_onnx_or_engine() -> None:
             "    sys.modules[name] = None\nimport trtmix.runtime.cuda_timer\nprint('ok')")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_gpu_check_runs_with_torch_alone(tmp_path) -> None:
+    """scripts/gpu_check.py on a machine without onnx, onnxruntime, openvino or TensorRT: it imports and says no GPU."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import runpy, sys\nfor name in ('onnx', 'onnxruntime', 'openvino', 'tensorrt', 'polygraphy'):\n"
+            "    sys.modules[name] = None\nrunpy.run_path('scripts/gpu_check.py', run_name='__main__')")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root), "OUT": str(tmp_path)})  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 1 and "no CUDA device" in result.stdout
