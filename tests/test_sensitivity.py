@@ -173,6 +173,7 @@ def test_sensitivity_cli_writes_scores_ranks_timings_and_caches(tmp_path, capsys
     assert "most sensitive" in printed
     # the quantizer every method scored, and that compile may choose another
     assert result["quantizers"]["bias_correction"]["enabled"] and result["quantizers"]["summary"] in printed
+    assert not result["quantizers"]["smoothing"]["enabled"]  # as build: no smoothing unless --smooth-alpha
     assert "`trtmix compile` measures" in printed
     out.unlink()
     assert main(["-q", *args]) == 0  # cache hit: same result, written again
@@ -180,10 +181,10 @@ def test_sensitivity_cli_writes_scores_ranks_timings_and_caches(tmp_path, capsys
     onnx_args = ["sensitivity", str(tmp_path / "sensitivity.model.onnx"), "--data", str(tmp_path / "recipe.py")]
     assert main(["-q", *onnx_args, "--method", "hessian", "-o", str(tmp_path / "x.json")]) == 2
     assert "need the torch model" in capsys.readouterr().err
-    plain = ["--no-smooth", "--no-bias-correction"]
-    assert main(["-q", *onnx_args, "--method", "kl", "noise", *plain, "-o", str(tmp_path / "y.json")]) == 0
+    chosen = ["--smooth-alpha", "0.5", "--no-bias-correction"]
+    assert main(["-q", *onnx_args, "--method", "kl", "noise", *chosen, "-o", str(tmp_path / "y.json")]) == 0
     quantizers = json.loads((tmp_path / "y.json").read_text())["quantizers"]
-    assert not quantizers["smoothing"]["enabled"] and not quantizers["bias_correction"]["enabled"]
+    assert quantizers["smoothing"]["enabled"] and not quantizers["bias_correction"]["enabled"]
 
 
 def test_compile_with_augmented_ordering(tmp_path, capsys):

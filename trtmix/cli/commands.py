@@ -254,8 +254,9 @@ def run_sensitivity(args: argparse.Namespace) -> None:
     cache = None if args.no_cache else (args.cache_dir or api.default_cache_dir())
     result = sensitivity_for(
         args.source, args.data, parse_data_args(args.data_arg), settings, _calibration(args), args.output,
-        input_names=args.input_names, cache_dir=cache, parallel=parallel_settings(args), smooth=smooth_settings(args),
-        bias_correction=args.bias_correction, weight_bits=args.weight_bits,
+        input_names=args.input_names, cache_dir=cache, parallel=parallel_settings(args),
+        smooth=smooth_settings(args, measured=False), bias_correction=args.bias_correction,
+        weight_bits=args.weight_bits,
     )  # fmt: skip
     print(f"wrote {args.output}: {len(result['units'])} units, methods {', '.join(settings.methods)}")
     print(f"  {result['quantizers']['summary']}")

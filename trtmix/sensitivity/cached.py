@@ -2,8 +2,8 @@
 
 Every method scores one INT8 quantizer, the one ``compile`` would write with these ranges: the flavour's weight
 levels (``--weight-bits``), ``--weights``, smoothing and bias correction.  Its smoothing is chosen as ``trtmix
-build`` chooses it (the expected-noise model, or ``--smooth-alpha`` / ``--no-smooth``): ``compile`` measures its
-options on the search split instead, which this command does not, so the result says which quantizer it scored.
+build`` chooses it (none unless ``--smooth-alpha``): ``compile`` measures its options on the search split instead,
+which this command does not, so the result says which quantizer it scored.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from trtmix.quant.weights import WeightQuantizer
 from trtmix.sensitivity.run import TORCH_METHODS, SensitivitySettings, compute_sensitivity
 
 NOT_MEASURED = ("chosen as `trtmix build` chooses them; `trtmix compile` measures its smoothing option on the search "
-                "split and may choose another (its report's quantizers.smoothing.option): pass --smooth-alpha or "
-                "--no-smooth to score that one (compile's centred option has no flag here)")  # fmt: skip
+                "split and may choose another (its report's quantizers.smoothing.option): pass --smooth-alpha A to "
+                "score its α=A option (compile's centred option has no flag here)")  # fmt: skip
 
 
 def sensitivity_for(
@@ -56,7 +56,7 @@ def sensitivity_for(
     ``quantizers`` says which one was scored.
     """
     flavour = get_flavour(settings.flavour, weight_bits)
-    smooth = smooth or SmoothSettings()
+    smooth = smooth or SmoothSettings(enabled=False)  # as build: the expected-noise model is not trusted unmeasured
     smooth.validate()
     if source.endswith(".onnx"):
         model_path = Path(source)
