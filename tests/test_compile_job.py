@@ -13,6 +13,7 @@ import pytest
 
 from trtmix.cli import main
 from trtmix.job.final import ORIGINAL
+from trtmix.job.outputs import unlisted_outputs
 from trtmix.runtime.cpu import cpu_features
 
 from .conftest import TINY_RECIPE as RECIPE
@@ -65,6 +66,7 @@ def test_compile_writes_report_and_meets_budget_on_holdout(recipe, tmp_path, cap
     assert "--stronglyTyped" in (output / "report.html").read_text()
     plan = json.loads((output / "plan.json").read_text())
     assert len([p for p in plan["units"].values() if p == "int8"]) == report["chosen_k"]
+    assert not unlisted_outputs(output), "README's output-folder list (OUTPUT_FILES) misses what the job wrote"
     shipped = assert_shipped_graphs_load(output, tmp_path / "moved")
     assert report["files"]["artifact"] in shipped  # ONNX Runtime's optimised graph, its weights now inside
 

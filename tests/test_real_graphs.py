@@ -24,6 +24,7 @@ from trtmix.evaluate import sample_cosine
 from trtmix.ir.fold import fold_batch_norms
 from trtmix.ir.graph import load_onnx, save_onnx
 from trtmix.ir.units import require_units
+from trtmix.job.outputs import unlisted_outputs
 from trtmix.job.run import ORACLE_GAP, summary_lines
 from trtmix.job.validity import check_graph
 from trtmix.models.corpus import GRAPHS, available, graph_path
@@ -195,6 +196,7 @@ def test_detector_with_range_compiles_in_the_default_flavour(tmp_path: Path) -> 
     base = report["baseline"]
     assert base["all_high"]["accuracy"] / base["fp32"]["accuracy"] >= 0.999
     assert report["chosen"]
+    assert not unlisted_outputs(tmp_path / "yolov8n-tensorrt"), "README's output-folder list misses a file"
     shipped = assert_shipped_graphs_load(tmp_path / "yolov8n-tensorrt", tmp_path / "moved")
     assert report["files"]["artifact"] in shipped  # OpenVINO's artifact, which referred to the job's tensor store
 

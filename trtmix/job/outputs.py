@@ -7,6 +7,7 @@ artifact that is an ONNX graph refers to the job's tensor store, so its copy tak
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,50 @@ from trtmix.job.driver import SearchDriver
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.build import Builder
 from trtmix.runtime.trtexec import fp32_compute, trtexec_lines
+
+# What a job leaves at the top of its output folder: name pattern → what it is.  README's list of the output folder
+# is rendered from this (``output_list``), and tests/test_compile_job.py checks every file a job writes is here.
+OUTPUT_FILES = {
+    "plan.json": "the chosen plan, each unit's precision (all FP32 when the graph you brought is shipped)",
+    "chosen.<flavour>.onnx": "the chosen plan written into the graph, in the job's flavour",
+    "chosen.<flavour>.<backend>.onnx": "what the backend built from it, its weights inside",
+    "chosen.<flavour>.tensorrt.engine": "with a real TensorRT: the engine",
+    "chosen.tensorrt.onnx": "the chosen plan in the tensorrt flavour, for TensorRT on the target GPU",
+    "trtexec.txt": "the trtexec lines (TensorRT 10 and 11) that build `chosen.tensorrt.onnx`",
+    "chosen.original.onnx": "instead of the four above, when no plan beat it: the graph you brought, unchanged",
+    "chosen.original.<backend>.<suffix>": "and what the backend built from it",
+    "report.json": "every probe, baseline, ordering, the final timing, the engine check and the holdout check",
+    "report.html": "one self-contained page: frontier plot, probe table, the chosen plan unit by unit",
+    "frontier.png": "latency against accuracy of every probe",
+    "ranges.json": "the activation ranges every build of the job used",
+    "model.onnx": "a torch source, exported (`model.source` stamps what it was exported from)",
+    "model.source": "the export's stamp: a changed factory, exporter, opset or input names exports again",
+    "given.onnx": "an in-memory source (`trtmix.compile` with a torch module or a ModelProto), written once",
+    "prepared.onnx": "when BatchNormalizations were folded: the float graph every plan starts from",
+    "<name>.onnx.data": "the weights of any graph above here over protobuf's 2 GiB limit",
+    "journal.sqlite": "every probe measured, committed as it is measured: a rerun resumes from it",
+    "timing.<device>.cache": "with a real TensorRT: its timing cache for this GPU and TensorRT, shared by every build",
+    "artifacts/": "every probe's compiled graph and artifact, their weights in the shared `artifacts/tensors/` store",
+    ".trtmix.lock": "held while a job writes to the folder (one job per folder)",
+}
+
+
+def output_list() -> str:
+    """README's list of the output folder (between its ``output-files`` markers), from ``OUTPUT_FILES``."""
+    return "\n".join(f"- `{name}`: {text};" for name, text in OUTPUT_FILES.items()).rstrip(";") + "."
+
+
+def unlisted_outputs(output: Path) -> list[str]:
+    """The entries at the top of a job's ``output`` folder that ``OUTPUT_FILES`` does not describe."""
+    rules = [_pattern(name) for name in OUTPUT_FILES]
+    names = [entry.name + ("/" if entry.is_dir() else "") for entry in output.iterdir()]
+    return [name for name in names if not any(rule.match(name) for rule in rules)]
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    """``chosen.<flavour>.onnx`` as a regular expression: each ``<placeholder>`` stands for a part of a file name."""
+    parts = re.split(r"(<[a-z]+>)", name)
+    return re.compile("".join("[^/]+" if part.startswith("<") else re.escape(part) for part in parts) + r"\Z")
 
 
 def holdout_check(driver: SearchDriver, plan: PrecisionPlan, baseline: dict[str, Any]) -> dict[str, float]:
