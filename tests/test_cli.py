@@ -285,3 +285,13 @@ def test_build_smooths_only_when_asked_and_profile_picks_the_graphs_engine(tmp_p
     for graph, engine in (("default.onnx", "openvino"), ("ort.onnx", "onnxruntime"), ("t.onnx", "openvino")):
         assert main(["profile", str(tmp_path / graph), "--runs", "2"]) == 0
         assert f" on {engine} (" in capsys.readouterr().out, graph
+
+
+def test_trtexec_cmd_turns_tf32_off_where_the_graph_computes_in_fp32(workspace, tmp_path, capsys):
+    """An FP32 graph's convs would run TF32 on Ampere and later: the line says --noTF32, as trtexec.txt does."""
+    fp16 = tmp_path / "fp16.onnx"
+    assert main(["-q", "build", str(workspace / "convnet.onnx"), "--plan", "fp16", "-o", str(fp16)]) == 0
+    capsys.readouterr()
+    for graph, off in ((workspace / "convnet.onnx", True), (fp16, False)):
+        assert main(["trtexec-cmd", str(graph)]) == 0
+        assert ("--noTF32" in capsys.readouterr().out) == off, graph

@@ -276,7 +276,9 @@ def _add_trtexec(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     parser.add_argument("--workspace-mb", type=flags.whole(1), help="workspace memory pool limit in MiB")
     parser.add_argument("--builder-optimization-level", type=int, choices=range(6), help="builder optimisation level")
-    parser.add_argument("--no-tf32", action="store_true", help="disallow TF32 (trtmix and TensorRT allow it)")
+    parser.add_argument("--no-tf32", action="store_true",
+                        help="add --noTF32 (default: added when a conv or matmul of the graph computes in float32, "
+                        "as trtmix's own builds do)")  # fmt: skip
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

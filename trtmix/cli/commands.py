@@ -375,5 +375,14 @@ def run_trtexec_cmd(args: argparse.Namespace) -> None:
     print(
         trtexec_command(args.model, args.engine, args.timing_cache, shapes or None, cuda_graph=not args.no_cuda_graph,
                         major=args.tensorrt_major, workspace_mb=args.workspace_mb,
-                        optimization_level=args.builder_optimization_level, tf32=not args.no_tf32)
+                        optimization_level=args.builder_optimization_level, tf32=_tf32_allowed(args))
     )  # fmt: skip
+
+
+def _tf32_allowed(args: argparse.Namespace) -> bool:
+    """TF32 stays on only where nothing computes in float32, as trtmix's own builds and trtexec.txt decide it."""
+    from pathlib import Path
+
+    from trtmix.runtime.trtexec import fp32_compute
+
+    return not args.no_tf32 and not (Path(args.model).is_file() and fp32_compute(Path(args.model)))

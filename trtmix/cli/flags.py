@@ -269,7 +269,9 @@ def add_tensorrt_flags(parser: argparse.ArgumentParser, strict: bool = True) -> 
         help="tensorrt: builder optimisation level 0-5 (default: 3)",
     )
     parser.add_argument(
-        "--no-tf32", action="store_true", help="tensorrt: disallow TF32 in fp32 layers (TensorRT allows it by default)"
+        "--no-tf32", action="store_true",
+        help="tensorrt: disallow TF32 in every graph (default: TF32 is already off in any graph with a conv or matmul "
+        "computing in float32, so a unit planned FP32 runs FP32; TensorRT itself would allow it)",
     )
     if strict:
         parser.add_argument(
