@@ -24,9 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm import tqdm
-
 from trtmix.errors import TrtmixError
+from trtmix.progress import bar as progress_bar
 
 LOG = logging.getLogger(__name__)
 TIMING = "trtmix_timing"  # the custom resource: one token per timing device on each node
@@ -167,7 +166,7 @@ class Cluster:
         results: dict[int, Any] = {}
         index = {ref: position for position, ref in enumerate(refs)}
         pending = list(refs)
-        with tqdm(total=len(refs), desc=f"{label} ({self.workers} workers)", unit="task") as progress:
+        with progress_bar(total=len(refs), desc=f"{label} ({self.workers} workers)", unit="task") as progress:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
                 for ref in done:

@@ -16,13 +16,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.data.user_metric import load_user_metric
 from trtmix.evaluate import by_name, divergence
 from trtmix.ir.units import Unit
 from trtmix.parallel.cluster import TASK_THREADS, Failure
+from trtmix.progress import bar as progress_bar
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.switched import compile_switched, switch_feeds
@@ -176,7 +176,7 @@ def distances(
     """
     scorer = job.scorer(threads)
     try:
-        return [scorer.distance(plan) for plan in (tqdm(plans, desc=label, unit="plan") if label else plans)]
+        return [scorer.distance(plan) for plan in (progress_bar(plans, desc=label, unit="plan") if label else plans)]
     finally:
         scorer.close()
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from tqdm import tqdm
 
 from trtmix import registry
 from trtmix.calibration.ranges import Ranges
 from trtmix.data.recipes import checked_batches, model_input_specs
 from trtmix.ir.units import Unit
+from trtmix.progress import bar as progress_bar
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.weights import WeightQuantizer
 from trtmix.search.orderings import order_units
@@ -176,7 +176,7 @@ def _torch_methods(
     deltas = {name: torch.from_numpy(delta).to(device)
               for name, delta in weight_deltas(model, units, mapping, quantizer).items()}  # fmt: skip
     generator = torch.Generator().manual_seed(settings.seed)
-    bar = tqdm(total=settings.max_probes, desc="hessian probes", disable=not progress, unit="HVP")
+    bar = progress_bar(total=settings.max_probes, desc="hessian probes", disable=not progress, unit="HVP")
     start = time.perf_counter()
     traces = hutchinson_traces(problem, generator, settings.max_probes, settings.tol, progress=lambda n: bar.update(1))
     bar.close()
@@ -266,5 +266,5 @@ def _timed(timings: dict[str, float], name: str, action: Callable[[], dict[str, 
 
 
 def _ticker(enabled: bool, total: int, label: str) -> Callable[[], None]:
-    bar = tqdm(total=total, desc=f"sensitivity {label}", disable=not enabled, unit="unit", leave=False)
+    bar = progress_bar(total=total, desc=f"sensitivity {label}", disable=not enabled, unit="unit", leave=False)
     return lambda: bar.update(1)
