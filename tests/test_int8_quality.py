@@ -232,8 +232,9 @@ def test_compile_and_build_record_the_quantizer_settings(tmp_path: Path) -> None
     assert main([*args[:-8], "-o", str(centred)]) == 0  # the defaults: tensorrt flavour on OpenVINO
     measured = json.loads((centred / "report.json").read_text())["quantizers"]["smoothing"]["measured"]
     assert {"off", "α=0.5", "α=0.8", "α=0.8, centred"} < set(measured), "ort-cpu has no centring; tensorrt has"
-    for flag, expect in (([], True), (["--no-smooth", "--no-bias-correction"], False)):
-        target = tmp_path / f"built{len(flag)}.onnx"
+    builds = ((["--smooth-alpha", "0.5"], True), ([], False), (["--no-smooth", "--no-bias-correction"], False))
+    for flag, expect in builds:
+        target = tmp_path / f"built{'-'.join(flag)}.onnx"  # build measures nothing: it smooths only when asked
         assert main(["-q", "build", str(out / "model.onnx"), "--plan", "int8", "--data", str(tmp_path / "recipe.py"),
                      "--flavour", "ort-cpu", *flag, "-o", str(target)]) == 0  # fmt: skip
         names = [n.name for n in onnx.load(str(target)).graph.node]
