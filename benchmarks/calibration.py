@@ -116,6 +116,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from trtmix.runtime.cpu import cpu_features
+
+    print(cpu_features().describe(), flush=True)
     batches = args.samples // 8
     with tempfile.TemporaryDirectory(prefix="trtmix-calib-bench-") as tmp:
         folder = Path(tmp)

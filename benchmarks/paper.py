@@ -46,6 +46,7 @@ from trtmix.job.evaluation import split_feeds  # noqa: E402
 from trtmix.job.outputs import holdout_check  # noqa: E402
 from trtmix.job.pipeline import Pipeline  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
+from trtmix.runtime.cpu import cpu_features  # noqa: E402
 from trtmix.search.bisection import BisectionSearch, Budget, hypervolume  # noqa: E402
 
 
@@ -371,6 +372,7 @@ def main() -> None:
     models = ["digits-resnet"] if args.quick else (args.models or list(MODELS))
     budgets = {"99%": BUDGETS["99%"]} if args.quick else BUDGETS
     runs = 3 if args.quick else args.runs
+    print(f"{cpu_features().describe()}; ONNX Runtime, ort-cpu flavour, {runs} timed runs per probe", flush=True)
     started, results = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="trtmix-paper-") as temporary:
         output = args.output or Path(temporary)

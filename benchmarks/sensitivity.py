@@ -21,6 +21,7 @@ from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.data.recipes import checked_batches
 from trtmix.ir.export import export_onnx
 from trtmix.ir.graph import load_onnx
+from trtmix.runtime.cpu import cpu_features
 from trtmix.sensitivity.run import SensitivitySettings, compute_sensitivity
 
 
@@ -67,6 +68,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     methods = tuple(args.methods or ("hessian", "augmented-a", "augmented-b", "augmented-c", "kl", "noise", "random"))
     builders = {"minilm": _minilm, "efficientnet": _efficientnet}
+    print(cpu_features().describe(), flush=True)
     with tempfile.TemporaryDirectory(prefix="trtmix-sens-bench-") as folder:
         header = ["model".ljust(14), "units", "kl", "hessian", "probes", "s/probe", "A", "B", "C", "H+A", "total"]
         print(" ".join(f"{h:>6}" for h in header) + "  (seconds)")

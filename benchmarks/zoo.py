@@ -141,7 +141,7 @@ def ratio(value: float | None, base: float | None) -> str:
 
 def print_tables(rows: list[dict[str, Any]]) -> None:
     """The steps table and the latency table, in markdown."""
-    print(f"\nCPU: {cpu_features().describe()}\n")
+    print(f"\n{cpu_features().describe()}\n")
     print("| model | exporter | units | export s | calibrate s | build int8 (tensorrt / ort-cpu) s | compile s | "
           "compile result | peak RSS MiB (process so far) | errors |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
