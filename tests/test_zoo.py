@@ -25,6 +25,22 @@ from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 RECIPE = str(Path(__file__).resolve().parents[1] / "calib" / "zoo.py")
 CNNS = ("resnet", "mobilenetv2")
 FAST = ["--runs", "3", "--timing-target", "0", "--final-rounds", "2", "--eval-batches", "2"]
+# The least all-INT8 mean cosine to the float model's first output (calib/zoo.py's first search batch, ONNX Runtime)
+# per model and flavour. Measured on this repository's tests (both exporters; the opset-13, dynamic-axes and
+# external-data graphs too), min over them: bert 0.9998 tensorrt / 1.0000 ort-cpu, distilbert 0.9999 / 1.0000,
+# gpt2 0.9998 / 0.9997, vit 0.9992 / 0.9995, resnet 0.9999 / 0.9999, mobilenetv2 0.816 / 0.709 (its random-init
+# depthwise convs; legacy 0.853 / 0.723 and dynamo 0.816 / 0.782 before commit 1a3c9bd unified the weight quantizer,
+# 0.825 / 0.709 and 0.826 / 0.786 after it). Each bound allows about 5-10x the measured loss (1 - cosine) where it is
+# small, and about 0.07 below the least value measured for MobileNetV2, whose loss is large already and moved by 0.03
+# with that commit.
+INT8_COSINE = {
+    "bert": {"tensorrt": 0.998, "ort-cpu": 0.998},
+    "distilbert": {"tensorrt": 0.998, "ort-cpu": 0.998},
+    "gpt2": {"tensorrt": 0.997, "ort-cpu": 0.997},
+    "vit": {"tensorrt": 0.995, "ort-cpu": 0.995},
+    "resnet": {"tensorrt": 0.998, "ort-cpu": 0.998},
+    "mobilenetv2": {"tensorrt": 0.75, "ort-cpu": 0.65},
+}
 
 
 def data_flags(kind: str) -> list[str]:
@@ -38,18 +54,17 @@ def first_output(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 def check_graph(
     path: Path,
+    name: str,
     kind: str,
     tmp_path: Path,
     compile_flavours: tuple[str, ...] = ("tensorrt",),
-    floor: float = 0.9,
     ordering: str = "kl",
 ) -> None:
     """units, calibrate, build (both flavours, outputs close to float), profile, compile: every step exits 0.
 
-    All-INT8 cosine to the float outputs must pass ``floor``: 0.9 for the transformers; 0.5 for the CNNs, whose
-    random-init logits (10 classes; MobileNetV2's depthwise convs) measured 0.35-0.75 all-INT8 per row. A broken
-    graph (zeros, NaN, a wrong output) scores near 0. The CNNs' compiles use the data-free ``noise`` ordering: their
-    all-INT8 misses the budget, and ``kl``'s compile per unit (53 for MobileNetV2) would cost a minute here.
+    All-INT8 cosine to the float outputs must reach the model's bound in ``INT8_COSINE`` for each flavour. The CNNs'
+    compiles use the data-free ``noise`` ordering: ``kl``'s compile per unit (53 for MobileNetV2) would cost a
+    minute here.
     """
     data = data_flags(kind)
     ranges = tmp_path / "ranges.json"
@@ -64,7 +79,8 @@ def check_graph(
                      "-o", str(built)]) == 0  # fmt: skip
         assert [o.name for o in onnx.load(str(built)).graph.output] == float_outputs  # scored output keeps its index
         similarity = cosine(first_output(built, feed), reference).mean()
-        assert similarity > floor, f"{flavour}: all-INT8 cosine {similarity:.4f} to the float model"
+        bound = INT8_COSINE[name][flavour]
+        assert similarity >= bound, f"{name} {flavour}: all-INT8 cosine {similarity:.4f} to the float model < {bound}"
     assert main(["-q", "profile", str(tmp_path / "int8.tensorrt.onnx"), "--backend", "openvino", *data,
                  "--runs", "3"]) == 0  # fmt: skip
     metric = "cosine" if kind == "text" else "agreement"
@@ -82,22 +98,21 @@ def check_graph(
 def test_zoo_graph_end_to_end(name: str, exporter: str, tmp_path: Path) -> None:
     model = zoo_model(name)
     path = export_as_user(model, tmp_path / f"{name}.{exporter}.onnx", exporter)
-    cnn = name in CNNS
-    check_graph(path, model.kind, tmp_path, floor=0.5 if cnn else 0.9, ordering="noise" if cnn else "kl")
+    check_graph(path, name, model.kind, tmp_path, ordering="noise" if name in CNNS else "kl")
 
 
 def test_opset_13_graph_both_flavours(tmp_path: Path) -> None:
     model = zoo_model("bert", attention="eager")
     path = export_as_user(model, tmp_path / "bert13.onnx", "legacy", opset=13)
     assert onnx.load(str(path)).opset_import[0].version == 13
-    check_graph(path, "text", tmp_path, compile_flavours=("tensorrt", "ort-cpu"))
+    check_graph(path, "bert", "text", tmp_path, compile_flavours=("tensorrt", "ort-cpu"))
 
 
 def test_external_data_graph_builds_self_contained_artifacts(tmp_path: Path) -> None:
     model = zoo_model("resnet")
     path = export_as_user(model, tmp_path / "resnet.onnx", "dynamo")
     assert Path(f"{path}.data").is_file(), "the dynamo exporter keeps weights in external data"
-    check_graph(path, "image", tmp_path, compile_flavours=("tensorrt", "ort-cpu"), floor=0.5)
+    check_graph(path, "resnet", "image", tmp_path, compile_flavours=("tensorrt", "ort-cpu"))
     for backend in ("onnxruntime", "openvino"):  # the user's graph itself, weights in its .data file
         assert main(["-q", "profile", str(path), "--backend", backend, "--runs", "2", *data_flags("image")]) == 0
     for artifact in (tmp_path / "out-tensorrt" / "artifacts").glob("float.*.onnx"):  # the job's own copy
@@ -114,7 +129,7 @@ def test_dynamic_axes_need_dims_or_data(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["-q", "profile", str(path), "--runs", "2", "--dim", "batch=1", "sequence=8", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["median_ms"] > 0
-    check_graph(path, "text", tmp_path)
+    check_graph(path, "bert", "text", tmp_path)
 
 
 def test_graph_fused_by_onnxruntime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
