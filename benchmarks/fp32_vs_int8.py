@@ -1,11 +1,13 @@
 """FP32 vs all-INT8 latency on ONNX Runtime CPU, ratios measured in one run.
 
-    python benchmarks/fp32_vs_int8.py [--runs 20] [--threads N] [--models minilm resnet18]
+    python benchmarks/fp32_vs_int8.py [--runs 20] [--threads N] [--models minilm resnet18] [--weight-bits 7|8]
+        [--no-bias-correction]
 
 MiniLM-L6 (real weights, batch 8 × 128 tokens): calibrated on 4 batches of the calibration split, fidelity (cosine to
 FP32 embeddings) on 4 held-out batches.  ResNet-18 shape (random weights, batch 8 × 224²): latency only, calibrated on
 random inputs.  Both flavours are compiled; only ``ort-cpu`` is meant to be fast on a CPU, ``tensorrt`` simulates
-TensorRT's numerics.
+TensorRT's numerics.  The graphs are ``api.build``'s all-INT8 plans with its defaults: max ranges, no smoothing, bias
+correction on, ``ort-cpu`` weights 8-bit on a CPU with VNNI or AMX and 7-bit without (``--weight-bits`` overrides).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from trtmix import api
 from trtmix.evaluate import cosine
 from trtmix.ir.export import export_onnx
+from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.onnxruntime import OnnxRuntimeBackend, kernel_counts
 
 
@@ -67,7 +71,7 @@ def _row(backend: OnnxRuntimeBackend, artifact: Path, feeds: list[dict[str, np.n
     }
 
 
-def bench(name: str, runs: int, threads: int | None, folder: Path) -> None:
+def bench(name: str, runs: int, threads: int | None, folder: Path, weight_bits: int | None, bias: bool) -> None:
     start = time.perf_counter()
     path, batches, note = MODELS[name](folder)
     units = api.list_units(path)
@@ -82,12 +86,18 @@ def bench(name: str, runs: int, threads: int | None, folder: Path) -> None:
     rows = {"FP32": _row(backend, backend.build(path, folder / f"{name}.fp32.ort.onnx"), holdout, None, runs)}
     reference = rows["FP32"]["outputs"]
     rows["FP32"]["cos"] = 1.0
+    bits = {}
     for flavour in ("ort-cpu", "tensorrt"):
-        compiled = api.build(path, "int8", folder / f"{name}.{flavour}.onnx", flavour=flavour, ranges=ranges)
+        bits_option = weight_bits if flavour == "ort-cpu" else None
+        compiled = api.build(path, "int8", folder / f"{name}.{flavour}.onnx", flavour=flavour, ranges=ranges,
+                             weight_bits=bits_option, bias_correction=bias)  # fmt: skip
+        bits[flavour] = compiled.weight_bits
         artifact = backend.build(compiled.onnx_path, folder / f"{name}.{flavour}.ort.onnx")
         rows[f"all-INT8 {flavour}"] = _row(backend, artifact, holdout, reference, runs)
     base = rows["FP32"]["ms"]
     print(f"\n{name}: {len(units)} units, {backend.threads} threads, {runs} timed runs; {note}")
+    print(f"int8 weights: ort-cpu {bits['ort-cpu']}-bit, tensorrt {bits['tensorrt']}-bit; "
+          f"max ranges, no smoothing, bias correction {'on' if bias else 'off'}")  # fmt: skip
     print(f"{'plan':<22} {'median ms':>10} {'p90 ms':>8} {'FP32/plan':>10} {'cosine':>8}  int8 kernels")
     for label, row in rows.items():
         kernels = ", ".join(f"{v} {k}" for k, v in sorted(row["int8"].items())) or "-"
@@ -102,13 +112,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per model (default 20)")
     parser.add_argument("--threads", type=int, help="ORT intra-op threads (default: all usable cores)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS), help="models to run")
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8),
+                        help="ort-cpu int8 weight width (default: 8 with VNNI or AMX, else 7)")  # fmt: skip
+    parser.add_argument("--no-bias-correction", action="store_true", help="as trtmix build --no-bias-correction")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    print(f"{cpu_features().describe()}; onnxruntime {ort.__version__}", flush=True)
     with tempfile.TemporaryDirectory(prefix="trtmix-bench-") as folder:
         for name in args.models:
-            bench(name, args.runs, args.threads, Path(folder))
+            bench(name, args.runs, args.threads, Path(folder), args.weight_bits, not args.no_bias_correction)
 
 
 if __name__ == "__main__":
