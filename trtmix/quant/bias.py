@@ -16,25 +16,44 @@ from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CompileError
 from trtmix.ir.units import KIND_CONV, Unit
 from trtmix.quant.qdq import asymmetric_uint8
+from trtmix.quant.smooth import input_axis
 from trtmix.quant.weights import QuantizedWeight
 
 
 def bias_delta(quantized: QuantizedWeight, ranges: Ranges | None) -> np.ndarray | None:
     """What the INT8 unit adds to its bias (None: nothing): z·W for a centred input, minus E[X]·ΔW when corrected.
 
-    One rule for ``compile`` and the switched graph.  Bias correction needs the input's channel means and a weight
-    axis; the shift needs nothing more, and a unit without a bias to take it is refused by ``add_bias_delta``.
+    One rule for ``compile`` and the switched graph.  The unit reads X' = (X − z)/s and multiplies it by its
+    dequantized weight Q(W·s); the bias takes z·Q(W·s)/s, the shift times the weight *as the unit holds it*, so that
+    X'·Q(W·s) + z·Q(W·s)/s = X·Q(W·s)/s: the centred unit computes what the uncentred one does, up to the rounding
+    of its input.  With the float weight's z·W instead, the unit was off by the constant z·ΔW per output channel
+    (issue 33: MiniLM's FFN down-projections, whose GELU input has z ≈ its max / 2 on 1,536 channels, lost more to it
+    than centring won).  Bias correction then removes E[X]·ΔW (ΔW in the float weight's coordinates); the two
+    together are z·W − E[X − z]·ΔW, as before.  Bias correction needs the input's channel means and a weight axis;
+    the shift needs nothing more, and a unit without a bias to take it is refused by ``add_bias_delta``.
     """
     unit = quantized.unit
-    delta = shift_product(unit, quantized.exact, quantized.shift) if quantized.shift is not None else None
+    delta = None
+    if quantized.shift is not None:
+        held = quantized.stored().astype(np.float64)  # Q(W·s) in the graph's dtype: what the unit multiplies by
+        delta = shift_product(unit, unscaled(unit, held, quantized.smoothing), quantized.shift)
     summary = ranges.channels.get(unit.inputs[0]) if ranges is not None and ranges.bias_correction else None
     if summary is not None and unit.weight_axis is not None:
-        mean = input_mean(summary.mean, quantized.smoothing, quantized.shift)
+        mean = input_mean(summary.mean, quantized.smoothing, None)  # E[X]/s: the shift is already exact in z·Q(W·s)
         error = quantized.dequantized() - quantized.weight.astype(np.float64)
         correction = expected_shift(unit, error, mean)
         if correction is not None:
             delta = -correction if delta is None else delta - correction
     return delta
+
+
+def unscaled(unit: Unit, weight: np.ndarray, smoothing: np.ndarray | None) -> np.ndarray:
+    """``weight`` (a smoothed unit's Q(W·s)) with its input rows divided by s again: the float weight's coordinates."""
+    if smoothing is None:
+        return weight
+    shape = [1, 1]
+    shape[input_axis(unit)] = -1
+    return weight / smoothing.reshape(shape)
 
 
 def add_bias_delta(graph: gs.Graph, unit: Unit, delta: np.ndarray, shifted: bool) -> None:

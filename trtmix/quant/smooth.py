@@ -31,12 +31,14 @@ from trtmix.ir.graph import GraphIndex
 from trtmix.ir.units import KIND_LINEAR, Unit
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision
+from trtmix.quant.qdq import symmetric_scale
 
 LOG = logging.getLogger(__name__)
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 FLOAT16_MAX = 65504.0
 FLOAT16_SAFE = FLOAT16_MAX / 4  # headroom for the products a scaled weight takes part in
 LEVELS = 127
+ONE_SIDED = 0.5  # a channel with min ≥ −max/2 (or the mirror) is bounded on that side: see _centred
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,10 @@ def plan_smoothing(
 ) -> tuple[Ranges, dict[str, Any]]:  # fmt: skip
     """``ranges`` with the chosen scales (and, with ``centre``, shifts) and a report of what was decided.
 
-    With ``centre`` (meant for symmetric int8, the ``tensorrt`` flavour) a channel is also centred,
-    X' = (X − z) / s with z = (max + min) / 2, and z·W goes into each reader's bias: a skewed channel (GELU's
-    output) then uses both halves of the int8 range, which asymmetric uint8 (``ort-cpu``) gets from its zero point.
+    With ``centre`` (meant for symmetric int8, the ``tensorrt`` flavour) a tensor may also be centred,
+    X' = (X − z) / s (z per channel: ``_centred``, put on the int8 grid by ``applied_shift``), and z·Q(W·s)/s goes
+    into each reader's bias (``trtmix.quant.bias.bias_delta``): a skewed channel (GELU's output) then uses both halves
+    of the int8 range, which asymmetric uint8 (``ort-cpu``) gets from its zero point.
     """
     settings.validate()
     if not settings.enabled:
@@ -151,7 +154,6 @@ def _vector_initializer(index: GraphIndex, name: str) -> bool:
     return name in index.initializers and len(index.initializers[name].dims) == 1
 
 
-
 def prepare_ranges(
     model: onnx.ModelProto, units: list[Unit], ranges: Ranges, smooth: SmoothSettings, bias_correction: bool,
     flavour: Flavour,
@@ -196,31 +198,56 @@ def _oriented(index: GraphIndex, unit: Unit) -> np.ndarray | None:
 def _choose(
     candidates: dict[str, Candidate], alpha: float, float16: bool, centre: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float, list[list[str]]]:
-    """Per tensor at ``alpha``: scales (and shifts) where they lower the expected noise; total noise; clamped units."""
+    """Per tensor at ``alpha``, the option of least expected noise: as exported, scaled, or scaled and centred.
+
+    Returns the scales and shifts kept, the total noise, and the units whose scales were clamped.  Centring is its
+    own option, measured against scaling alone: before issue 33 it replaced it, so a tensor whose centred scaling lost
+    to no scaling at all (MiniLM's first FFN input) was left unscaled.  The centred option keeps the s of scaling
+    alone: (X − z)/s then spans half of X/s on a one-sided channel (one bit back) while the weight and its noise stay
+    as they were; the weight noise sees X/s, not X − z, since the bias takes z·Q(W·s)/s
+    (``trtmix.quant.bias.bias_delta``).
+    """
     scales, shifts, total, clamped = {}, {}, 0.0, []
     for tensor, candidate in candidates.items():
         summary = candidate.summary
-        without = _noise(summary.amax, np.asarray(summary.mean_square), candidate.weights, 1.0)
-        shift = centre and candidate.shiftable
-        amax, mean_square, z = _centred(summary) if shift else (summary.amax, np.asarray(summary.mean_square), None)
-        s, was_clamped = _scales(amax, candidate.weights, alpha, float16)
-        with_scaling = _noise(amax, mean_square, candidate.weights, s)
-        if with_scaling < without:
-            scales[tensor] = s
+        mean_square = np.asarray(summary.mean_square)
+        without = _noise(summary.amax, mean_square, candidate.weights, 1.0)
+        s, was_clamped = _scales(summary.amax, candidate.weights, alpha, float16)
+        options = [(without, None, None), (_noise(summary.amax, mean_square, candidate.weights, s), s, None)]
+        if centre and candidate.shiftable:
+            half, z = _centred(summary, s)
+            options.append((_noise(half, mean_square, candidate.weights, s), s, z))
+        noise, chosen, z = min(options, key=lambda option: option[0])  # ties: the simpler option, listed first
+        if chosen is not None:
+            scales[tensor] = chosen
             if z is not None:
                 shifts[tensor] = z
             if was_clamped:
                 clamped.append([u.name for u in candidate.readers])
-        total += min(with_scaling, without)
+        total += noise
     return scales, shifts, total, clamped
 
 
-def _centred(summary: ChannelSummary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel amax and mean square of X − z, and z, the middle of each channel's range."""
-    low, high = np.asarray(summary.minimum), np.asarray(summary.maximum)
-    z = (high + low) / 2
-    mean, mean_square = np.asarray(summary.mean), np.asarray(summary.mean_square)
-    return (high - low) / 2, np.maximum(mean_square - 2 * z * mean + z**2, 0.0), z
+def _centred(summary: ChannelSummary, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel half-range of X − z, and z: each channel placed in the int8 range of (X − z)/s with its headroom.
+
+    The range of (X − z)/s is ±R, R = max over channels of (max − min)/(2s), set by the widest channel (its z is its
+    middle).  Every narrower channel has room to spare, ±R·s around its z, and where it goes decides which unseen
+    values clip.  A one-sided channel (min ≥ −max/2: GELU's output, bounded below at −0.17) puts its minimum at the
+    bottom, −R·s, and all its room above, where its tail grows; one bounded above, the mirror; any other channel is
+    moved as little as fits it (not at all where it fits), keeping its room on both sides.  The middle of every
+    channel's own range, as first written, left a non-dominant channel half the room it had unshifted: on a tiny
+    FFN, 0.1% of unseen values then clipped and the unit's error rose from 0.028 to 0.042 (issue 33).
+    """
+    low, high = np.asarray(summary.minimum, dtype=np.float64), np.asarray(summary.maximum, dtype=np.float64)
+    half = (high - low) / 2
+    reach = float((half / s).max()) * s  # R·s: each channel's half-width in the units of X
+    z = np.clip(0.0, high - reach, low + reach)  # the smallest move that fits [min, max] into z ± R·s
+    up = (high > 0) & (low >= -ONE_SIDED * high)
+    down = (low < 0) & (high <= -ONE_SIDED * low) & ~up
+    z[up] = (low + reach)[up]
+    z[down] = (high - reach)[down]
+    return half, z
 
 
 def _scales(amax: np.ndarray, weights: tuple[np.ndarray, ...], alpha: float, float16: bool) -> tuple[np.ndarray, bool]:
@@ -253,10 +280,26 @@ def _noise(amax: np.ndarray, mean_square: np.ndarray, weights: tuple[np.ndarray,
 
 
 def unit_shift(unit: Unit, ranges: Ranges | None) -> np.ndarray | None:
-    """The centre z subtracted from ``unit``'s input channels before scaling (None: not shifted)."""
+    """The shift subtracted from ``unit``'s input channels before scaling (None: not shifted): ``applied_shift``."""
     if ranges is None or unit_scales(unit, ranges) is None or unit.inputs[0] not in ranges.shifts:
         return None
-    return np.asarray(ranges.shifts[unit.inputs[0]], dtype=np.float64)
+    return applied_shift(ranges, unit.inputs[0])
+
+
+def applied_shift(ranges: Ranges, tensor: str) -> np.ndarray:
+    """The z the graph subtracts from ``tensor``: each channel's centre moved to the int8 grid, a multiple of s·Δ.
+
+    Δ is the step of the quantized (X − z)/s (its range's amax / 127).  A one-sided channel (GELU's output) holds
+    most of its values in a narrow cluster at 0; with z on the grid, X = 0 stays a level of the quantizer, as it is
+    without the shift.  Off the grid, every value of that cluster rounds the same way, and the per-channel errors add
+    up coherently over the 1,536 channels of an FFN down-projection: measured on MiniLM's first one (issue 33), the
+    activation's share of the unit's output error was 0.0308 unshifted, 0.0247 with z = (max + min)/2, 0.0149 on the
+    grid.  The move is at most s·Δ/2, so the range grows by at most half a step at its ends.
+    """
+    s = np.asarray(ranges.smoothing[tensor], dtype=np.float64)
+    z = np.asarray(ranges.shifts[tensor], dtype=np.float64)
+    step = float(symmetric_scale(smoothed_range(ranges, tensor).amax, np.float32)) * s
+    return np.rint(z / step) * step
 
 
 def unit_scales(unit: Unit, ranges: Ranges | None) -> np.ndarray | None:
@@ -295,7 +338,7 @@ def divided_input(
     """
     variable = edges[0][0].inputs[edges[0][1]]
     s = np.asarray(ranges.smoothing[tensor], dtype=np.float64)
-    z = np.asarray(ranges.shifts[tensor], dtype=np.float64) if tensor in ranges.shifts else None
+    z = applied_shift(ranges, tensor) if tensor in ranges.shifts else None
     readers_of_x = {node.name for node in original.consumers.get(tensor, [])}
     if readers_of_x <= {node.name for node, _ in edges} and tensor not in original.graph_outputs:
         producer = original.producer.get(tensor)
