@@ -1,0 +1,87 @@
+"""Range method chosen per tensor by the error at its readers' outputs (issue 33, ``calibration/per_tensor``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from trtmix.calibration.calibrate import METHODS, CalibrationConfig, calibrate
+from trtmix.calibration.per_tensor import MIN_BATCHES, choose_ranges
+from trtmix.errors import CalibrationError
+from trtmix.ir.units import find_units
+from trtmix.quant.compile import compile_plan
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+ROWS, WIDTH = 256, 16
+
+
+def _two_branches(seed: int = 0) -> onnx.ModelProto:
+    """Inputs a and b, each through its own MatMul.  The weights are k/128 with a ±127 in every output column, so
+    int8 weights are exact (scale 1/128): a unit's int8 error is its activation quantizer's alone."""
+    rng = np.random.default_rng(seed)
+    inits, nodes, outputs = [], [], []
+    for name in ("a", "b"):
+        k = rng.integers(-127, 128, (WIDTH, WIDTH))
+        k[rng.integers(0, WIDTH, WIDTH), np.arange(WIDTH)] = 127
+        inits.append(numpy_helper.from_array((k / 128).astype(np.float32), f"w_{name}"))
+        nodes.append(helper.make_node("MatMul", [name, f"w_{name}"], [f"y_{name}"], name=f"{name}/MatMul"))
+        outputs.append(helper.make_tensor_value_info(f"y_{name}", onnx.TensorProto.FLOAT, [ROWS, WIDTH]))
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [ROWS, WIDTH]) for n in ("a", "b")]
+    graph = helper.make_graph(nodes, "branches", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """a: Student's t with 2 degrees of freedom (a long tail a little clipping pays for); b: t with 1 (Cauchy: its
+    tail is most of its energy, and entropy's clipping costs it 0.9 of its unit output)."""
+    rng = np.random.default_rng(seed)
+    return [{"a": rng.standard_t(2.0, (ROWS, WIDTH)).astype(np.float32),
+             "b": rng.standard_t(1.0, (ROWS, WIDTH)).astype(np.float32)} for _ in range(count)]  # fmt: skip
+
+
+def _unit_errors(model: onnx.ModelProto, ranges: object, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Relative error of each output (y_a, y_b) of the all-INT8 tensorrt graph against the float model."""
+    plan = PrecisionPlan.with_int8([u.name for u in find_units(model)])
+    with OnnxRuntimeRunner(model, threads=1) as exact, \
+            OnnxRuntimeRunner(compile_plan(model, plan, ranges, "tensorrt"), threads=1) as quantized:  # type: ignore[arg-type]  # fmt: skip
+        pairs = [(exact.infer(feed), quantized.infer(feed)) for feed in feeds]
+    errors = []
+    for output in range(2):
+        reference = np.concatenate([p[0][output] for p in pairs]).astype(np.float64)
+        outputs = np.concatenate([p[1][output] for p in pairs]).astype(np.float64)
+        errors.append(np.linalg.norm(outputs - reference) / np.linalg.norm(reference))
+    return np.asarray(errors)
+
+
+def test_each_tensor_takes_the_method_of_least_error_at_its_unit_output() -> None:
+    model = _two_branches()
+    units = find_units(model)
+    feeds = _feeds(4, 0)
+    candidates = {m: calibrate(model, units, feeds, CalibrationConfig(method=m), progress=False) for m in METHODS}
+    chosen, record = choose_ranges(model, units, candidates, feeds)
+    assert set(record.tensors) == {"a", "b"} and record.batches == 4
+    for tensor, choice in record.tensors.items():
+        assert choice.errors[choice.method] == min(choice.errors.values())
+        assert chosen.tensors[tensor] == candidates[choice.method].tensors[tensor]
+    assert record.tensors["a"].method != "max" and record.tensors["b"].method != "entropy"
+    assert chosen.meta["per_tensor"] == {"a": record.tensors["a"].method, "b": record.tensors["b"].method}
+    # measured through compile (float16 graph, exact int8 weights): no global method does better on either unit,
+    # and each does worse on one of them
+    per_tensor = _unit_errors(model, chosen, feeds)
+    for method, ranges in candidates.items():
+        globally = _unit_errors(model, ranges, feeds)
+        assert (per_tensor <= globally * 1.002).all() and (per_tensor < globally * 0.995).any(), method
+    report = record.to_dict()
+    assert report["scored"] == 2 and sum(report["counts"].values()) == 2 and "y_a" in report["unscored"]
+
+
+def test_a_calibration_set_too_small_to_choose_says_how_many_batches_it_needs() -> None:
+    model = _two_branches()
+    units = find_units(model)
+    feeds = _feeds(1, 0)
+    candidates = {m: calibrate(model, units, feeds, CalibrationConfig(method=m), progress=False) for m in METHODS}
+    with pytest.raises(CalibrationError, match=rf"at least {MIN_BATCHES} calibration batches; 1 given"):
+        choose_ranges(model, units, candidates, feeds)
