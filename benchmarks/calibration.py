@@ -60,7 +60,7 @@ def _status_mb(field: str) -> float:
 
 
 def export(name: str, folder: Path) -> Path:
-    from trtmix.ir.export import export_onnx
+    from trtmix.export import export_onnx
 
     if name == "minilm":
         from trtmix.models.minilm import minilm

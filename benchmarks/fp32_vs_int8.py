@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from trtmix import api
 from trtmix.evaluate import cosine
-from trtmix.ir.export import export_onnx
+from trtmix.export import export_onnx
 from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.onnxruntime import OnnxRuntimeBackend, kernel_counts
 

@@ -23,7 +23,7 @@ import numpy as np
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.calibration.collect import collect_ranges
 from trtmix.data.recipes import checked_batches, load_batches
-from trtmix.ir.export import export_onnx
+from trtmix.export import export_onnx
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import find_units
 from trtmix.models.zoo import export_as_user, zoo_model

@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DigitsQuality, EfficientNetQuality, MiniLMQuality, NoQuality, Quality  # noqa: E402
 
 from trtmix.job.config import CompileConfig  # noqa: E402
-from trtmix.job.evaluation import split_feeds  # noqa: E402
 from trtmix.job.outputs import holdout_check  # noqa: E402
 from trtmix.job.pipeline import Pipeline  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
@@ -293,7 +292,7 @@ def _ort_quantize_static(
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    batches = iter(split_feeds(pipeline.config, pipeline.model, "calibration", pipeline.config.calibration.batches))
+    batches = iter(pipeline.recipe.batches(pipeline.model, "calibration", pipeline.config.calibration.batches))
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def get_next(self) -> dict[str, np.ndarray] | None:

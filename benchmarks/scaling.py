@@ -94,7 +94,7 @@ def _export(name: str, path: Path) -> None:
         _write_mlp(path)
         (path.parent / "mlp_recipe.py").write_text(MLP_RECIPE)
     elif MODELS[name] is None:
-        from trtmix.ir.export import export_onnx
+        from trtmix.export import export_onnx
         from trtmix.models.minilm import minilm
 
         export_onnx(*minilm(), path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from trtmix import api
 from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.data.recipes import checked_batches
-from trtmix.ir.export import export_onnx
+from trtmix.export import export_onnx
 from trtmix.ir.graph import load_onnx
 from trtmix.runtime.cpu import cpu_features
 from trtmix.sensitivity.run import SensitivitySettings, compute_sensitivity

@@ -10,7 +10,7 @@ import pytest
 
 from trtmix.calibration.calibrate import calibrate_max, tensors_to_calibrate
 from trtmix.calibration.ranges import Ranges
-from trtmix.ir.export import export_onnx
+from trtmix.export import export_onnx
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import find_units
 from trtmix.models import tiny

@@ -10,11 +10,11 @@ from torch import nn
 
 from trtmix.calibration.calibrate import calibrate_max, collect_histograms, tensor_owners, tensors_to_calibrate
 from trtmix.errors import CalibrationError
-from trtmix.ir.export import export_onnx
+from trtmix.export import export_onnx
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import find_units
+from trtmix.quant.builder import Builder
 from trtmix.quant.plan import PrecisionPlan
-from trtmix.runtime.build import Builder
 
 
 class MaskedAttention(nn.Module):

@@ -94,7 +94,7 @@ def _speed_figures(lines):
 
 def test_summary_figures_come_from_one_timing_and_agree(recipe, tmp_path):
     """The printed ratio is the printed milliseconds' ratio; slower than the reference is warned about."""
-    from trtmix.job.run import summary_lines
+    from trtmix.job.summary import summary_lines
 
     output = tmp_path / "out"
     assert main(["-q", *_compile_args(recipe, output, "--max-drop", "50%", "--relative-to", "fp32")]) == 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trtmix.calibration.calibrate import calibrate_max, tensors_to_calibrate
-from trtmix.ir.export import export_onnx
+from trtmix.export import export_onnx
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import find_units
 from trtmix.quant.compile import compile_plan

@@ -5,7 +5,7 @@ import torch
 
 from trtmix.data.user_code import load_model_factory
 from trtmix.errors import ExportError, ModelLoadError
-from trtmix.ir.export import export_onnx
+from trtmix.export import export_onnx
 from trtmix.ir.units import MODULE_KEY
 from trtmix.models import tiny
 

@@ -15,12 +15,12 @@ from trtmix.evaluate import cosine
 from trtmix.ir.graph import GraphIndex, load_onnx
 from trtmix.ir.units import find_units
 from trtmix.job import pipeline as pipeline_module
+from trtmix.job.engine_check import check_layers
+from trtmix.quant.builder import Builder
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime import get_backend, resolve_backend
 from trtmix.runtime.base import LatencyStats
-from trtmix.runtime.build import Builder
 from trtmix.runtime.cpu import cpu_features
-from trtmix.runtime.engine_report import check_layers
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 from trtmix.runtime.openvino import OpenVinoBackend
 

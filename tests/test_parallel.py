@@ -109,7 +109,7 @@ def test_compared_orderings_are_searched_together_each_as_alone(recipe, tmp_path
         return measure(driver, cluster, plans)
 
     serial = _job(recipe, tmp_path / "serial", ScriptedLatency(), monkeypatch, compare=("random",), budget="0%")
-    monkeypatch.setattr(probes_module, "measure_on_cluster", spied)
+    monkeypatch.setattr(pipeline_module, "measure_on_cluster", spied)  # what the wiring hands the driver
     parallel = _job(recipe, tmp_path / "parallel", ScriptedLatency(), monkeypatch, ParallelSettings(workers=2),
                     compare=("random",), budget="0%")  # no drop at all: each search bisects  # fmt: skip
     hashes = {}
@@ -171,8 +171,9 @@ def test_bad_parallel_flags_are_refused_before_any_work(tmp_path, capsys) -> Non
     with pytest.raises(SystemExit):
         main([*args, "--workers", "2", "--ray-address", "auto"])
     assert "not allowed with argument" in capsys.readouterr().err
-    assert main([*args, "--workers", "-1"]) != 0
-    assert "--workers must be 0 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--workers", "-1"])
+    assert "--workers: must be 0 or more (got -1)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -25,7 +25,7 @@ from trtmix.ir.fold import fold_batch_norms
 from trtmix.ir.graph import load_onnx, save_onnx
 from trtmix.ir.units import require_units
 from trtmix.job.outputs import unlisted_outputs
-from trtmix.job.run import ORACLE_GAP, summary_lines
+from trtmix.job.summary import ORACLE_GAP, summary_lines
 from trtmix.job.validity import check_graph
 from trtmix.models.corpus import GRAPHS, available, graph_path
 from trtmix.quant.compile import compile_plan

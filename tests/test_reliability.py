@@ -119,7 +119,7 @@ def test_a_damaged_artifact_is_rebuilt_not_timed(tmp_path: Path, caplog: pytest.
     assert built and all(Path(f"{p}.sha256").is_file() for p in built)
     for path in built:
         path.write_bytes(path.read_bytes()[:100])  # truncated, as a full disk or a killed copy leaves it
-    with caplog.at_level(logging.WARNING, logger="trtmix.runtime.build"):
+    with caplog.at_level(logging.WARNING, logger="trtmix.quant.builder"):
         assert main(args) == 0  # resumes every probe; the final re-timing and the outputs need the artifacts
     assert "does not match the hash recorded when it was built" in caplog.text
     report = json.loads((output / "report.json").read_text())
@@ -163,7 +163,7 @@ def test_torch_load_only_loads_weights() -> None:
 
 def test_no_eval_or_exec_of_data() -> None:
     assert not _calls("eval", bare=True) and not _calls("exec", bare=True), "trtmix never evaluates text"
-    # ast.literal_eval (dynamo's scope metadata in trtmix.ir.export) parses literals only and never runs code
+    # ast.literal_eval (dynamo's scope metadata in trtmix.export) parses literals only and never runs code
     # pickle can run code from a file: trtmix neither loads pickles nor lets numpy do it
     for path in PACKAGE.rglob("*.py"):
         source = path.read_text()

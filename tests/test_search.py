@@ -16,10 +16,10 @@ from onnx import helper
 
 from trtmix.errors import TrtmixError
 from trtmix.ir.units import find_units
-from trtmix.job.config import CompileConfig
-from trtmix.job.driver import SearchDriver
+from trtmix.job.driver import ProbeSettings, SearchDriver
+from trtmix.job.probes import measure_on_cluster
+from trtmix.quant.builder import Builder
 from trtmix.quant.plan import PrecisionPlan
-from trtmix.runtime.build import Builder
 from trtmix.runtime.onnxruntime import OnnxRuntimeBackend
 from trtmix.search.bisection import BisectionSearch, Budget, pareto
 from trtmix.search.journal import Journal
@@ -149,10 +149,11 @@ class ScriptedProbes(SearchDriver):
     """
 
     def __init__(self, budget: Budget, script, workers: int = 0, frontier: int = 0) -> None:
-        config = CompileConfig(data="scripted", budget=budget, frontier=frontier)
+        settings = ProbeSettings(frontier=frontier)
         cluster = (lambda: InProcessCluster(self, workers)) if workers else (lambda: None)
         journal = Journal(Path(":memory:"), "scripted")
-        super().__init__(config, _builder(), evaluation=None, journal=journal, cluster=cluster)
+        super().__init__(settings, _builder(), evaluation=None, journal=journal, cluster=cluster,
+                         measure_many=measure_on_cluster)  # fmt: skip
         self.script, self.rounds = script, 0
 
     def measure(self, plan: PrecisionPlan) -> dict:

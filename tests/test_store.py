@@ -10,9 +10,9 @@ import pytest
 
 from trtmix.ir.store import STORE, references
 from trtmix.ir.units import find_units
+from trtmix.quant.builder import Builder
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime import get_backend
-from trtmix.runtime.build import Builder
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
 from .conftest import batches_for

@@ -17,13 +17,13 @@ from trtmix.calibration import calibrate as calibrate_module
 from trtmix.calibration.calibrate import CalibrationConfig, calibrate_cached, calibrate_max, tensors_to_calibrate
 from trtmix.cli import build_parser, main
 from trtmix.errors import CompileError
-from trtmix.ir.export import export_once
+from trtmix.export import export_once
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import find_units
+from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import FLAVOURS, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.rules import tensorrt_issues
-from trtmix.runtime.build import Builder
 from trtmix.runtime.cpu import cpu_features
 from trtmix.runtime.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeRunner
 

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper
 
 from tests.fake_tensorrt import FakePolygraphy, FakeTensorRT
 from trtmix.errors import BackendError
+from trtmix.quant.builder import BuildKey
 from trtmix.runtime import tensorrt as backend_module
-from trtmix.runtime.build import BuildKey
 from trtmix.runtime.tensorrt import BuildSettings, EngineMismatchError, TensorRTBackend, TensorRTRunner
 from trtmix.runtime.trtexec import trtexec_lines
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from trtmix.ir.units import find_units
+from trtmix.job.engine_check import check_layers, check_plan, describe, mismatches
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.runtime.engine_report import check_layers, check_plan, describe, mismatches
 from trtmix.runtime.tensorrt import tensorrt_available
 
 from .conftest import batches_for, run_ort

@@ -11,8 +11,9 @@ import pytest
 from trtmix.cli import main
 from trtmix.errors import BackendUnavailableError
 from trtmix.ir.units import find_units
+from trtmix.job.engine_check import check_plan, mismatches
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.runtime.engine_report import check_plan, engine_layers, mismatches
+from trtmix.runtime.engine_report import engine_layers
 from trtmix.runtime.tensorrt import BuildSettings, check_version
 from trtmix.runtime.trtexec import trtexec_command, trtexec_lines
 

@@ -13,10 +13,11 @@ import pytest
 from onnx import numpy_helper
 
 from trtmix.ir.units import find_units
+from trtmix.job.engine_check import check_plan, describe, mismatches, not_found
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.rules import tensorrt_issues as validate_tensorrt_graph
-from trtmix.runtime.engine_report import check_plan, datatype, describe, engine_layers, mismatches, not_found
+from trtmix.runtime.engine_report import datatype, engine_layers
 from trtmix.runtime.trtexec import trtexec_command
 
 FIXTURES = Path(__file__).parent / "fixtures"

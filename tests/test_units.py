@@ -42,7 +42,7 @@ def test_transformer_units(exported):
 
 
 def test_unit_names_are_stable_across_exports(exported, tmp_path):
-    from trtmix.ir.export import export_onnx
+    from trtmix.export import export_onnx
     from trtmix.models import tiny
 
     model, samples = tiny.transformer()

@@ -21,11 +21,11 @@ from trtmix.ir.graph import QDQ_OPS, save_onnx
 from trtmix.ir.large import check_model
 from trtmix.ir.units import Unit, require_units
 from trtmix.job.config import CompileConfig
+from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import SmoothSettings, prepare_ranges
 from trtmix.runtime import LatencyStats, get_backend, resolve_backend
-from trtmix.runtime.build import Builder
 
 __all__ = [
     "BuildResult", "CompileConfig", "CompileResult", "build", "collect_ranges", "compile", "default_cache_dir",
@@ -217,7 +217,7 @@ def _source(model: Any, sample_inputs: tuple[Any, ...] | None, output: Path) -> 
         if sample_inputs is None:
             raise PlanError("A torch model needs sample_inputs to be exported.",
                             expected="trtmix.compile(module, out, sample_inputs=(x,), data=...)")  # fmt: skip
-        from trtmix.ir.export import export_onnx
+        from trtmix.export import export_onnx
 
         path = output / "given.onnx"
         export_onnx(model, tuple(sample_inputs), path)

@@ -26,7 +26,7 @@ from trtmix.ir.fold import load_float_model
 from trtmix.ir.graph import load_onnx
 from trtmix.ir.units import require_units, units_to_json
 from trtmix.job.config import CompileConfig
-from trtmix.job.run import summary_lines
+from trtmix.job.summary import summary_lines
 from trtmix.quant.flavours import get_flavour
 from trtmix.runtime import resolve_backend
 from trtmix.search.bisection import Budget, parse_fraction
@@ -37,7 +37,7 @@ LOG = logging.getLogger(__name__)
 
 def run_export(args: argparse.Namespace) -> None:
     """``trtmix export``."""
-    from trtmix.ir.export import export_onnx, forward_input_names
+    from trtmix.export import export_onnx, forward_input_names
 
     model, samples = load_model_factory(args.factory)
     names = args.input_names or forward_input_names(model, len(samples))
@@ -173,7 +173,7 @@ def _verify_engine(result: api.BuildResult, args: argparse.Namespace, feeds: dic
     The engine sees ``feeds`` (the recipe's first batch): TensorRT's inspector needs their shapes for a
     dynamic-shape engine, OpenVINO runs the graph on them.  ONNX Runtime reports no per-layer precision.
     """
-    from trtmix.runtime.engine_report import describe, mismatches, not_found
+    from trtmix.job.engine_check import describe, mismatches, not_found
 
     checks = _engine_checks(result, args, feeds, tensorrt)
     if checks is None:
@@ -197,8 +197,7 @@ def _verify_engine(result: api.BuildResult, args: argparse.Namespace, feeds: dic
 def _engine_checks(result: api.BuildResult, args: argparse.Namespace, feeds: dict[str, Any] | None,
                    tensorrt: dict[str, object]) -> list[Any] | None:  # fmt: skip
     """Each unit's planned precision against the engine's own report; None where the backend reports none."""
-    from trtmix.ir.graph import GraphIndex
-    from trtmix.runtime.engine_report import check_layers, check_plan
+    from trtmix.job.engine_check import check_layers, check_plan, topology
 
     if args.backend == "tensorrt":
         backend = api.get_backend("tensorrt", tensorrt=tensorrt)
@@ -212,9 +211,7 @@ def _engine_checks(result: api.BuildResult, args: argparse.Namespace, feeds: dic
     model = load_float_model(result.source)
     if feeds is None:  # the recipe's first batch, or random inputs where the graph's shapes are all fixed
         feeds = timing_feeds(model, args.data, {}, data_args=parse_data_args(args.data_arg))
-    index = GraphIndex(model)
-    consumers = {tensor: [n.name for n in nodes] for tensor, nodes in index.consumers.items()}
-    node_outputs = {node.name: list(node.output) for node in model.graph.node}
+    consumers, node_outputs = topology(model)
     layers = api.get_backend("openvino").engine_layers(result.artifact, feeds)  # type: ignore[attr-defined]
     return check_layers(layers, require_units(model, str(result.source)), result.plan, False, consumers,
                         node_outputs)  # fmt: skip
@@ -310,8 +307,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         parallel=parallel_settings(args),
         float_drop=parse_fraction(args.float_drop, "--float-drop") if args.float_drop is not None else None,
     )
-    config.validate()  # unknown orderings, flavour × backend: before any work
-    return config
+    return config  # validated once, by the job, before any work
 
 
 def _timing_target(text: str) -> float | None:

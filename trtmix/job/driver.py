@@ -10,26 +10,40 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from trtmix.errors import TrtmixError
-from trtmix.ir.graph import GraphIndex
-from trtmix.job.config import CompileConfig
+from trtmix.job.engine_check import UnitCheck, check_layers, describe, mismatches, not_found, topology
 from trtmix.job.evaluation import SPLITS, Evaluation
 from trtmix.memory import release
 from trtmix.parallel.cluster import Cluster
 from trtmix.progress import bar as progress_bar
-from trtmix.quant.plan import PrecisionPlan
-from trtmix.runtime.build import Builder
-from trtmix.runtime.engine_report import UnitCheck, check_layers, describe, mismatches, not_found
+from trtmix.quant.builder import Builder
+from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.runtime.timing import TimingPolicy
 from trtmix.search.bisection import BisectionSearch, Budget
 from trtmix.search.journal import Journal
 
 LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How a probe is measured: what a Ray worker receives of the job's settings, and nothing more."""
+
+    timing: TimingPolicy = field(default_factory=TimingPolicy)
+    default: Precision = Precision.FP16  # the precision of units a plan leaves high
+    frontier: int = 0  # extra probes spread over k
+    strict_precision: bool = False  # a unit the engine runs in another precision fails its probe
+    relative_to: str = "high"  # what budgets are relative to: the all-high plan or "fp32"
+
+
+# Measures several plans at once on a cluster (``trtmix.job.probes.measure_on_cluster``), given by the wiring.
+ManyMeasure = Callable[["SearchDriver", Cluster, list[PrecisionPlan]], list[dict[str, Any]]]
 
 
 class SearchDriver:
@@ -37,17 +51,19 @@ class SearchDriver:
 
     def __init__(
         self,
-        config: CompileConfig,
+        settings: ProbeSettings,
         builder: Builder,
         evaluation: Evaluation,
         journal: Journal,
         cluster: Callable[[], Cluster | None] = lambda: None,
+        measure_many: ManyMeasure | None = None,
     ) -> None:
-        self.config, self.builder, self.evaluation, self.journal = config, builder, evaluation, journal
-        self.cluster = cluster  # with --workers / --ray-address: where independent probes are measured
+        """``cluster`` (with ``measure_many``): where independent probes are measured with ``--workers``."""
+        self.settings, self.builder, self.evaluation, self.journal = settings, builder, evaluation, journal
+        self.cluster, self.measure_many = cluster, measure_many
         self.backend = builder.require_backend()
         self.measured = 0
-        self.base = PrecisionPlan(default=config.default)  # the all-high plan (its FP32 nodes: job/float_baseline)
+        self.base = PrecisionPlan(default=settings.default)  # the all-high plan (its FP32 nodes: job/float_baseline)
 
     def outputs(self, artifact: Path, split: str) -> Any:
         """The first output of ``artifact`` on every evaluated batch of ``split``."""
@@ -92,8 +108,9 @@ class SearchDriver:
     def timed(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
         """The latency of a built probe and its precision check (failed: with --strict-precision and a mismatch)."""
         try:
-            stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], self.config.runs,
-                                      self.config.warmup, self.config.timing_policy())  # fmt: skip
+            timing = self.settings.timing
+            stats = self.backend.time(artifact, self.evaluation.feeds["search"][0], timing.runs, timing.warmup,
+                                      timing)  # fmt: skip
             return {"latency": stats.to_dict(), **self._precision_check(plan, artifact)}
         except TrtmixError as err:
             return {"status": "failed", "error": str(err)}
@@ -116,9 +133,7 @@ class SearchDriver:
     @functools.cached_property
     def _topology(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Tensor → the float model's nodes reading it, node → its outputs (built once per job)."""
-        index = GraphIndex(self.builder.model)
-        consumers = {tensor: [n.name for n in nodes] for tensor, nodes in index.consumers.items()}
-        return consumers, {node.name: list(node.output) for node in self.builder.model.graph.node}
+        return topology(self.builder.model)
 
     def _precision_check(self, plan: PrecisionPlan, artifact: Path) -> dict[str, Any]:
         """The units whose engine precision differs from the plan; a failed probe with --strict-precision."""
@@ -126,7 +141,7 @@ class SearchDriver:
         if checks is None:
             return {}
         wrong = mismatches(checks)
-        if wrong and self.config.strict_precision:
+        if wrong and self.settings.strict_precision:
             raise TrtmixError(f"--strict-precision: the engine does not run the plan:\n{describe(wrong)}")
         int8 = [c for c in checks if c.planned == "int8"]
         return {"precision_mismatches": [asdict(m) for m in wrong],
@@ -148,7 +163,8 @@ class SearchDriver:
         at_precision = getattr(self.backend, "at_precision", None)  # an engine that picks its own float type
         timer = at_precision("f32") if at_precision else self.backend
         feed = self.evaluation.feeds["search"][0]
-        stats = timer.time(artifact, feed, self.config.runs, self.config.warmup, self.config.timing_policy())
+        timing = self.settings.timing
+        stats = timer.time(artifact, feed, timing.runs, timing.warmup, timing)
         result = {"accuracy": scores["search"], "holdout": scores["holdout"], "latency": stats.to_dict()}
         self.journal.store("fp32", result)
         return result
@@ -174,9 +190,9 @@ class SearchDriver:
         Both are in the result (``fp32``, ``all_high``) so the report can show them side by side.
         """
         fp32, all_high = self.fp32(), self.all_high()
-        reference = all_high if self.config.relative_to == "high" else fp32
+        reference = all_high if self.settings.relative_to == "high" else fp32
         return {"accuracy": reference["accuracy"], "holdout": reference["holdout"], "latency": reference["latency"],
-                "relative_to": self.config.relative_to, "fp32": fp32, "all_high": all_high}  # fmt: skip
+                "relative_to": self.settings.relative_to, "fp32": fp32, "all_high": all_high}  # fmt: skip
 
     def search(
         self,
@@ -187,9 +203,10 @@ class SearchDriver:
         members: Mapping[str, Sequence[str]] | None = None,
     ) -> BisectionSearch:
         """Run one bisection along ``order`` (``members``: a group step's units) to its end, measuring each probe."""
-        search = BisectionSearch(order, budget, self.config.default, self.config.frontier, members or {},
+        search = BisectionSearch(order, budget, self.settings.default, self.settings.frontier, members or {},
                                  fp32_nodes=self.base.fp32_nodes)  # fmt: skip
-        progress = progress_bar(total=search.max_builds + self.config.frontier, desc=f"search ({label})", unit="probe")
+        total = search.max_builds + self.settings.frontier
+        progress = progress_bar(total=total, desc=f"search ({label})", unit="probe")
         while (asked := search.ask()) is not None:
             frontier = search.pending_frontier()
             for k, record in self._next_records(search, asked, frontier):
@@ -208,12 +225,10 @@ class SearchDriver:
         (all-INT8, all-high) is measured once.  Each search then takes its own answers as ``search`` gives them, so it
         makes the choices it would make alone.  The driver stays the journal's one writer.
         """
-        from trtmix.job.probes import measure_on_cluster  # it builds drivers of this module on the workers
-
-        searches = {label: BisectionSearch(order, budget, self.config.default, self.config.frontier, dict(members),
+        searches = {label: BisectionSearch(order, budget, self.settings.default, self.settings.frontier, dict(members),
                                            fp32_nodes=self.base.fp32_nodes)
                     for label, (order, members) in orders.items()}  # fmt: skip
-        total = sum(search.max_builds + self.config.frontier for search in searches.values())
+        total = sum(search.max_builds + self.settings.frontier for search in searches.values())
         progress = progress_bar(total=total, desc=f"searches ({', '.join(searches)})", unit="probe")
         while active := [search for search in searches.values() if search.ask() is not None]:
             share = max(1, cluster.workers // len(active))
@@ -221,7 +236,7 @@ class SearchDriver:
             for search in active:
                 asked, frontier = search.ask(), search.pending_frontier()
                 rounds.append((search, asked, frontier, self._round_ks(search, asked, frontier, share)))  # type: ignore[arg-type]
-            records = iter(measure_on_cluster(self, cluster, [s.plan_for(k) for s, _, _, ks in rounds for k in ks]))
+            records = iter(self._measure_many(cluster, [s.plan_for(k) for s, _, _, ks in rounds for k in ks]))
             for search, asked, frontier, ks in rounds:
                 for k in ks:
                     self._answer(search, k, next(records), k == asked or bool(frontier), baseline_accuracy, progress)
@@ -259,8 +274,12 @@ class SearchDriver:
         cluster = self.cluster() if len(frontier) > 1 or search.speculate(2)[1:] else None
         if cluster is None:
             return [(asked, self.measure(search.plan_for(asked)))]
-        from trtmix.job.probes import measure_on_cluster  # it builds drivers of this module on the workers
-
         ks = self._round_ks(search, asked, frontier, cluster.workers)
-        records = measure_on_cluster(self, cluster, [search.plan_for(k) for k in ks])
+        records = self._measure_many(cluster, [search.plan_for(k) for k in ks])
         return list(zip(ks, records, strict=True))
+
+    def _measure_many(self, cluster: Cluster, plans: list[PrecisionPlan]) -> list[dict[str, Any]]:
+        """The records of ``plans`` measured together on ``cluster`` (the wiring gave the function that does it)."""
+        if self.measure_many is None:
+            raise TrtmixError("Internal error: a cluster was given to the search driver without measure_many.")
+        return self.measure_many(self, cluster, plans)

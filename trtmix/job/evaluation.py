@@ -10,12 +10,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtmix.data.recipes import checked_batches, is_in_memory, load_batches
-from trtmix.data.user_code import USER_FIX, import_module_or_file, split_spec, user_error
+from trtmix.data.recipe import Recipe
+from trtmix.data.recipes import is_in_memory
 from trtmix.data.user_metric import UserMetric, is_user_metric, load_user_metric
 from trtmix.errors import TrtmixError
 from trtmix.evaluate import by_name, choose_metric, score
-from trtmix.job.config import CompileConfig
 from trtmix.runtime.base import Backend, Runner
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
@@ -73,70 +72,42 @@ class Evaluation:
             return self.run(runner, split)
 
 
-def split_feeds(config: CompileConfig, model: onnx.ModelProto, split: str, limit: int) -> list[Feed]:
-    """At most ``limit`` checked batches of ``split`` from the job's data."""
-    batches = load_batches(config.data, split, **dict(config.data_args))
-    return list(checked_batches(batches, model, limit=limit, split=split))
+def load_evaluation(
+    recipe: Recipe,
+    model: onnx.ModelProto,
+    model_path: Path,
+    metric: str,
+    batches: int,
+    score_output: str | None = None,
+    threads: int | None = None,
+) -> Evaluation:
+    """Feeds of both splits (``batches`` each), the float model's outputs on them (ONNX Runtime, the oracle), labels.
 
-
-def load_evaluation(config: CompileConfig, model: onnx.ModelProto, model_path: Path) -> Evaluation:
-    """Feeds of both splits, the float model's outputs on them (ONNX Runtime, the oracle) and labels."""
-    index, note = scored_output(model, config.score_output)
-    feeds = {split: split_feeds(config, model, split, config.eval_batches) for split in SPLITS}
-    with OnnxRuntimeRunner(model_path, config.threads, optimize=True) as oracle:
-        raw = {split: [oracle.infer(feed) for feed in batches] for split, batches in feeds.items()}
-    reference = {split: np.concatenate([outputs[index] for outputs in batches]) for split, batches in raw.items()}
+    ``metric`` is a built-in name, ``auto`` (chosen from the scored output) or the user's ``FILE.py:FUNCTION``.
+    """
+    index, note = scored_output(model, score_output)
+    feeds = {split: recipe.batches(model, split, batches) for split in SPLITS}
+    with OnnxRuntimeRunner(model_path, threads, optimize=True) as oracle:
+        raw = {split: [oracle.infer(feed) for feed in split_batches] for split, split_batches in feeds.items()}
+    reference = {split: np.concatenate([outputs[index] for outputs in rows]) for split, rows in raw.items()}
     names = tuple(output.name for output in model.graph.output)
-    user = load_user_metric(config.metric) if is_user_metric(config.metric) else None
-    labels = {split: _labels(config, split, len(reference[split])) for split in feeds}
-    metric, metric_note = config.metric, None
+    user = load_user_metric(metric) if is_user_metric(metric) else None
+    labels = {split: _labels(recipe, metric, split, len(reference[split])) for split in feeds}
+    chosen, metric_note = metric, None
     if metric == "auto":
-        metric, why = choose_metric(reference["search"], names[index])
-        metric_note = f"metric auto: {metric}, for {why}"
-    ordering_metric = choose_metric(reference["search"], names[index])[0] if user else metric
+        chosen, why = choose_metric(reference["search"], names[index])
+        metric_note = f"metric auto: {chosen}, for {why}"
+    ordering_metric = choose_metric(reference["search"], names[index])[0] if user else chosen
     if user is None:
-        _check_fit(metric, reference["search"])
-    evaluation = Evaluation(metric, feeds, reference, labels, index, note, metric_note, user_metric=user,
+        _check_fit(chosen, reference["search"])
+    evaluation = Evaluation(chosen, feeds, reference, labels, index, note, metric_note, user_metric=user,
                             output_names=names, ordering_metric=ordering_metric)  # fmt: skip
     if user is not None:
-        evaluation.reference_all = {split: by_name(names, batches) for split, batches in raw.items()}
-        evaluation.extras = {split: recipe_extras(config, split) for split in SPLITS}
-        evaluation.metric_note = (f"metric {config.metric} (yours; the kl/gain orderings rank units by 1 - its "
+        evaluation.reference_all = {split: by_name(names, rows) for split, rows in raw.items()}
+        evaluation.extras = {split: recipe.extras(split) for split in SPLITS}
+        evaluation.metric_note = (f"metric {metric} (yours; the kl/gain orderings rank units by 1 - its "
                                   "score relative to FP32 on calibration batches)")  # fmt: skip
     return evaluation
-
-
-def recipe_extras(config: CompileConfig, split: str) -> dict[str, Any]:
-    """``load_extras(split)`` of the recipe (and ``labels`` from ``load_labels(split)``) for a user metric."""
-    extras: dict[str, Any] = {}
-    labels = _recipe_call(config, "load_labels", split)
-    if labels is not None:
-        extras["labels"] = np.asarray(labels)
-    value = _recipe_call(config, "load_extras", split)
-    if value is not None and not isinstance(value, dict):
-        raise TrtmixError(f"load_extras({split!r}) of {config.data} returned {type(value).__name__}.",
-                          expected="a dict of name → value for the metric")  # fmt: skip
-    return {**extras, **(value or {})}
-
-
-def _recipe_call(config: CompileConfig, function_name: str, split: str) -> Any:
-    """The recipe module's ``function_name(split=split)``, None when the data has no such function.
-
-    An ``.npz``, an image folder or data in memory has no module; an exception in the user's function is one error
-    naming their file and line.
-    """
-    if config.data.endswith(".npz") or Path(config.data).is_dir() or is_in_memory(config.data):
-        return None
-    module_name, _ = split_spec(config.data, default_function="load_data")
-    function = getattr(import_module_or_file(module_name), function_name, None)
-    if function is None:
-        return None
-    try:
-        return function(split=split)
-    except TrtmixError:
-        raise
-    except Exception as err:
-        raise TrtmixError(user_error(err, f"{function_name}({split!r}) of {module_name}"), fix=USER_FIX) from err
 
 
 def _check_fit(metric: str, reference: np.ndarray) -> None:
@@ -186,20 +157,19 @@ def scored_output(model: onnx.ModelProto, name: str | None) -> tuple[int, str | 
     return index, f"scored output: {names[index]} ({how}; the model has {len(names)}: {', '.join(names)})"
 
 
-def _labels(config: CompileConfig, split: str, rows: int) -> np.ndarray | None:
+def _labels(recipe: Recipe, metric: str, split: str, rows: int) -> np.ndarray | None:
     """Labels of the evaluated rows of ``split`` from the recipe's ``load_labels(split)`` (metric accuracy)."""
-    if config.metric != "accuracy":
+    if metric != "accuracy":
         return None
-    if is_in_memory(config.data):
+    if is_in_memory(recipe.spec):
         raise TrtmixError("--metric accuracy needs labels, and data given in memory has none.",
                           fix="use your own metric that reads labels, or a recipe with load_labels(split)")  # fmt: skip
-    labels = _recipe_call(config, "load_labels", split)
+    labels = recipe.labels(split)
     if labels is None:
         raise TrtmixError(
             "--metric accuracy needs labels, but the data recipe has no load_labels(split) function.",
             fix="add load_labels(split) returning the labels in load_data order, or use --metric agreement",
         )
-    labels = np.asarray(labels)
     if len(labels) < rows:
         raise TrtmixError(f"load_labels({split!r}) returned {len(labels)} labels for {rows} evaluated samples.")
     return labels[:rows]

@@ -25,9 +25,12 @@ EXTRA_PROBES = 2  # probes added off the bisection path when latency rises with 
 
 
 def final_choice(
-    pipeline: Pipeline, search: BisectionSearch, baseline: dict[str, Any]
+    pipeline: Pipeline, search: BisectionSearch, baseline: dict[str, Any], rounds: int = 12
 ) -> tuple[PrecisionPlan | None, dict[str, Any]]:
-    """The chosen plan (None when no probe met the budget) and the report's record of how it was chosen."""
+    """The chosen plan (None when no probe met the budget) and the report's record of how it was chosen.
+
+    ``rounds``: interleaved rounds of the final timing (``--final-rounds``; 0 chooses by the probes' medians).
+    """
     records = {k: pipeline.journal.get(search.plan_for(k).stable_hash()) for k in search.probes}
     violations = latency_violations([_point(k, r) for k, r in records.items() if _ok(r)])
     extra = _extra_probes(pipeline, search, records, baseline) if violations else []
@@ -38,13 +41,13 @@ def final_choice(
         return None, part
     candidates = [Candidate(key, r["k"], *_interval(r)) for key, r in pool.items()]
     reference = high["plan_hash"] if high and high["plan_hash"] in pool else min(candidates, key=lambda c: c.k).key
-    if pipeline.config.final_rounds == 0:
+    if rounds == 0:
         fastest = min(candidates, key=lambda c: (c.median_ms, -c.k))
         fp32 = baseline["fp32"]["latency"]
         if (fp32.get("ci_high_ms") or fp32["median_ms"]) < fastest.ci_low_ms:  # faster beyond both intervals
             return ORIGINAL_PLAN, {**part, "original": True}
         return PrecisionPlan.from_dict(pool[fastest.key]["plan"]), part
-    choice = _timed_choice(pipeline, candidates, reference, pool)
+    choice = _timed_choice(pipeline, candidates, reference, pool, rounds)
     part["final_timing"] = {**asdict(choice), "k": {c.key: c.k for c in candidates} | {ORIGINAL: None},
                             "baseline": reference, "round_runs": ROUND_RUNS}  # fmt: skip
     if choice.key == ORIGINAL:
@@ -53,7 +56,7 @@ def final_choice(
 
 
 def _timed_choice(
-    pipeline: Pipeline, candidates: list[Candidate], reference: str, pool: dict[str, dict[str, Any]]
+    pipeline: Pipeline, candidates: list[Candidate], reference: str, pool: dict[str, dict[str, Any]], rounds: int
 ) -> Choice:
     """``choose`` with the contenders and the user's original graph timed in the same interleaved rounds.
 
@@ -69,7 +72,7 @@ def _timed_choice(
         return runners[key].time(feed, ROUND_RUNS, 1).median_ms
 
     try:
-        return choose(candidates, reference, measure, pipeline.config.final_rounds, original=ORIGINAL)
+        return choose(candidates, reference, measure, rounds, original=ORIGINAL)
     finally:
         for runner in runners.values():
             runner.close()

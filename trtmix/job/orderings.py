@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from trtmix.calibration.ranges import Ranges
+from trtmix.data.recipe import Recipe
 from trtmix.errors import TrtmixError
 from trtmix.ir.groups import UnitGroup
 from trtmix.ir.units import Unit
-from trtmix.job.config import CompileConfig
-from trtmix.job.evaluation import scored_output, split_feeds
+from trtmix.job.evaluation import scored_output
+from trtmix.quant.builder import Builder
+from trtmix.quant.plan import Precision
 from trtmix.quant.weights import WeightQuantizer
 from trtmix.runtime.attribution import LatencyModel
-from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
 from trtmix.search.orderings import gain_order, order_by_score, order_groups, order_units
 from trtmix.sensitivity.measured import ScoringJob, TaskRunner, UserDistance, score_plans
@@ -23,9 +25,19 @@ from trtmix.sensitivity.run import TORCH_METHODS
 CALIBRATION_FEEDS = 2  # calibration batches the measured orderings score on
 
 
-def check_source(source: str, config: CompileConfig) -> None:
+@dataclass(frozen=True)
+class OrderingSettings:
+    """What the orderings need of a job's settings."""
+
+    names: tuple[str, ...] = ("kl",)  # every ordering the job walks (the Hessian ones are computed together)
+    default: Precision = Precision.FP16  # the precision of units a scored plan leaves high
+    kl_exact: bool = False  # score each unit on its own compiled graph instead of one switched graph
+    score_output: str | None = None  # the graph output scored (None: the first)
+
+
+def check_source(source: str, names: Iterable[str]) -> None:
     """Refuse, before any work, a Hessian ordering of an ONNX source (orderings are computed lazily, late)."""
-    torch_methods = [name for name in config.orderings() if name in TORCH_METHODS]
+    torch_methods = [name for name in names if name in TORCH_METHODS]
     if torch_methods and source.endswith(".onnx"):
         raise TrtmixError(
             f"--ordering {torch_methods[0]} needs the torch model, but the source is an ONNX file.",
@@ -39,7 +51,8 @@ class JobOrderings:
     def __init__(
         self,
         source: str,
-        config: CompileConfig,
+        settings: OrderingSettings,
+        recipe: Recipe,
         builder: Builder,
         journal: Journal,
         latency: Callable[[], LatencyModel | None] = lambda: None,
@@ -49,8 +62,10 @@ class JobOrderings:
         metric: str | None = None,
         user: UserDistance | None = None,
     ) -> None:
-        self.source, self.config, self.builder, self.journal = source, config, builder, journal
-        self.metric = metric or config.metric  # the job's metric, ``auto`` resolved (``Evaluation.metric``)
+        """``metric``: the job's metric, ``auto`` resolved (``Evaluation.metric``); ``user``: the user's own."""
+        self.source, self.settings, self.recipe = source, settings, recipe
+        self.builder, self.journal = builder, journal
+        self.metric = metric or "cosine"
         self.user = user  # the user's own metric, as the orderings' distance
         self.fp32_nodes = fp32_nodes  # the all-high plan's FP32 nodes: every scored plan keeps them
         self.cluster = cluster  # with --workers / --ray-address: where unit scores are measured (started lazily)
@@ -72,7 +87,7 @@ class JobOrderings:
         if cached is not None:
             return cached["order"], cached["scores"]
         if name in TORCH_METHODS:
-            wanted = {name, *(other for other in self.config.orderings() if other in TORCH_METHODS)}
+            wanted = {name, *(other for other in self.settings.names if other in TORCH_METHODS)}
             for method, ordering in self._torch_orders(sorted(wanted)).items():
                 self.journal.store(f"ordering:{method}", ordering)
             return self.order(name)
@@ -149,7 +164,7 @@ class JobOrderings:
 
     def quantizer(self) -> WeightQuantizer:
         """The job's weight quantizer, as its builder compiles each unit's single-unit plan (``noise``, Hessians)."""
-        return WeightQuantizer(self.builder.ranges, self.builder.flavour, self.config.default, self.fp32_nodes)
+        return WeightQuantizer(self.builder.ranges, self.builder.flavour, self.settings.default, self.fp32_nodes)
 
     def _kl_scores(self) -> dict[str, float]:
         """Each unit alone in INT8, measured on calibration batches (one switched graph, or a compile per unit)."""
@@ -158,11 +173,11 @@ class JobOrderings:
 
     def _measured_scores(self, plans: list[list[str]], label: str) -> list[float]:
         """Divergence of each plan (its units INT8, the rest float) on calibration batches, from one scorer."""
-        feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
-        index, _ = scored_output(self.builder.model, self.config.score_output)
+        feeds = self.recipe.batches(self.builder.model, "calibration", CALIBRATION_FEEDS)
+        index, _ = scored_output(self.builder.model, self.settings.score_output)
         ranges: Ranges = self.builder.ranges  # type: ignore[assignment]
         job = ScoringJob(self.builder.model, self.units, ranges, self.builder.flavour, self.metric, feeds,
-                         self.config.default, index, exact=self.config.kl_exact,
+                         self.settings.default, index, exact=self.settings.kl_exact,
                          fp32_nodes=self.fp32_nodes, user=self.user)  # fmt: skip
         return score_plans(job, plans, label, self.cluster())
 
@@ -176,7 +191,7 @@ class JobOrderings:
         torch_model, _ = load_model_factory(self.source)
         settings = SensitivitySettings(methods=tuple(methods), metric=self.metric,
                                        flavour=self.builder.flavour.name, batches=CALIBRATION_FEEDS)  # fmt: skip
-        feeds = split_feeds(self.config, self.builder.model, "calibration", CALIBRATION_FEEDS)
+        feeds = self.recipe.batches(self.builder.model, "calibration", CALIBRATION_FEEDS)
         ranges: Ranges = self.builder.ranges  # type: ignore[assignment]
         result = compute_sensitivity(
             self.builder.model, self.units, ranges, feeds, settings, torch_model, kl_scores=kl_scores,

@@ -18,8 +18,8 @@ from trtmix.io import atomic_write_text
 from trtmix.ir.domains import foreign_ops
 from trtmix.ir.graph import save_onnx
 from trtmix.job.driver import SearchDriver
+from trtmix.quant.builder import Builder
 from trtmix.quant.plan import PrecisionPlan
-from trtmix.runtime.build import Builder
 from trtmix.runtime.trtexec import fp32_compute, trtexec_lines
 
 # What a job leaves at the top of its output folder: name pattern → what it is.  README's list of the output folder

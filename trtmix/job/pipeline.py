@@ -9,48 +9,60 @@ that order, checks the flavour × backend pair before anything runs, and offers 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
+from trtmix.data.recipe import Recipe
 from trtmix.errors import TrtmixError
 from trtmix.ir.groups import find_groups
 from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
-from trtmix.job.driver import SearchDriver
-from trtmix.job.evaluation import load_evaluation, recipe_extras, split_feeds
+from trtmix.job.driver import ProbeSettings, SearchDriver
+from trtmix.job.evaluation import load_evaluation
 from trtmix.job.float_baseline import MAGNITUDE_BATCHES, FloatBaseline, choose_float_baseline, observed_magnitudes
 from trtmix.job.latency import job_latency_model
-from trtmix.job.orderings import JobOrderings, check_source
-from trtmix.job.quantizers import job_quantizers
+from trtmix.job.orderings import JobOrderings, OrderingSettings, check_source
+from trtmix.job.probes import measure_on_cluster
+from trtmix.job.quantizers import QuantizerSettings, job_quantizers
 from trtmix.job.steps import step
 from trtmix.job.validity import check_job_graphs
 from trtmix.job.workspace import Workspace
 from trtmix.parallel.cluster import Cluster
-from trtmix.quant.flavours import get_flavour
+from trtmix.quant.builder import Builder
+from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.runtime import get_backend
 from trtmix.runtime.attribution import LatencyModel
-from trtmix.runtime.build import Builder
 from trtmix.search.bisection import BisectionSearch, Budget, LazyOrder
 from trtmix.sensitivity.measured import UserDistance
 
 
 class Pipeline:
-    """One compile job in ``output``; see the module docstring."""
+    """One compile job in ``output``; see the module docstring.
+
+    The one place that reads ``CompileConfig``: it resolves the settings once into the objects the stages take
+    (``Recipe``, ``Flavour``, ``Backend``, ``Workspace``, ``Evaluation``, ``Journal``, the cluster) and the few
+    settings each stage needs (``ProbeSettings``, ``OrderingSettings``, ``QuantizerSettings``).
+    """
 
     def __init__(self, source: str, output: Path, config: CompileConfig, fresh: bool = False) -> None:
         config.validate()
-        check_source(source, config)
+        check_source(source, config.orderings())
         self.source, self.output, self.config = source, output, config
+        self.recipe = Recipe.of(config.data, config.data_args)
+        self.flavour = get_flavour(config.flavour, config.weight_bits)
         self.tensorrt_settings = tensorrt = {key: json.loads(value) for key, value in config.tensorrt}
         cache_dir = output / "artifacts" / "openvino-cache"
         self.backend = get_backend(config.backend, config.threads, output / "timing.cache", tensorrt,
                                    flavour=config.flavour, cache_dir=cache_dir)  # fmt: skip
-        get_flavour(config.flavour).check_backend(self.backend.name)  # `auto` resolved: still before any work
+        self.flavour.check_backend(self.backend.name)  # `auto` resolved: still before any work
+        self.probe_settings = ProbeSettings(config.timing_policy(), config.default, config.frontier,
+                                            config.strict_precision, config.relative_to)  # fmt: skip
         with step("the export", output):
-            self.workspace = Workspace(source, output, config, fresh)
+            self.workspace = Workspace(source, output, config.exporter, config.input_names, fresh)
         try:
             self._assemble(source, config)
         except BaseException:
@@ -60,43 +72,54 @@ class Pipeline:
     def _assemble(self, source: str, config: CompileConfig) -> None:
         """Everything after the workspace: ranges, builder, journal, evaluation, driver, orderings."""
         self.model_path, self.model, self.units = self.workspace.model_path, self.workspace.model, self.workspace.units
-        get_flavour(config.flavour).check_model(self.model)  # before calibration, the first costly step
+        self.flavour.check_model(self.model)  # before calibration, the first costly step
         with step("calibration", self.output):
             calibrated = self._calibrated()
-        flavour = get_flavour(config.flavour, config.weight_bits)
-        engine = {"flavour": flavour.options(), "backend": self.backend.name,
+        engine = {"flavour": self.flavour.options(), "backend": self.backend.name,
                   "version": self.backend.version, "options": self.backend.options()}  # fmt: skip
         self.journal = self.workspace.journal(config.identity(model_sha256(self.model), engine))
         with step("loading the search and holdout data", self.output):
-            self.evaluation = load_evaluation(config, self.model, self.workspace.original_path)
+            self.evaluation = load_evaluation(self.recipe, self.model, self.workspace.original_path, config.metric,
+                                              config.eval_batches, config.score_output, config.threads)  # fmt: skip
         cover = getattr(self.backend, "cover_feeds", None)  # TensorRT: profiles for dynamic inputs from the feeds
         if cover is not None:
             feeds = [feed for split in self.evaluation.feeds.values() for feed in split]
             self.tensorrt_settings["profiles"] = cover(self.model, feeds)
         with step("the float baseline (which nodes float16 cannot hold)", self.output):
-            self.float_baseline = self._float_baseline(self._builder(config.flavour, calibrated))
+            self.float_baseline = self._float_baseline(self._builder(calibrated))
         fp32_nodes = self.float_baseline.plan.fp32_nodes
+        quantizer_settings = QuantizerSettings(config.smooth, config.bias_correction, config.default, config.threads)
         with step("the choice of quantizers", self.output):
-            self.ranges, self.quantizers = job_quantizers(config, self.model, self.units, calibrated, flavour,
-                                                          self.journal, self.evaluation, fp32_nodes)  # fmt: skip
+            self.ranges, self.quantizers = job_quantizers(quantizer_settings, self.model, self.units, calibrated,
+                                                          self.flavour, self.journal, self.evaluation,
+                                                          fp32_nodes)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
-        self.builder = self._builder(config.flavour)
-        self.driver = SearchDriver(config, self.builder, self.evaluation, self.journal, self.cluster)
+        self.builder = self._builder(self.ranges)
+        self.driver = SearchDriver(self.probe_settings, self.builder, self.evaluation, self.journal, self.cluster,
+                                   measure_on_cluster)  # fmt: skip
         self.driver.base = self.float_baseline.plan
         with step("checking the job's graphs are valid ONNX", self.output):
             check_job_graphs(self.builder, self.driver.base, self.journal)
         self.groups = find_groups(self.units, self.model) if config.groups else []
         self._cluster: Cluster | None = None
-        self.orderings = JobOrderings(source, config, self.builder, self.journal, self.latency_model, self.groups,
-                                      self.cluster, self.driver.base.fp32_nodes,
+        ordering_settings = OrderingSettings(tuple(config.orderings()), config.default, config.kl_exact,
+                                             config.score_output)  # fmt: skip
+        self.orderings = JobOrderings(source, ordering_settings, self.recipe, self.builder, self.journal,
+                                      self.latency_model, self.groups, self.cluster, self.driver.base.fp32_nodes,
                                       self.evaluation.ordering_metric, self._user_distance())  # fmt: skip
 
     def _user_distance(self) -> UserDistance | None:
         """With the user's own metric: the orderings' distance, on calibration batches with their extras."""
         if self.evaluation.user_metric is None:
             return None
-        extras = recipe_extras(self.config, "calibration")
-        return UserDistance(self.config.metric, self.evaluation.output_names, extras)
+        return UserDistance(self.config.metric, self.evaluation.output_names, self.recipe.extras("calibration"))
+
+    def settings_record(self) -> dict[str, Any]:
+        """What the job was asked for, as the report records it beside what was resolved."""
+        config = self.config
+        return {"ordering": config.ordering, "backend": config.backend, "flavour": config.flavour,
+                "relative_to": config.relative_to, "metric": config.metric, "budget": asdict(config.budget),
+                "budget_text": config.budget.describe(config.reference)}  # fmt: skip
 
     def cluster(self) -> Cluster | None:
         """With ``--workers`` / ``--ray-address``: Ray, started on first use; else None (Ray is never imported).
@@ -116,9 +139,8 @@ class Pipeline:
 
     def _calibrated(self) -> Ranges:
         """The calibrated ranges and channel statistics (cached across jobs by model and data)."""
-        config = self.config
-        return collect_ranges(self.model_path, config.data, "calibration", config.calibration,
-                              data_args=dict(config.data_args), cache_dir=default_cache_dir())  # fmt: skip
+        return collect_ranges(self.model_path, self.recipe.spec, "calibration", self.config.calibration,
+                              data_args=dict(self.recipe.args), cache_dir=default_cache_dir())  # fmt: skip
 
     def _float_baseline(self, builder: Builder) -> FloatBaseline:
         """The all-high plan: its FP32 nodes from observed magnitudes and measured regions (``job/float_baseline``).
@@ -131,12 +153,12 @@ class Pipeline:
             return FloatBaseline(PrecisionPlan(default=config.default), {"skipped": "the float base is FP32"})
         magnitudes = self.journal.cached("float-magnitudes")
         if magnitudes is None:
-            feeds = split_feeds(config, self.model, "calibration", MAGNITUDE_BATCHES)
+            feeds = self.recipe.batches(self.model, "calibration", MAGNITUDE_BATCHES)
             magnitudes = observed_magnitudes(self.model, feeds)
             self.journal.store("float-magnitudes", magnitudes)
         fp32_score = self.evaluation.reference_score("search")
 
-        scorer = SearchDriver(config, builder, self.evaluation, self.journal)  # its ``scored``: build, run, score
+        scorer = SearchDriver(self.probe_settings, builder, self.evaluation, self.journal)  # its ``scored``
 
         def score(plan: PrecisionPlan) -> float:
             record = scorer.scored(plan)
@@ -149,11 +171,10 @@ class Pipeline:
         return choose_float_baseline(self.model, config.default, magnitudes, score, fp32_score,
                                      config.float_tolerance(), self.journal)  # fmt: skip
 
-    def _builder(self, flavour: str, ranges: Ranges | None = None) -> Builder:
-        """A builder of ``flavour`` (``ranges``: the job's, unless given)."""
-        configured = get_flavour(flavour, self.config.weight_bits if flavour == self.config.flavour else None)
+    def _builder(self, ranges: Ranges, flavour: Flavour | None = None) -> Builder:
+        """A builder of ``flavour`` (default: the job's) with ``ranges``."""
         original = self.workspace.original if self.workspace.original is not self.model else None
-        return Builder(self.model, self.units, ranges or self.ranges, configured, self.backend,
+        return Builder(self.model, self.units, ranges, flavour or self.flavour, self.backend,
                        self.workspace.artifacts, original=original)  # fmt: skip
 
     @property
@@ -168,7 +189,9 @@ class Pipeline:
 
     def build(self, plan: PrecisionPlan, flavour: str | None = None) -> Path:
         """``plan`` compiled in ``flavour`` (default: the job's) and built; reuses artifacts already on disk."""
-        builder = self.builder if flavour in (None, self.config.flavour) else self._builder(flavour)  # type: ignore[arg-type]
+        if flavour in (None, self.flavour.name):
+            return self.builder.build(plan).artifact
+        builder = self._builder(self.ranges, get_flavour(flavour))
         return builder.build(plan).artifact
 
     def outputs(self, artifact: Path, split: str) -> Any:

@@ -18,21 +18,20 @@ import onnx
 
 from trtmix.calibration.ranges import Ranges
 from trtmix.ir.units import Unit
-from trtmix.job.config import CompileConfig
-from trtmix.job.driver import SearchDriver
+from trtmix.job.driver import ProbeSettings, SearchDriver
 from trtmix.job.evaluation import Evaluation
 from trtmix.parallel.cluster import BUILD_GPUS, TASK_THREADS, Cluster, Failure, current_node
+from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import PrecisionPlan
 from trtmix.runtime.base import Backend
-from trtmix.runtime.build import Builder
 
 
 @dataclass
 class ProbeContext:
-    """What a worker needs to build, score and time probes of one job."""
+    """What a worker needs to build, score and time probes of one job (of its settings, only how probes measure)."""
 
-    config: CompileConfig
+    settings: ProbeSettings
     model: onnx.ModelProto
     units: list[Unit]
     ranges: Ranges | None
@@ -46,14 +45,14 @@ class ProbeContext:
     def of(cls, driver: SearchDriver) -> ProbeContext:
         """The context of the driver's job."""
         builder = driver.builder
-        return cls(driver.config, builder.model, builder.units, builder.ranges, builder.flavour, driver.backend,
+        return cls(driver.settings, builder.model, builder.units, builder.ranges, builder.flavour, driver.backend,
                    builder.folder, driver.evaluation, builder.model_hash)  # fmt: skip
 
     def driver(self) -> SearchDriver:
         """A driver for this job without a journal (it measures; the real driver keeps)."""
         builder = Builder(self.model, self.units, self.ranges, self.flavour, self.backend, self.folder,
                           self.model_hash)  # fmt: skip
-        return SearchDriver(self.config, builder, self.evaluation, journal=None)  # type: ignore[arg-type]
+        return SearchDriver(self.settings, builder, self.evaluation, journal=None)  # type: ignore[arg-type]
 
 
 def build_and_score(context: ProbeContext, plan: dict[str, Any]) -> dict[str, Any]:

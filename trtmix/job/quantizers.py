@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import onnx
@@ -24,14 +24,13 @@ import onnx
 from trtmix.calibration.ranges import Ranges
 from trtmix.ir.large import model_sha256, tensor_bytes
 from trtmix.ir.units import Unit
-from trtmix.job.config import CompileConfig
 from trtmix.job.evaluation import Evaluation
 from trtmix.memory import release
 from trtmix.progress import bar as progress_bar
+from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.smooth import SmoothSettings, plan_smoothing
-from trtmix.runtime.build import Builder
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 from trtmix.search.journal import Journal
 
@@ -40,8 +39,18 @@ JOURNAL_KEY = "quantizers"
 MEASURED_ALPHAS = (0.5, 0.8)
 
 
+@dataclass(frozen=True)
+class QuantizerSettings:
+    """What the quantizer choice needs of a job's settings."""
+
+    smooth: SmoothSettings = field(default_factory=SmoothSettings)  # --smooth-alpha / --no-smooth
+    bias_correction: bool = True  # measured against the chosen option without it
+    default: Precision = Precision.FP16  # the precision of units the all-INT8 plan leaves high (FP32 nodes)
+    threads: int | None = None  # ONNX Runtime's threads scoring each option
+
+
 def job_quantizers(
-    config: CompileConfig,
+    config: QuantizerSettings,
     model: onnx.ModelProto,
     units: list[Unit],
     calibrated: Ranges,
@@ -84,7 +93,7 @@ class _Trial:
     """Scores options: the all-INT8 plan under them, run by ONNX Runtime on the search split (each once)."""
 
     def __init__(
-        self, config: CompileConfig, model: onnx.ModelProto, units: list[Unit], calibrated: Ranges,
+        self, config: QuantizerSettings, model: onnx.ModelProto, units: list[Unit], calibrated: Ranges,
         flavour: Flavour, evaluation: Evaluation, measured: dict[str, float], fp32_nodes: frozenset[str],
     ) -> None:  # fmt: skip
         self.config, self.model, self.units, self.calibrated = config, model, units, calibrated
@@ -121,7 +130,7 @@ def _options(settings: SmoothSettings, flavour: Flavour, bias: bool) -> dict[str
 
 
 def _prepared(
-    model: onnx.ModelProto, units: list[Unit], calibrated: Ranges, config: CompileConfig, flavour: Flavour,
+    model: onnx.ModelProto, units: list[Unit], calibrated: Ranges, config: QuantizerSettings, flavour: Flavour,
     alpha: float | None, centre: bool, bias: bool,
 ) -> tuple[Ranges, dict[str, Any]]:  # fmt: skip
     """``calibrated`` with one option's smoothing and bias correction."""

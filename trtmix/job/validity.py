@@ -14,8 +14,8 @@ import onnx
 
 from trtmix.errors import CompileError, TrtmixError
 from trtmix.ir.large import check_model
+from trtmix.quant.builder import Builder
 from trtmix.quant.plan import PrecisionPlan
-from trtmix.runtime.build import Builder
 from trtmix.search.journal import Journal
 
 NODE_NAME = re.compile(r"node \(([^)]+)\)|[Nn]ode '([^']+)'|node name: ([^\s,)]+)")

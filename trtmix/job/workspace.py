@@ -13,17 +13,21 @@ from trtmix.ir.fold import fold_batch_norms
 from trtmix.ir.graph import load_onnx, save_onnx
 from trtmix.ir.units import Unit, require_units
 from trtmix.job import lock
-from trtmix.job.config import CompileConfig
 from trtmix.search.journal import Journal
 
 LOG = logging.getLogger(__name__)
 
 
 class Workspace:
-    """``output`` for the job on ``source``; ``fresh`` discards the journal, the artifacts and the export stamp."""
+    """``output`` for the job on ``source``; ``fresh`` discards the journal, the artifacts and the export stamp.
 
-    def __init__(self, source: str, output: Path, config: CompileConfig, fresh: bool = False) -> None:
-        self.source, self.output, self.config = source, output, config
+    ``exporter`` and ``input_names`` export a torch source (``MODULE:FUNCTION``); an ONNX source is used as given.
+    """
+
+    def __init__(self, source: str, output: Path, exporter: str = "auto", input_names: tuple[str, ...] = (),
+                 fresh: bool = False) -> None:  # fmt: skip
+        self.source, self.output = source, output
+        self.exporter, self.input_names = exporter, input_names
         if output.exists() and not output.is_dir():
             raise TrtmixError(f"The output folder {output} is a file, not a folder.",
                               fix="pass -o a new or existing folder")  # fmt: skip
@@ -63,10 +67,10 @@ class Workspace:
         """The float ONNX: the given file, or the torch factory exported into the output folder (once per stamp)."""
         if self.source.endswith(".onnx"):
             return Path(self.source)
-        from trtmix.ir.export import export_once
+        from trtmix.export import export_once
 
-        names = list(self.config.input_names) or None
-        return export_once(self.source, self.export_path, exporter=self.config.exporter, input_names=names)
+        names = list(self.input_names) or None
+        return export_once(self.source, self.export_path, exporter=self.exporter, input_names=names)
 
     def _prepared(self, model: onnx.ModelProto) -> tuple[Path, onnx.ModelProto]:
         """The float model every plan starts from: the user's graph with what TensorRT folds folded in float32.

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from trtmix import api
 from trtmix.calibration.calibrate import CalibrationConfig, data_identity
-from trtmix.data.recipes import checked_batches, load_batches
-from trtmix.data.user_code import import_module_or_file, load_model_factory, split_spec
+from trtmix.calibration.collect import collect_ranges
+from trtmix.data.recipe import Recipe
+from trtmix.data.user_code import load_model_factory
 from trtmix.io import atomic_write_text
 from trtmix.ir.fold import load_float_model
 from trtmix.ir.large import model_sha256
+from trtmix.ir.units import require_units
 from trtmix.parallel.cluster import Cluster, ParallelSettings
 from trtmix.quant.flavours import get_flavour
 from trtmix.quant.smooth import SmoothSettings, describe_quantizers, prepare_ranges
@@ -61,14 +62,12 @@ def sensitivity_for(
     if source.endswith(".onnx"):
         model_path = Path(source)
     else:
-        from trtmix.ir.export import export_once
+        from trtmix.export import export_once
 
         model_path = export_once(source, output.with_suffix(".model.onnx"), input_names=input_names)
     model = load_float_model(model_path)
-    units = api.list_units(model_path)
-    calibrated = api.collect_ranges(
-        model_path, data, "calibration", calibration, data_args=data_args, cache_dir=cache_dir
-    )
+    units = require_units(model, str(model_path))
+    calibrated = collect_ranges(model_path, data, "calibration", calibration, data_args=data_args, cache_dir=cache_dir)
     ranges, quantizers = prepare_ranges(model, units, calibrated, smooth, bias_correction, flavour)
     quantizers["summary"] = f"{describe_quantizers(quantizers)}, {NOT_MEASURED}"
     key_text = json.dumps(
@@ -84,13 +83,14 @@ def sensitivity_for(
     if cache_path is not None and cache_path.is_file():
         result = json.loads(cache_path.read_text())
     else:
-        feeds = list(checked_batches(load_batches(data, "calibration", **data_args), model, limit=settings.batches))
+        recipe = Recipe.of(data, data_args)
+        feeds = recipe.batches(model, "calibration", settings.batches)
         torch_model = (
             load_model_factory(source)[0]
             if set(settings.methods) & TORCH_METHODS and not source.endswith(".onnx")
             else None
         )
-        labels = _labels(data, feeds) if settings.metric == "accuracy" else None
+        labels = _labels(recipe, feeds) if settings.metric == "accuracy" else None
         cluster = Cluster(parallel) if parallel is not None and parallel.enabled else None
         try:
             result = compute_sensitivity(model, units, ranges, feeds, settings, torch_model, labels, cluster=cluster,
@@ -106,13 +106,11 @@ def sensitivity_for(
     return result
 
 
-def _labels(data: str, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray] | None:
+def _labels(recipe: Recipe, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray] | None:
     """Per-batch labels from the recipe's ``load_labels("calibration")``, or None without one (KL is used then)."""
-    module_name, _ = split_spec(data, default_function="load_data")
-    function = getattr(import_module_or_file(module_name), "load_labels", None) if not data.endswith(".npz") else None
-    if function is None:
+    labels = recipe.labels("calibration")
+    if labels is None:
         return None
-    labels = np.asarray(function(split="calibration"))
     batches, start = [], 0
     for feed in feeds:
         rows = len(next(iter(feed.values())))

@@ -23,10 +23,10 @@ from trtmix.evaluate import by_name, divergence
 from trtmix.ir.units import Unit
 from trtmix.parallel.cluster import TASK_THREADS, Failure
 from trtmix.progress import bar as progress_bar
+from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.switched import compile_switched, switch_feeds
-from trtmix.runtime.build import Builder
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
 
