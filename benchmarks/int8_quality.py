@@ -18,6 +18,14 @@ printed beside it).  Latency: every artifact of one engine is timed in the same 
 Reference rows: ``quantize_static`` (QDQ, u8/s8 per-channel, the same batches and the max range method) on ONNX
 Runtime, and ``nncf.quantize`` (ONNX backend, the same batches; ``model_type=TRANSFORMER`` for MiniLM, which turns
 on NNCF's own SmoothQuant) on both engines.  The CPU line says which machine this was.
+
+``--range-methods`` (issue 33) instead compares the activation range methods: the all-INT8 tensorrt-flavour graph
+with every tensor's range by ``max``, ``percentile``, ``entropy`` or ``mse``, and with each tensor's method chosen by
+``trtmix.calibration.per_tensor.choose_ranges`` (least error at its readers' outputs on the calibration batches),
+each without smoothing, with α = 0.8, and with α = 0.8 and centring; ONNX Runtime scores them (no timing), and the
+choice per tensor is printed with each method's error.
+
+    python benchmarks/int8_quality.py --models minilm --range-methods
 """
 
 from __future__ import annotations
@@ -184,18 +192,102 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+RANGE_METHODS = ("max", "percentile", "entropy", "mse")
+RANGE_SMOOTHING = {"no smoothing": None, "α=0.8": (0.8, False), "α=0.8, centred": (0.8, True)}
+
+
+def range_methods(name: str, folder: Path) -> dict[str, Any]:
+    """All-INT8 tensorrt-flavour fidelity with each global range method and with the per-tensor choice (issue 33).
+
+    ONNX Runtime is the oracle (the job's accuracy engine): no timing here.  The candidates come from one pass of
+    histograms over the job's calibration batches; ``trtmix.calibration.per_tensor.choose_ranges`` scores them on the
+    same batches.  Each row is built without smoothing, with α = 0.8, and with α = 0.8 and centring (fixed).
+    """
+    import time
+
+    from trtmix.calibration.calibrate import CalibrationConfig, _unit_statistics, calibrate
+    from trtmix.calibration.per_tensor import choose_ranges
+    from trtmix.data.recipes import load_batches
+    from trtmix.evaluate import cosine, top1_agreement
+    from trtmix.ir.fold import load_float_model
+    from trtmix.ir.units import require_units
+    from trtmix.quant.compile import compile_plan
+    from trtmix.quant.smooth import plan_smoothing
+    from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+    try:  # the export module is moving (trtmix/ir/export.py -> trtmix/export.py)
+        from trtmix.export import export_once
+    except ImportError:
+        from trtmix.ir.export import export_once  # type: ignore[no-redef]
+
+    spec = MODELS[name]
+    path = export_once(spec.source, folder / f"{name}.onnx", input_names=list(spec.inputs))
+    model = load_float_model(path)
+    units = require_units(model, str(path))
+    config = CalibrationConfig()
+    calibration = list(load_batches(spec.data, "calibration"))[: config.batches]
+    search = list(load_batches(spec.data, "search"))[: spec.eval_batches]
+    start = time.perf_counter()
+    histograms, _, channels = _unit_statistics(model, units, calibration, config.batches, False)
+    candidates = {method: calibrate(model, units, (), replace(config, method=method), progress=False,
+                                    histograms=histograms, channels=channels) for method in RANGE_METHODS}  # fmt: skip
+    candidates_seconds = time.perf_counter() - start
+    chosen, record = choose_ranges(model, units, candidates, calibration, symmetric=True)
+    score = {"cosine": lambda out, ref: float(np.mean(cosine(out, ref))), "agreement": top1_agreement}[spec.metric]
+    with OnnxRuntimeRunner(model, threads=2) as runner:
+        reference = np.concatenate([runner.infer(feed)[0] for feed in search])
+    plan = PrecisionPlan.with_int8([unit.name for unit in units])
+    rows = []
+    for label, ranges in [*candidates.items(), ("per-tensor", chosen)]:
+        row: dict[str, Any] = {"ranges": label}
+        for setting, option in RANGE_SMOOTHING.items():
+            prepared = ranges
+            if option is not None:
+                prepared, _ = plan_smoothing(model, units, ranges, SmoothSettings(alpha=option[0]), True, option[1])
+            with OnnxRuntimeRunner(compile_plan(model, plan, prepared, "tensorrt"), threads=2, optimize=True) as r:
+                row[setting] = score(np.concatenate([r.infer(feed)[0] for feed in search]), reference)
+        rows.append(row)
+        print(f"  {label}: {row}", file=sys.stderr, flush=True)
+    return {"model": name, "metric": spec.metric, "calibration_batches": len(calibration), "rows": rows,
+            "candidates_seconds": candidates_seconds, "choice": record.to_dict()}  # fmt: skip
+
+
+def range_markdown(result: dict[str, Any]) -> str:
+    """The range-method table, the per-tensor counts and the tensors whose choice is not max."""
+    choice = result["choice"]
+    lines = [f"### {result['model']}: all-INT8 {result['metric']} to FP32 by range method (tensorrt flavour, "
+             f"ONNX Runtime, search split; {result['calibration_batches']} calibration batches)", "",
+             "| ranges | " + " | ".join(RANGE_SMOOTHING) + " |", "|---|" + "---|" * len(RANGE_SMOOTHING)]  # fmt: skip
+    for row in result["rows"]:
+        lines.append(f"| {row['ranges']} | " + " | ".join(f"{row[s]:.4f}" for s in RANGE_SMOOTHING) + " |")
+    counts = ", ".join(f"{method} {count}" for method, count in choice["counts"].items())
+    lines += ["", f"Per-tensor choice ({choice['scored']} tensors scored, {choice['stable']} stable across halves, "
+              f"{choice['seconds']:.1f} s; candidates {result['candidates_seconds']:.1f} s): {counts}.", "",
+              "| tensor | chosen | " + " | ".join(RANGE_METHODS) + " | stable |",
+              "|---|---|" + "---|" * len(RANGE_METHODS) + "---|"]  # fmt: skip
+    for tensor, entry in choice["tensors"].items():
+        errors = " | ".join(f"{entry['errors'][m]:.4f}" for m in RANGE_METHODS)
+        lines.append(f"| {tensor} | {entry['method']} | {errors} | {'yes' if entry['stable'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["minilm", "efficientnet-lite0", "digits-resnet"],
                         choices=sorted(MODELS))  # fmt: skip
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--range-methods", action="store_true",
+                        help="only the range methods and the per-tensor choice, all-INT8 on ONNX Runtime")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(cpu_features().describe())
     results = []
     with tempfile.TemporaryDirectory(prefix="trtmix-int8-") as folder:
-        for name in args.models:
+        for name in args.models if args.range_methods else ():
+            results.append(range_methods(name, Path(folder)))
+            print(range_markdown(results[-1]) + "\n", flush=True)
+        for name in () if args.range_methods else args.models:
             print(f"{name}...", file=sys.stderr, flush=True)
             results.append(run_model(name, Path(folder), args.rounds))
             print(markdown(results[-1]) + "\n", flush=True)
