@@ -21,7 +21,7 @@ on NNCF's own SmoothQuant) on both engines.  The CPU line says which machine thi
 
 ``--range-methods`` (issue 33) instead compares the activation range methods: the all-INT8 tensorrt-flavour graph
 with every tensor's range by ``max``, ``percentile``, ``entropy`` or ``mse``, and with each tensor's method chosen by
-``trtmix.calibration.per_tensor.choose_ranges`` (least error at its readers' outputs on the calibration batches),
+``trtmix.quant.range_choice.choose_ranges`` (least error at its readers' outputs on the calibration batches),
 each without smoothing, with α = 0.8, and with α = 0.8 and centring; ONNX Runtime scores them (no timing), and the
 choice per tensor is printed with each method's error.
 
@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from paper import MODELS  # noqa: E402
 
+from trtmix.data.recipe import Recipe  # noqa: E402
 from trtmix.job.config import CompileConfig  # noqa: E402
-from trtmix.job.evaluation import split_feeds  # noqa: E402
 from trtmix.job.pipeline import Pipeline  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
 from trtmix.quant.smooth import SmoothSettings  # noqa: E402
@@ -108,7 +108,7 @@ def _all_int8(pipeline: Pipeline, flavour: str, label: str) -> tuple[dict[str, A
 def _references(name: str, source: str, base: CompileConfig, folder: Path, flavour: str, backend: str) -> dict:
     """quantize_static (ONNX Runtime only: its u8 QDQ graph is the ort-cpu kind) and NNCF, built for ``backend``."""
     engine = get_backend(backend, flavour=flavour)
-    feeds = split_feeds(base, _model(source), "calibration", base.calibration.batches)
+    feeds = Recipe.of(base.data, base.data_args).batches(_model(source), "calibration", base.calibration.batches)
     built = {}
     if flavour == "ort-cpu":
         path = folder / name / "quantize_static.onnx"
@@ -155,13 +155,14 @@ def _fidelity(base: CompileConfig, source: str, engine: Any, artifact: Path) -> 
     """The job's metric of ``artifact`` against the FP32 model on the search split."""
     from trtmix.job.evaluation import load_evaluation
 
-    evaluation = load_evaluation(base, _model(source), Path(source))
+    evaluation = load_evaluation(Recipe.of(base.data, base.data_args), _model(source), Path(source), base.metric,
+                                 base.eval_batches, base.score_output, base.threads)  # fmt: skip
     return evaluation.score("search", evaluation.outputs(engine, artifact, "search"))
 
 
 def _interleaved(engine: Any, artifacts: dict[str, Path], base: CompileConfig, source: str, rounds: int) -> dict:
     """Median over ``rounds`` interleaved rounds of each artifact's median of ``ROUND_RUNS`` runs."""
-    feed = split_feeds(base, _model(source), "search", 1)[0]
+    feed = Recipe.of(base.data, base.data_args).batches(_model(source), "search", 1)[0]
     runners = {label: engine.open(path) for label, path in artifacts.items()}
     medians: dict[str, list[float]] = {label: [] for label in artifacts}
     try:
@@ -200,18 +201,18 @@ def range_methods(name: str, folder: Path) -> dict[str, Any]:
     """All-INT8 tensorrt-flavour fidelity with each global range method and with the per-tensor choice (issue 33).
 
     ONNX Runtime is the oracle (the job's accuracy engine): no timing here.  The candidates come from one pass of
-    histograms over the job's calibration batches; ``trtmix.calibration.per_tensor.choose_ranges`` scores them on the
+    histograms over the job's calibration batches; ``trtmix.quant.range_choice.choose_ranges`` scores them on the
     same batches.  Each row is built without smoothing, with α = 0.8, and with α = 0.8 and centring (fixed).
     """
     import time
 
     from trtmix.calibration.calibrate import CalibrationConfig, _unit_statistics, calibrate
-    from trtmix.calibration.per_tensor import choose_ranges
     from trtmix.data.recipes import load_batches
     from trtmix.evaluate import cosine, top1_agreement
     from trtmix.ir.fold import load_float_model
     from trtmix.ir.units import require_units
     from trtmix.quant.compile import compile_plan
+    from trtmix.quant.range_choice import choose_ranges
     from trtmix.quant.smooth import plan_smoothing
     from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 

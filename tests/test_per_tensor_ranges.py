@@ -1,4 +1,4 @@
-"""Range method chosen per tensor by the error at its readers' outputs (issue 33, ``calibration/per_tensor``)."""
+"""Range method chosen per tensor by the error at its readers' outputs (issue 33, ``quant/range_choice``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 from onnx import helper, numpy_helper
 
 from trtmix.calibration.calibrate import METHODS, CalibrationConfig, calibrate
-from trtmix.calibration.per_tensor import MIN_BATCHES, choose_ranges
 from trtmix.errors import CalibrationError
 from trtmix.ir.units import find_units
 from trtmix.quant.compile import compile_plan
 from trtmix.quant.plan import PrecisionPlan
+from trtmix.quant.range_choice import MIN_BATCHES, choose_ranges
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
 ROWS, WIDTH = 256, 16
