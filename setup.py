@@ -12,6 +12,7 @@ CORE = [
     "torch==2.13.0",
     "numpy==2.4.6",
     "onnx==1.23.2",
+    "ml_dtypes==0.7.0",  # bfloat16 engine inputs and outputs (trtmix.runtime.tensorrt); also onnx's own dependency
     "onnxruntime==1.32.0",
     "onnxscript==0.7.2",
     "onnx-graphsurgeon==0.6.1",

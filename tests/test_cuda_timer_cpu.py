@@ -33,6 +33,21 @@ def _timed_part(log: list[tuple], runs: int) -> list[tuple]:
     return log[records[-2 * runs]:]
 
 
+def _in_flight(log: list[tuple]) -> list[tuple[str, int]]:
+    """Walk the log after any capture: (event, runs enqueued and not yet waited for) at each record and wait."""
+    start = max((index for index, entry in enumerate(log) if entry[0] == "captured"), default=-1) + 1
+    running, seen = 0, []
+    for entry in log[start:]:
+        if entry[0] in ("enqueue", "replay"):
+            running += 1
+        elif entry[0] == "wait":
+            seen.append(("wait", running))
+            running -= 1
+        elif entry[0] == "record":
+            seen.append(("record", running))
+    return seen
+
+
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_the_next_run_is_enqueued_before_the_host_waits_for_the_previous_one(torch, cuda_graph) -> None:
     stream = FakeStream(torch)
@@ -40,15 +55,28 @@ def test_the_next_run_is_enqueued_before_the_host_waits_for_the_previous_one(tor
     assert timing.cuda_graph is cuda_graph and len(timing.samples_ms) == 5
     timed = _timed_part(torch.log, 5)
     assert ("stream-sync", "timing-stream") not in timed, "no synchronise between timed runs"
-    starts = [entry[1] for entry in timed if entry[0] == "record"][0::2]
-    ends = [entry[1] for entry in timed if entry[0] == "record"][1::2]
-    position = {entry: index for index, entry in enumerate(timed)}
-    for run in range(1, 5):
-        waited = position[("wait", ends[run - 1])]
-        assert position[("record", starts[run], stream)] < waited, f"run {run} enqueued before waiting on {run - 1}"
-    assert [entry[0] for entry in timed[-2:]] == ["wait", "wait"], "the last runs are collected after the loop"
+    waits = [running for event, running in _in_flight(torch.log) if event == "wait"]
+    drained = cuda_timer.DEPTH - 1  # the runs still in flight when the loop ends, collected after it
+    assert all(running >= cuda_timer.DEPTH for running in waits[:-drained]), "a newer run is queued at every wait"
+    assert waits[-drained:] == list(range(drained, 0, -1)), "the last runs are collected after the loop"
     work = [entry for entry in timed if entry[0] in ("enqueue", "replay")]
     assert len(work) == 5 and all(entry[-1] is stream for entry in work), "every run on the timing stream"
+
+
+def test_the_first_timed_run_starts_behind_warm_up_runs_in_flight(torch) -> None:
+    """Warm-up and timing are one loop: the stream never drains before the first timed run (trtexec's inferenceLoop)."""
+    stream = FakeStream(torch)
+    cuda_timer.time_on_stream(lambda: torch.enqueue(), stream, runs=4, warmup=6, cuda_graph=False)
+    records = [running for event, running in _in_flight(torch.log) if event == "record"]
+    first_timed_start = records[-2 * 4]
+    assert first_timed_start >= cuda_timer.DEPTH - 1, "warm-up runs are still queued when timing starts"
+
+
+def test_events_are_a_ring_made_once_not_two_per_run(torch) -> None:
+    stream = FakeStream(torch)
+    cuda_timer.time_on_stream(lambda: torch.enqueue(), stream, runs=50, warmup=5, cuda_graph=False)
+    events = {entry[1] for entry in torch.log if entry[0] == "record"}
+    assert len(events) == 2 * cuda_timer.DEPTH, "each event pair is reused once its run is read"
 
 
 def test_a_captured_graph_is_replayed_on_the_timing_stream_and_captured_thread_local(torch) -> None:
@@ -94,9 +122,10 @@ def test_importing_the_timer_pulls_no_onnx_or_engine() -> None:
 
 
 def test_the_gpu_check_runs_with_torch_alone(tmp_path) -> None:
-    """scripts/gpu_check.py on a machine without onnx, onnxruntime, openvino or TensorRT: it imports and says no GPU."""
+    """scripts/gpu_check.py on a machine without numpy, onnx, onnxruntime, openvino or TensorRT: it says no GPU."""
     root = Path(__file__).resolve().parents[1]
-    code = ("import runpy, sys\nfor name in ('onnx', 'onnxruntime', 'openvino', 'tensorrt', 'polygraphy'):\n"
+    code = ("import runpy, sys\nimport torch\nfor name in ('numpy', 'onnx', 'onnxruntime', 'openvino', 'tensorrt',"
+            " 'polygraphy'):\n"
             "    sys.modules[name] = None\nrunpy.run_path('scripts/gpu_check.py', run_name='__main__')")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root), "OUT": str(tmp_path)})  # fmt: skip

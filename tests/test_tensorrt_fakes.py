@@ -131,6 +131,34 @@ def test_an_engine_tensorrt_refuses_as_foreign_says_so(trt, tmp_path) -> None:
         TensorRTBackend().engine_information(engine)
 
 
+def test_a_missing_plugin_is_not_called_a_foreign_engine(trt, tmp_path) -> None:
+    """TensorRT's missing-plugin message names a version too; it must still say plugin, not 'another GPU'."""
+    engine = tmp_path / "plugin.engine"
+    engine.write_bytes(b"engine")
+    trt.refuse = "getPluginCreator could not find plugin: CustomGeluPluginDynamic version: 1"
+    with pytest.raises(BackendError, match="a plugin it uses is not registered") as caught:
+        TensorRTBackend().engine_information(engine)
+    assert not isinstance(caught.value, EngineMismatchError) and "BuildSettings.plugins" in str(caught.value)
+
+
+def test_the_builder_rebuilds_an_engine_built_for_another_gpu(trt, monkeypatch, tmp_path, calibrated) -> None:
+    """Keys name the driver's device; an engine a worker built on another GPU model is rebuilt, not refused."""
+    from trtmix.ir.units import find_units
+    from trtmix.quant.builder import Builder
+    from trtmix.quant.plan import PrecisionPlan
+
+    model, ranges = calibrated["convnet"]
+    builder = Builder(model, find_units(model), ranges, "tensorrt", TensorRTBackend(), tmp_path)
+    built = builder.build(PrecisionPlan())
+    builds = sum(call[0] == "EngineBytesFromNetwork" for call in trt.calls)
+    record = backend_module.identity_path(built.artifact)
+    record.write_text(record.read_text().replace("NVIDIA H200", "NVIDIA A100-SXM4-80GB"))  # built elsewhere
+    again = Builder(model, find_units(model), ranges, "tensorrt", TensorRTBackend(), tmp_path).build(PrecisionPlan())
+    assert again.artifact == built.artifact
+    assert sum(call[0] == "EngineBytesFromNetwork" for call in trt.calls) == builds + 1, "rebuilt here"
+    assert "NVIDIA H200" in record.read_text()
+
+
 def test_a_feed_outside_every_profile_gives_the_trt_shapes_line(trt, tmp_path) -> None:
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")
@@ -220,3 +248,25 @@ def test_build_verifies_the_engine_on_the_recipes_feed(exported, tmp_path, monke
     assert main(["build", model, "--plan", "fp16", "--backend", "tensorrt", "-o", str(tmp_path / "n.onnx"),
                  "--artifact", str(tmp_path / "n.engine")]) == 0  # fmt: skip
     assert recorder.inspected[-1] is None and "inspected without input shapes" in capsys.readouterr().out
+
+
+def test_a_matmul_with_one_float32_side_counts_as_fp32(tmp_path) -> None:
+    """INT8 needs both sides quantized: a MatMul with one DQ input and one float32 activation runs in float32."""
+    from trtmix.runtime.trtexec import fp32_compute
+
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    codes = helper.make_tensor("q", TensorProto.INT8, [4, 4], [1] * 16)
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s"], ["w"], name="dq_w"),
+             helper.make_node("DequantizeLinear", ["xq", "s"], ["xd"], name="dq_x"),
+             helper.make_node("MatMul", ["a", "w"], ["one_side"], name="one_side"),
+             helper.make_node("MatMul", ["xd", "b"], ["other_side"], name="other_side"),
+             helper.make_node("MatMul", ["xd", "w"], ["both"], name="both_sides")]  # fmt: skip
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 4]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 4]),
+              helper.make_tensor_value_info("xq", TensorProto.INT8, [2, 4])]  # fmt: skip
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 4])
+               for name in ("one_side", "other_side", "both")]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [scale, codes])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    assert fp32_compute(path) == ["one_side", "other_side"]

@@ -5,13 +5,16 @@ What trtexec's inference loop does (``samples/common/sampleInference.cpp``, Tens
 
 * ``launch`` only *enqueues* work on ``stream`` and says whether that worked (TensorRT's ``execute_async_v3``
   returns a bool); it never synchronises;
-* each run records a start event, enqueues, records an end event, and keeps ``DEPTH`` (2) runs in flight: the host
-  waits only for the end event of the run before the one it just enqueued (trtexec's ``IterationBase``, depth
-  ``1 + overlap``).  So a start event is recorded while the previous run still occupies the stream, and the host
-  time of the next enqueue (``execute_async_v3``, ``graph.replay()``) overlaps GPU work instead of landing inside
-  the measured interval, as it would after a per-run synchronise;
-* warm-up runs the same loop for at least ``warmup`` runs *and* ``warmup_ms`` of wall time (trtexec warms up for
-  200 ms by time);
+* each run records a start event, enqueues, records an end event, and keeps ``DEPTH`` runs in flight: the host
+  waits only for the end event of the oldest run after enqueueing a newer one (trtexec's ``IterationBase``, depth
+  ``1 + overlap``).  So a start event is recorded while earlier runs still occupy the stream, and the host time of
+  the next enqueue (``execute_async_v3``, ``graph.replay()``) overlaps GPU work instead of landing inside the
+  measured interval, as it would after a per-run synchronise.  trtexec's depth of 2 is C++; here the host also
+  reads an elapsed time per run in Python, so ``DEPTH`` is 3, and the events are a ring made once, not two new
+  events (and two lazy ``cudaEventCreate``) per run;
+* warm-up and the timed runs are one loop (trtexec's ``inferenceLoop``): the first timed run starts behind warm-up
+  runs still in flight, never on a drained stream.  Warm-up lasts at least ``warmup`` runs *and* ``warmup_ms`` of
+  wall time (trtexec warms up for 200 ms by time);
 * optionally the work is captured once into a CUDA graph and replayed: the capture is thread-local (trtexec
   captures with ``cudaStreamCaptureModeThreadLocal``; torch's default ``"global"`` lets a CUDA call on another
   thread, such as a Ray build beside the timer, void the capture), and it is checked (an exception, or ``launch``
@@ -31,7 +34,7 @@ from typing import Any
 
 LOG = logging.getLogger(__name__)
 Launch = Callable[[], bool | None]
-DEPTH = 2  # runs in flight: trtexec's default (overlap on)
+DEPTH = 3  # runs in flight: trtexec keeps 2 (overlap on) in C++; Python's host time per run needs one more
 WARMUP_MS = 200.0  # trtexec's default --warmUp
 CAPTURE_MODE = "thread_local"  # trtexec's cudaStreamCaptureModeThreadLocal
 
@@ -60,49 +63,46 @@ def time_on_stream(
     replay = capture_graph(launch, stream) if cuda_graph else None
     work = replay or launch
     with torch.cuda.stream(stream):
-        _warm_up(work, stream, warmup, WARMUP_MS if warmup_ms is None else warmup_ms)
-        samples = _pipelined(work, stream, runs)
+        samples = _pipelined(work, stream, runs, warmup, WARMUP_MS if warmup_ms is None else warmup_ms)
     return CudaTiming(samples, replay is not None)
 
 
-def _warm_up(work: Launch, stream: Any, count: int, minimum_ms: float) -> None:
-    """Run the timed loop, untimed, until ``count`` runs and ``minimum_ms`` of wall time have both passed."""
-    start = perf_counter()
-    done = 0
-    while done < count or (perf_counter() - start) * 1000.0 < minimum_ms:
-        batch = max(count - done, DEPTH)
-        _pipelined(work, stream, batch)
-        done += batch
+def _pipelined(work: Launch, stream: Any, runs: int, warmup: int = 0, warmup_ms: float = 0.0) -> list[float]:
+    """Milliseconds of ``runs`` timed runs after the warm-up, each between its own events, ``DEPTH`` in flight.
 
-
-def _pipelined(work: Launch, stream: Any, runs: int) -> list[float]:
-    """Milliseconds of ``runs`` runs, each between its own events, with ``DEPTH`` runs in flight.
-
-    The host waits for the end event of the oldest run in flight only after enqueueing the next one, so the stream
-    is never idle while the host enqueues (the reason trtexec never synchronises per iteration).
+    Warm-up runs (at least ``warmup`` of them and ``warmup_ms`` of wall time) go through the same loop untimed, so
+    the pipeline never drains before the first timed run.  The host waits for the oldest run's end event only after
+    enqueueing a newer one; each event pair is reused once its run has been read.
     """
     import torch
 
+    ring = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))  # type: ignore[no-untyped-call]
+            for _ in range(DEPTH)]  # fmt: skip
     samples: list[float] = []
-    in_flight: deque[tuple[Any, Any]] = deque()
-    for _ in range(runs):
-        start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    in_flight: deque[tuple[int, bool]] = deque()  # (ring slot, timed)
+    started, warmed, timed, slot = perf_counter(), 0, 0, 0
+    while timed < runs:
+        warming = warmed < warmup or (perf_counter() - started) * 1000.0 < warmup_ms
+        start, end = ring[slot]
         start.record(stream)
         _enqueued(work())
         end.record(stream)
-        in_flight.append((start, end))
+        in_flight.append((slot, not warming))
+        warmed, timed, slot = warmed + warming, timed + (not warming), (slot + 1) % DEPTH
         if len(in_flight) >= DEPTH:
-            samples.append(_elapsed(*in_flight.popleft()))
+            _read(ring, in_flight.popleft(), samples)
     while in_flight:
-        samples.append(_elapsed(*in_flight.popleft()))
+        _read(ring, in_flight.popleft(), samples)
     return samples
 
 
-def _elapsed(start: Any, end: Any) -> float:
-    """Wait for ``end`` and return the milliseconds between the two events."""
+def _read(ring: list[tuple[Any, Any]], entry: tuple[int, bool], samples: list[float]) -> None:
+    """Wait for a run's end event; keep its milliseconds when it was a timed run (warm-up runs are dropped)."""
+    slot, timed = entry
+    start, end = ring[slot]
     end.synchronize()
-    return float(start.elapsed_time(end))
+    if timed:
+        samples.append(float(start.elapsed_time(end)))
 
 
 def capture_graph(launch: Launch, stream: Any) -> Launch | None:

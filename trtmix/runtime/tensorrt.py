@@ -167,6 +167,14 @@ class TensorRTBackend:
             LOG.info("TF32 off for %s: %d conv/matmul nodes compute in FP32 (%s)", onnx_path.name, len(fp32), fp32[0])
         return not fp32
 
+    def fits(self, artifact: Path) -> bool:
+        """Whether an engine on disk was built for this process's GPU and TensorRT (the builder rebuilds it if not).
+
+        The artifact key names the device of the process that computed it; an engine a Ray worker built on another
+        GPU model of a mixed cluster, or one copied in, is caught here by its record, before anything reads it.
+        """
+        return not foreign_identity(artifact, device_identity())
+
     def options(self) -> dict[str, object]:
         """What changes an engine or its timing: the build settings (not the timing cache's path) and the device.
 
@@ -355,6 +363,8 @@ def device_identity() -> dict[str, str]:
 
 
 ENGINE_IDENTITY = ("gpu", "compute_capability", "tensorrt")  # what TensorRT refuses an engine over
+# TensorRT's words for an engine from another device or version (NVIDIA/TensorRT issues #564, #2176)
+MISMATCH_WORDS = ("please rebuild", "incompatible", "not compatible with this version")
 
 
 def device_cache(cache: Path, identity: dict[str, str]) -> Path:
@@ -440,14 +450,20 @@ class EngineMismatchError(BackendError):
     """An engine file built on another GPU model or TensorRT version than this process has."""
 
 
-def check_engine_device(artifact: Path, current: dict[str, str]) -> None:
-    """Refuse an engine recorded as built for another GPU model or TensorRT version, naming both."""
+def foreign_identity(artifact: Path, current: dict[str, str]) -> list[str]:
+    """The identity keys (GPU, compute capability, TensorRT) on which the engine's record differs from ``current``."""
     recorded_path = identity_path(artifact)
     if not recorded_path.is_file():
-        return
+        return []
     recorded = json.loads(recorded_path.read_text())
-    differ = [key for key in ENGINE_IDENTITY if recorded.get(key) != current.get(key)]
+    return [key for key in ENGINE_IDENTITY if recorded.get(key) != current.get(key)]
+
+
+def check_engine_device(artifact: Path, current: dict[str, str]) -> None:
+    """Refuse an engine recorded as built for another GPU model or TensorRT version, naming both."""
+    differ = foreign_identity(artifact, current)
     if differ:
+        recorded = json.loads(identity_path(artifact).read_text())
         built, here = (", ".join(f"{key} {ids.get(key)}" for key in differ) for ids in (recorded, current))
         raise EngineMismatchError(
             f"{artifact.name} was built for {built}; this process has {here}. A TensorRT engine runs only on the GPU "
@@ -466,7 +482,10 @@ def _deserialize(artifact: Path, plugins: tuple[str, ...] = ()) -> trt.ICudaEngi
     engine: trt.ICudaEngine | None = _runtime().deserialize_cuda_engine(artifact.read_bytes())
     if engine is None:
         said = " ".join(log.errors) or "no message"
-        if "please rebuild" in said or "incompatible" in said or "version" in said.lower():
+        if "could not find plugin" in said.lower():  # "getPluginCreator could not find plugin: X version: 1"
+            raise BackendError(f"TensorRT could not deserialize {artifact.name}: a plugin it uses is not registered "
+                               f"({said}).", fix="pass the plugin's library in BuildSettings.plugins")  # fmt: skip
+        if any(words in said.lower() for words in MISMATCH_WORDS):
             raise EngineMismatchError(
                 f"TensorRT refused {artifact.name}: it was built on another GPU or TensorRT version ({said}).",
                 fix="rebuild it on this host (delete it; a trtmix job rebuilds what it needs)",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 TF32_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})  # what TF32 tensor cores compute
 
@@ -86,8 +87,21 @@ def fp32_compute(onnx_path: Path) -> list[str]:
     types = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.input]}
     types.update({init.name: init.data_type for init in model.graph.initializer})
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    return [node.name for node in model.graph.node if node.op_type in TF32_OPS and node.input
-            and node.input[0] not in dequantized and types.get(node.input[0]) == onnx.TensorProto.FLOAT]  # fmt: skip
+    return [node.name for node in model.graph.node
+            if node.op_type in TF32_OPS and _computes_fp32(node, types, dequantized)]  # fmt: skip
+
+
+FLOAT32 = 1  # onnx.TensorProto.FLOAT (onnx is imported only where a graph is read)
+
+
+def _computes_fp32(node: Any, types: dict[str, int], dequantized: set[str]) -> bool:
+    """A conv or matmul computes in float32 unless every data input (the first two) comes from a DequantizeLinear.
+
+    An INT8 conv or matmul needs both its inputs quantized; one float32 input not behind a DQ (a MatMul whose other
+    side is an activation in FP32) keeps the node in float32, and so in TF32 unless TF32 is off.
+    """
+    data = [name for name in node.input[:2] if name]
+    return any(types.get(name) == FLOAT32 for name in data) and not all(name in dequantized for name in data)
 
 
 def trtexec_lines(onnx_path: str, engine_path: str, timing_cache: str, settings: dict[str, object],
