@@ -43,7 +43,8 @@ from trtmix.sensitivity.measured import UserDistance
 class Pipeline:
     """One compile job in ``output``; see the module docstring.
 
-    The one place that reads ``CompileConfig``: it resolves the settings once into the objects the stages take
+    The wiring (with ``run.py``, the job's steps, the only job modules that read ``CompileConfig``; see
+    ``tests/test_layers.py``): it resolves the settings once into the objects the stages take
     (``Recipe``, ``Flavour``, ``Backend``, ``Workspace``, ``Evaluation``, ``Journal``, the cluster) and the few
     settings each stage needs (``ProbeSettings``, ``OrderingSettings``, ``QuantizerSettings``).
     """
