@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import helper, numpy_helper
 
 from trtmix.calibration.calibrate import calibrate_max, tensors_to_calibrate
 from trtmix.calibration.ranges import Ranges
@@ -105,3 +106,44 @@ def assert_shipped_graphs_load(output: Path, elsewhere: Path) -> list[str]:
         if not name.endswith(".onnxruntime.onnx"):
             openvino.Core().read_model(str(elsewhere / name))
     return names
+
+
+def layernorm_model(residual: bool = False, width: int = 16, seed: int = 0, *, off_centre: bool = False,
+                    gemm_head: bool = False) -> onnx.ModelProto:  # fmt: skip
+    """X → LayerNorm (an outlier channel) → two MatMul+bias units (Q/K-like) → their sum, seeded.
+
+    ``residual``: the sum also adds the LayerNorm's output; ``off_centre``: a random β, so centring has work;
+    ``gemm_head``: the sum feeds a Gemm with a bias (a third kind of unit).
+    """
+    rng = np.random.default_rng(seed)
+    gamma = rng.uniform(0.5, 1.5, width).astype(np.float32)
+    gamma[2] = 30.0  # an outlier channel the LayerNorm itself makes
+    beta = rng.standard_normal(width).astype(np.float32) if off_centre else np.zeros(width, np.float32)
+    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(beta, "beta")]
+    nodes = [helper.make_node("LayerNormalization", ["input", "gamma", "beta"], ["ln"], name="ln", axis=-1)]
+    for name in ("q", "k"):
+        inits += [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32) * 0.2, f"{name}_w"),
+                  numpy_helper.from_array(rng.standard_normal(width).astype(np.float32) * 0.1, f"{name}_b")]
+        nodes += [helper.make_node("MatMul", ["ln", f"{name}_w"], [f"{name}_mm"], name=f"{name}/MatMul"),
+                  helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [f"{name}_out"],
+                                   name=f"{name}/Add")]  # fmt: skip
+    nodes.append(helper.make_node("Add", ["q_out", "k_out"], ["sum"], name="sum"))
+    final = "sum"
+    if residual:
+        nodes.append(helper.make_node("Add", ["sum", "ln"], ["res"], name="residual"))
+        final = "res"
+    if gemm_head:
+        inits += [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32) * 0.2, "out_w"),
+                  numpy_helper.from_array(rng.standard_normal(width).astype(np.float32) * 0.1, "out_b")]  # fmt: skip
+        nodes.append(helper.make_node("Gemm", [final, "out_w", "out_b"], ["y"], name="out/Gemm", transB=1))
+        final = "y"
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "ln", [value("input", onnx.TensorProto.FLOAT, [4, width])],
+                              [value(final, onnx.TensorProto.FLOAT, [4, width])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def layernorm_feeds(count: int, seed: int, width: int = 16) -> list[dict[str, np.ndarray]]:
+    """Seeded standard-normal inputs [4, width] for ``layernorm_model``."""
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.standard_normal((4, width)).astype(np.float32)} for _ in range(count)]

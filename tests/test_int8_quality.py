@@ -23,6 +23,8 @@ from trtmix.quant.plan import PrecisionPlan
 from trtmix.quant.smooth import SmoothSettings, plan_smoothing, scaled_weight, unit_scales, unit_shift
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
+from .conftest import layernorm_feeds, layernorm_model
+
 OUTLIER_RECIPE = """
 import numpy as np
 def load_data(split="calibration"):
@@ -33,37 +35,6 @@ def load_data(split="calibration"):
         x[..., 11] *= 20.0
         yield {"input": x}
 """
-
-
-def _layernorm_model(residual: bool, width: int = 16, seed: int = 0) -> onnx.ModelProto:
-    """X → LayerNorm → two MatMul+bias units (Q/K-like), optionally also read by a residual Add."""
-    rng = np.random.default_rng(seed)
-    gamma = rng.uniform(0.5, 1.5, width).astype(np.float32)
-    gamma[2] = 30.0  # an outlier channel the LayerNorm itself makes
-    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(np.zeros(width, np.float32), "beta")]
-    nodes = [helper.make_node("LayerNormalization", ["input", "gamma", "beta"], ["ln"], name="ln", axis=-1)]
-    outputs = []
-    for name in ("q", "k"):
-        inits += [numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32) * 0.2, f"{name}_w"),
-                  numpy_helper.from_array(rng.standard_normal(width).astype(np.float32) * 0.1, f"{name}_b")]
-        nodes += [helper.make_node("MatMul", ["ln", f"{name}_w"], [f"{name}_mm"], name=f"{name}/MatMul"),
-                  helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [f"{name}_out"],
-                                   name=f"{name}/Add")]  # fmt: skip
-        outputs.append(f"{name}_out")
-    nodes.append(helper.make_node("Add", outputs, ["sum"], name="sum"))
-    final = "sum"
-    if residual:
-        nodes.append(helper.make_node("Add", ["sum", "ln"], ["res"], name="residual"))
-        final = "res"
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(nodes, "ln", [value("input", onnx.TensorProto.FLOAT, [4, width])],
-                              [value(final, onnx.TensorProto.FLOAT, [4, width])], inits)  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _feeds(count: int, seed: int, width: int = 16) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"input": rng.standard_normal((4, width)).astype(np.float32)} for _ in range(count)]
 
 
 def _outputs(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -77,12 +48,12 @@ def _relative_error(model: onnx.ModelProto, reference: np.ndarray, feeds: list[d
 
 @pytest.mark.parametrize("flavour", ["tensorrt", "ort-cpu"])
 def test_smoothing_lowers_the_int8_error_of_outlier_channels(flavour: str) -> None:
-    model = _layernorm_model(residual=True)
+    model = layernorm_model(residual=True)
     units = find_units(model)
-    ranges = calibrate(model, units, _feeds(4, 0), CalibrationConfig(), progress=False)
+    ranges = calibrate(model, units, layernorm_feeds(4, 0), CalibrationConfig(), progress=False)
     smoothed, report = plan_smoothing(model, units, ranges, SmoothSettings(), flavour == "tensorrt")
     assert report["tensors"] == 1 and report["kept_units"] == ["k/MatMul", "q/MatMul"] and report["noise_ratio"] < 1
-    test = _feeds(2, 7)
+    test = layernorm_feeds(2, 7)
     reference = _outputs(model, test)
     plan = PrecisionPlan.with_int8([u.name for u in units])
     plain = _relative_error(compile_plan(model, plan, replace(ranges, smoothing={}), flavour), reference, test)
@@ -94,9 +65,9 @@ def test_smoothing_lowers_the_int8_error_of_outlier_channels(flavour: str) -> No
 
 def test_a_layernorm_read_only_by_int8_units_is_folded_else_an_explicit_mul() -> None:
     for residual, expect_mul in ((True, True), (False, False)):
-        model = _layernorm_model(residual)
+        model = layernorm_model(residual)
         units = find_units(model)
-        ranges = calibrate(model, units, _feeds(4, 0), CalibrationConfig(), progress=False)
+        ranges = calibrate(model, units, layernorm_feeds(4, 0), CalibrationConfig(), progress=False)
         smoothed, _ = plan_smoothing(model, units, ranges, SmoothSettings(alpha=0.5), False)
         compiled = compile_plan(model, PrecisionPlan.with_int8([u.name for u in units]), smoothed, "ort-cpu")
         muls = [n for n in compiled.graph.node if n.op_type == "Mul" and "smooth" in n.name]
@@ -109,9 +80,9 @@ def test_a_layernorm_read_only_by_int8_units_is_folded_else_an_explicit_mul() ->
 
 
 def test_scaled_weights_and_divided_inputs_compute_the_float_product() -> None:
-    model = _layernorm_model(residual=True)
+    model = layernorm_model(residual=True)
     units = find_units(model)
-    ranges = calibrate(model, units, _feeds(4, 0), CalibrationConfig(), progress=False)
+    ranges = calibrate(model, units, layernorm_feeds(4, 0), CalibrationConfig(), progress=False)
     smoothed, _ = plan_smoothing(model, units, ranges, SmoothSettings(alpha=0.5), False)
     x = np.random.default_rng(3).standard_normal((5, 16))
     for unit in units:
@@ -121,9 +92,9 @@ def test_scaled_weights_and_divided_inputs_compute_the_float_product() -> None:
 
 
 def test_a_shifted_input_keeps_the_float_product_through_the_bias() -> None:
-    model = _layernorm_model(residual=True)
+    model = layernorm_model(residual=True)
     units = find_units(model)
-    ranges = calibrate(model, units, _feeds(4, 0), CalibrationConfig(), progress=False)
+    ranges = calibrate(model, units, layernorm_feeds(4, 0), CalibrationConfig(), progress=False)
     shifted, report = plan_smoothing(model, units, ranges, SmoothSettings(alpha=0.5), True, centre=True)
     assert report["shifted"] == 1
     x = np.random.default_rng(4).standard_normal((5, 16))
@@ -138,14 +109,14 @@ def test_a_shifted_input_keeps_the_float_product_through_the_bias() -> None:
 def test_the_switched_kl_graph_applies_every_quantizer_as_compile_does(flavour: str) -> None:
     from trtmix.quant.switched import compile_switched, switch_feeds
 
-    model = _layernorm_model(residual=True)
+    model = layernorm_model(residual=True)
     units = find_units(model)
-    ranges = calibrate(model, units, _feeds(4, 0), CalibrationConfig(), progress=False)
+    ranges = calibrate(model, units, layernorm_feeds(4, 0), CalibrationConfig(), progress=False)
     prepared, _ = plan_smoothing(model, units, ranges, SmoothSettings(alpha=0.5), flavour == "tensorrt",
                                  centre=flavour == "tensorrt")  # fmt: skip
     prepared = replace(prepared, bias_correction=True)
     graph, switches = compile_switched(model, units, prepared, flavour)
-    feed = _feeds(1, 9)[0]
+    feed = layernorm_feeds(1, 9)[0]
     with OnnxRuntimeRunner(graph, threads=1, optimize=True) as runner:
         switched = {u.name: runner.infer({**feed, **switch_feeds(switches, u.name)})[0] for u in units}
     for unit in units:
@@ -161,9 +132,9 @@ def test_alpha_outside_the_open_interval_is_refused() -> None:
 
 
 def test_a_scale_that_would_overflow_float16_is_clamped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    model = _layernorm_model(residual=True)
+    model = layernorm_model(residual=True)
     units = find_units(model)
-    feeds = _feeds(4, 0)
+    feeds = layernorm_feeds(4, 0)
     for feed in feeds:
         feed["input"][:, 5] *= 1e4  # with γ = 30 on channel 2 and this, s leaves float16 unless clamped
     ranges = calibrate(model, units, feeds, CalibrationConfig(), progress=False)
@@ -268,7 +239,7 @@ def _shared_parameters_model(shared: bool) -> onnx.ModelProto:
 
 @pytest.mark.parametrize("flavour", ["tensorrt", "ort-cpu"])
 def test_initializers_shared_between_units_are_moved_for_each_unit_alone(flavour: str) -> None:
-    feeds = _feeds(4, 0)
+    feeds = layernorm_feeds(4, 0)
     for feed in feeds:
         feed["input"][:, 3] *= 25  # an outlier channel, so both LayerNorms' outputs are smoothed
     compiled = {}
@@ -282,5 +253,5 @@ def test_initializers_shared_between_units_are_moved_for_each_unit_alone(flavour
                                         replace(prepared, bias_correction=True), flavour)  # fmt: skip
         names = [init.name for init in compiled[shared].graph.initializer]
         assert len(names) == len(set(names))
-    test = _feeds(2, 3)
+    test = layernorm_feeds(2, 3)
     np.testing.assert_allclose(_outputs(compiled[True], test), _outputs(compiled[False], test), rtol=0, atol=1e-6)

@@ -31,39 +31,9 @@ from trtmix.search.orderings import order_units
 from trtmix.sensitivity.mapping import map_units
 from trtmix.sensitivity.run import weight_deltas
 
-from .conftest import batches_for
+from .conftest import batches_for, layernorm_feeds, layernorm_model
 
 FLAVOURS = {"tensorrt": get_flavour("tensorrt"), "ort-cpu-7bit": get_flavour("ort-cpu", weight_bits=7)}
-WIDTH = 16
-
-
-def _linear_model(seed: int = 0) -> onnx.ModelProto:
-    """LayerNorm with an outlier channel → two MatMul+bias units → their sum → a Gemm with a bias (seeded)."""
-    rng = np.random.default_rng(seed)
-    gamma = rng.uniform(0.5, 1.5, WIDTH).astype(np.float32)
-    gamma[2] = 30.0
-    beta = rng.standard_normal(WIDTH).astype(np.float32)  # off-centre channels, so that centring has work
-    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(beta, "beta")]
-    nodes = [helper.make_node("LayerNormalization", ["input", "gamma", "beta"], ["ln"], name="ln", axis=-1)]
-    for name in ("q", "k"):
-        inits += [numpy_helper.from_array(rng.standard_normal((WIDTH, WIDTH)).astype(np.float32) * 0.2, f"{name}_w"),
-                  numpy_helper.from_array(rng.standard_normal(WIDTH).astype(np.float32) * 0.1, f"{name}_b")]
-        nodes += [helper.make_node("MatMul", ["ln", f"{name}_w"], [f"{name}_mm"], name=f"{name}/MatMul"),
-                  helper.make_node("Add", [f"{name}_mm", f"{name}_b"], [f"{name}_out"],
-                                   name=f"{name}/Add")]  # fmt: skip
-    inits += [numpy_helper.from_array(rng.standard_normal((WIDTH, WIDTH)).astype(np.float32) * 0.2, "out_w"),
-              numpy_helper.from_array(rng.standard_normal(WIDTH).astype(np.float32) * 0.1, "out_b")]  # fmt: skip
-    nodes += [helper.make_node("Add", ["q_out", "k_out"], ["sum"], name="sum"),
-              helper.make_node("Gemm", ["sum", "out_w", "out_b"], ["y"], name="out/Gemm", transB=1)]  # fmt: skip
-    value = helper.make_tensor_value_info
-    graph = helper.make_graph(nodes, "linear", [value("input", onnx.TensorProto.FLOAT, [4, WIDTH])],
-                              [value("y", onnx.TensorProto.FLOAT, [4, WIDTH])], inits)  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    return [{"input": rng.standard_normal((4, WIDTH)).astype(np.float32)} for _ in range(count)]
 
 
 def _prepared(model: onnx.ModelProto, units: list[Unit], feeds: list[dict[str, np.ndarray]], float16: bool) -> Ranges:
@@ -106,9 +76,9 @@ def _compiled_delta(model: onnx.ModelProto, unit: Unit, ranges: Ranges, flavour,
 @pytest.mark.parametrize("flavour_name", list(FLAVOURS))
 def test_the_orderings_delta_w_is_compiles_weight_error(flavour_name: str) -> None:
     flavour = FLAVOURS[flavour_name]
-    model = _linear_model()
+    model = layernorm_model(off_centre=True, gemm_head=True)
     units = find_units(model)
-    feeds = _feeds(4, 0)
+    feeds = layernorm_feeds(4, 0)
     ranges = _prepared(model, units, feeds, flavour_name == "tensorrt")
     quantizer = WeightQuantizer(ranges, flavour)
     noise = order_units("noise", units, model, quantizer=quantizer)[1]
@@ -128,9 +98,9 @@ def test_the_orderings_delta_w_is_compiles_weight_error(flavour_name: str) -> No
 @pytest.mark.parametrize("flavour_name", list(FLAVOURS))
 def test_the_switched_graph_holds_compiles_weights_and_biases(flavour_name: str) -> None:
     flavour = FLAVOURS[flavour_name]
-    model = _linear_model()
+    model = layernorm_model(off_centre=True, gemm_head=True)
     units = find_units(model)
-    feeds = _feeds(4, 0)
+    feeds = layernorm_feeds(4, 0)
     ranges = _prepared(model, units, feeds, flavour_name == "tensorrt")
     switched, _ = compile_switched(model, units, ranges, flavour)
     constants = {init.name: numpy_helper.to_array(init) for init in switched.graph.initializer}
