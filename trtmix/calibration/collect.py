@@ -10,7 +10,7 @@ import numpy as np
 
 from trtmix.calibration.calibrate import CalibrationConfig, calibrate, calibrate_cached
 from trtmix.calibration.ranges import Ranges
-from trtmix.data.recipes import load_batches
+from trtmix.data.recipe import Recipe
 from trtmix.ir.fold import load_float_model
 from trtmix.ir.units import require_units
 
@@ -50,7 +50,6 @@ def collect_ranges(
         return calibrate(model, units, data, config, progress=progress)
     spec_id = data + "".join(f" {k}={v}" for k, v in sorted((data_args or {}).items()))
 
-    def load() -> Iterable[object]:
-        return load_batches(data, split, **(data_args or {}))
-
-    return calibrate_cached(model, units, spec_id, load, split, config, cache_dir, progress=progress)
+    recipe = Recipe.of(data, data_args or {})
+    return calibrate_cached(model, units, spec_id, lambda: recipe.raw_batches(split), split, config, cache_dir,
+                            progress=progress)  # fmt: skip

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from trtmix.data.recipes import checked_batches, load_batches, model_input_specs
+from trtmix.data.recipe import Recipe
+from trtmix.data.recipes import model_input_specs
 from trtmix.errors import TrtmixError
 
 
@@ -61,7 +62,7 @@ def timing_feeds(
     batch would time a shape the user never runs, so a missing one is an error that lists them all.
     """
     if data:
-        return next(iter(checked_batches(load_batches(data, "calibration", **(data_args or {})), model, limit=1)))
+        return Recipe.of(data, data_args or {}).batches(model, "calibration", 1)[0]
     specs = model_input_specs(model)
     _require_dims(specs, dims)
     rng = np.random.default_rng(seed)
