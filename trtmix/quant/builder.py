@@ -136,15 +136,14 @@ class Builder:
         """
         key = self.key(plan)
         onnx_path, artifact = self._paths(key)
+        fits = getattr(self.require_backend(), "fits", None)  # TensorRT: an engine is tied to its GPU and version
+        if artifact.is_file() and artifact not in self._verified and fits is not None and not fits(artifact):
+            LOG.warning("%s was built for another GPU or TensorRT version: rebuilding it here", artifact.name)
+            artifact.unlink()
         if artifact.is_file() and not self._intact(artifact):
             LOG.warning("%s does not match the hash recorded when it was built (truncated or changed): rebuilding",
                         artifact.name)  # fmt: skip
             artifact.unlink()
-        fits = getattr(self.require_backend(), "fits", None)  # TensorRT: an engine is tied to its GPU and version
-        if artifact.is_file() and fits is not None and not fits(artifact):
-            LOG.warning("%s was built for another GPU or TensorRT version: rebuilding it here", artifact.name)
-            artifact.unlink()
-            self._verified.discard(artifact)
         if not artifact.is_file():
             save_shared(self._float_copy() if plan is None else self.compile(plan), onnx_path)
             LOG.debug("building %s", artifact.name)
