@@ -8,7 +8,8 @@ adding an engine means adding a flavour here, not another if-branch across the c
 * ``tensorrt`` — TensorRT's explicit quantization: symmetric int8 (zero point 0), per-tensor activations,
   per-output-channel weights as Q→DQ on the float weight, a float16 graph, opset ≥ 19 (float16 Q/DQ scales).  At a
   residual Add whose inputs both come from INT8 units, the skip input is quantized too so TensorRT can fuse the Add
-  into the conv (the ModelOpt placement).
+  into the conv.  ``placement="modelopt"`` follows NVIDIA ModelOpt's ONNX INT8 placement instead at Adds behind
+  MatMul/Gemm units (transformers): both inputs quantized (see ``TensorRTFlavour``).
 * ``ort-cpu`` — what ONNX Runtime's CPU kernels fuse into int8 kernels: uint8 asymmetric activations, int8
   per-channel weights stored as int8 initializers within ±63 (ORT's ``reduce_range``), a float32 base, conv outputs
   quantized (QLinearConv), Gemm biases as int32 (QGemm), and residual Adds between quantized tensors quantized on
@@ -37,6 +38,8 @@ from trtmix.quant.rules import ort_cpu_issues, tensorrt_issues
 from trtmix.runtime.cpu import cpu_features
 
 ALL_READERS = "*"
+PLACEMENTS = ("trtmix", "modelopt")  # the tensorrt flavour's residual-Add rules; see TensorRTFlavour
+DEFAULT_PLACEMENT = "trtmix"
 
 
 @dataclass
@@ -108,7 +111,23 @@ class Flavour(ABC):
 
 
 class TensorRTFlavour(Flavour):
-    """TensorRT strongly typed explicit quantization; OpenVINO builds it as it is, ONNX Runtime as a simulation."""
+    """TensorRT strongly typed explicit quantization; OpenVINO builds it as it is, ONNX Runtime as a simulation.
+
+    ``placement`` says where Q/DQ go beyond every INT8 unit's inputs (both placements agree there, attention
+    MatMuls included, and neither quantizes LayerNorm, GELU, Softmax or any output):
+
+    * ``trtmix`` (default): at a residual Add whose two inputs both come from INT8 units (or one is already
+      quantized for one), the skip input only: TensorRT's residual fusion wants the conv's partner input int8 and
+      the conv's own output float (TensorRT developer guide, Q/DQ placement recommendations).
+    * ``modelopt``: NVIDIA ModelOpt's ONNX INT8 placement (``modelopt/onnx/quantization/int8.py``
+      ``_find_nodes_to_quantize``).  At Adds behind a conv it is the same rule (``build_non_residual_input_map`` finds a
+      conv backbone and keeps the conv's input float).  At Adds behind MatMul/Gemm units there is no conv backbone, so
+      the Add is a "KGEN head" (``graph_utils.filter_quantizable_kgen_heads``): both inputs are quantized, the unit's
+      output and the skip input, unless the skip input has no other quantized reader; an Add feeding Softmax (the
+      attention mask) is not quantized.  On MiniLM this adds a Q/DQ on each of the 12 residual Adds' branch input.
+
+    Measured by ``benchmarks/placement.py`` (figures in benchmarks/README.md, "Q/DQ placement").
+    """
 
     name = "tensorrt"
     opset = 19
@@ -120,9 +139,28 @@ class TensorRTFlavour(Flavour):
     float_weights = True
     int32_gemm_bias = False
 
+    def __init__(self, placement: str = DEFAULT_PLACEMENT) -> None:
+        if placement not in PLACEMENTS:
+            raise CompileError(f"Unknown Q/DQ placement {placement!r}.", expected=f"one of {', '.join(PLACEMENTS)}")
+        self.placement = placement
+
+    def options(self) -> dict[str, object]:
+        """The base options, plus the placement when it is not the default.
+
+        Only a non-default placement is named, so the default's artifact and journal keys stay what they were.
+        """
+        options = super().options()
+        if self.placement != DEFAULT_PLACEMENT:
+            options["placement"] = self.placement
+        return options
+
+    def metadata(self) -> dict[str, str]:
+        """The base metadata and the placement, so a reader of the graph knows which rule put its Q/DQ."""
+        return {**super().metadata(), "trtmix.placement": self.placement}
+
     def sites(self, model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
-        """Inputs of every INT8 unit, plus the skip input of residual Adds fed by INT8 units."""
-        return _tensorrt_sites(model, int8_units)
+        """Inputs of every INT8 unit, plus residual Add inputs by the placement's rule."""
+        return _tensorrt_sites(model, int8_units, self.placement)
 
     def issues(self, model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> list[str]:
         """TensorRT's Q/DQ and typing rules (``trtmix.quant.rules``)."""
@@ -204,15 +242,53 @@ def get_flavour(flavour: str | Flavour, weight_bits: int | None = None) -> Flavo
     return OrtCpuFlavour(weight_bits)
 
 
-def _tensorrt_sites(model: onnx.ModelProto, int8_units: list[Unit]) -> QuantizationSites:
-    """Inputs of every INT8 unit, plus the skip input of residual Adds fed by INT8 units."""
+def _tensorrt_sites(model: onnx.ModelProto, int8_units: list[Unit], placement: str = DEFAULT_PLACEMENT
+                    ) -> QuantizationSites:  # fmt: skip
+    """Inputs of every INT8 unit, plus residual Add inputs: ``placement``'s rule (see ``TensorRTFlavour``)."""
     sites = QuantizationSites(weight_units=[u for u in int8_units if u.weight is not None])
     for unit in int8_units:
         for tensor in unit.inputs:
             sites.activations[tensor].add(unit.name)
-    for node_name, tensor in _residual_inputs(model, int8_units):
+    residual = _modelopt_residual_inputs if placement == "modelopt" else _residual_inputs
+    for node_name, tensor in residual(model, int8_units):
         sites.activations[tensor].add(node_name)
     return sites
+
+
+def _modelopt_residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tuple[str, str]]:
+    """(Add node, input tensor) pairs ModelOpt's ONNX INT8 placement quantizes at two-activation Adds.
+
+    Adds behind a conv unit keep ``_residual_inputs``' rule, which is ModelOpt's too (its non-residual input, the
+    conv's, stays float so TensorRT fuses the Add into the conv).  Any other Add with an input from an INT8 unit is
+    what ModelOpt calls a KGEN head: that input is quantized, and the other one too where another INT8 unit reads it
+    quantized already (ModelOpt's "other quantizable consumer"); an Add feeding Softmax (the attention mask) is left
+    float, as ModelOpt's ``_is_mha_epilogue_pattern`` does.  Trtmix's plan replaces ModelOpt's all-INT8 world: only
+    INT8 units count as quantized partitions.
+    """
+    produced_by = {u.output: u for u in int8_units}
+    quantized_inputs = {t for u in int8_units for t in u.inputs}
+    index = GraphIndex(model)
+    adds = list(two_activation_adds(model, index))
+    conv_adds = {node.name for node, activations in adds
+                 if any(t in produced_by and produced_by[t].kind == KIND_CONV for t in activations)}  # fmt: skip
+    chosen = [(node, t) for node, t in _residual_inputs(model, int8_units) if node in conv_adds]
+    for node, activations in adds:
+        if node.name in conv_adds or _feeds_softmax(index, node) or not any(t in produced_by for t in activations):
+            continue
+        chosen.extend((node.name, t) for t in activations if t in produced_by or t in quantized_inputs)
+    return chosen
+
+
+def _feeds_softmax(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """True when ``node``'s output reaches a Softmax through reshapes only (the attention mask's Add)."""
+    readers = list(index.consumers.get(node.output[0], []))
+    while readers:
+        reader = readers.pop()
+        if reader.op_type == "Softmax":
+            return True
+        if reader.op_type in ("Reshape", "Flatten"):
+            readers.extend(index.consumers.get(reader.output[0], []))
+    return False
 
 
 def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tuple[str, str]]:
