@@ -244,7 +244,7 @@ def _write_weight(
     zero_point = np.zeros(scale.shape, dtype=np.int8)
     prefix = f"{quantized.unit.name}/weight"
     if flavour.float_weights:
-        source = gs.Constant(f"{prefix}_float", quantized.weight.astype(float_dtype))
+        source = gs.Constant(f"{prefix}_float", quantized.source(float_dtype))  # learned int8 × scale where learned
         dequantized = _qdq_pair(graph, source, scale, zero_point, axis=axis, float_dtype=float_dtype, prefix=prefix)
     else:
         source = gs.Constant(f"{prefix}_int8", quantized.int8())
