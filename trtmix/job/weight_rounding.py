@@ -1,0 +1,104 @@
+"""Learned weight rounding as a measured quantizer option: kept only where the job's metric says it helps.
+
+``trtmix.quant.rounding`` lowers each unit's output error on calibration data, which is not the job's metric: an
+error moved from one unit's output to where the metric notices it more, or learned on too few rows, can cost
+accuracy.  So, as for smoothing and bias correction (``trtmix.job.quantizers``), the all-INT8 plan is compiled
+with the chosen option's ranges and with the same ranges plus learned rounding, each run by ONNX Runtime on the
+search split and scored; the learned values are kept only if the score is higher (a tie keeps round-to-nearest).
+The report gives both scores, per unit rounded (held-out error ratio) or skipped (why), and the seconds spent
+learning and scoring, which is all this option adds to a job.  A resumed job reads the score from the journal's
+``measured``; where learned rounding lost, it is not learned again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import onnx
+
+from trtmix.calibration.ranges import Ranges
+from trtmix.data.recipes import Feed
+from trtmix.ir.units import Unit
+from trtmix.job.evaluation import Evaluation
+from trtmix.quant.builder import Builder
+from trtmix.quant.flavours import Flavour
+from trtmix.quant.plan import PrecisionPlan
+from trtmix.quant.rounding import MIN_BATCHES, learn_rounding
+from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+LABEL = "learned weight rounding"
+CalibrationSource = Callable[[], Sequence[Feed]]  # the calibration batches, read only when rounding is learned
+
+
+def measured_rounding(
+    enabled: bool,
+    ranges: Ranges,
+    chosen: str,
+    measured: dict[str, float],
+    learn: Callable[[Ranges], tuple[Ranges, Any]],
+    score: Callable[[Ranges], float],
+) -> tuple[Ranges, dict[str, Any]]:
+    """``ranges`` with learned rounding where it scores higher than ``chosen`` (in ``measured``), and the report.
+
+    ``learn`` is ``learn_rounding`` bound to the job's model, flavour and calibration batches; ``score`` compiles
+    the all-INT8 plan with the ranges given and scores it on the search split.  ``measured`` gains the new label.
+    """
+    start = time.perf_counter()
+    label = f"{chosen}, {LABEL}"
+    report: dict[str, Any] = {"enabled": False, "requested": enabled, "label": label}
+    if not enabled:
+        return ranges, {**report, "note": "off (--no-weight-rounding)"}
+    if label in measured and chosen in measured and measured[label] <= measured[chosen]:
+        note = "not kept: it did not score higher when this job measured it (not learned again)"
+        return ranges, {**report, "score_with": measured[label], "score_without": measured[chosen], "note": note,
+                        "seconds": 0.0}  # fmt: skip
+    learned, record = learn(ranges)
+    report["units"] = record.to_dict()
+    report["learn_seconds"] = round(record.seconds, 2)
+    if not learned.rounding:
+        note = record.note or "no unit's learned rounding beat round-to-nearest on the held-out calibration batches"
+        return ranges, {**report, "note": note, "seconds": round(time.perf_counter() - start, 2)}
+    scored = time.perf_counter()
+    if label not in measured:
+        measured[label] = score(learned)
+    report["score_seconds"] = round(time.perf_counter() - scored, 2)
+    with_rounding, without = measured[label], measured.get(chosen)
+    kept = without is None or with_rounding > without
+    report.update(enabled=kept, score_with=with_rounding, score_without=without,
+                  seconds=round(time.perf_counter() - start, 2),
+                  note=None if kept else "not kept: the all-INT8 score is not higher with it")  # fmt: skip
+    return (learned if kept else ranges), report
+
+
+def rounding_learner(
+    model: onnx.ModelProto, units: list[Unit], flavour: Flavour, calibration: CalibrationSource | None,
+    plan: PrecisionPlan,
+) -> Callable[[Ranges], tuple[Ranges, Any]]:  # fmt: skip
+    """``learn`` for ``measured_rounding``: the calibration batches read once, the all-INT8 plan's float typing."""
+
+    def learn(ranges: Ranges) -> tuple[Ranges, Any]:
+        feeds = list(calibration()) if calibration is not None else []
+        learned, record = learn_rounding(model, units, ranges, flavour, feeds, default=plan.default,
+                                         fp32_nodes=plan.fp32_nodes)  # fmt: skip
+        if calibration is None:
+            record.note = f"no calibration batches were given to the quantizer choice (needs {MIN_BATCHES} or more)"
+        return learned, record
+
+    return learn
+
+
+def all_int8_scorer(
+    model: onnx.ModelProto, units: list[Unit], flavour: Flavour, evaluation: Evaluation, plan: PrecisionPlan,
+    threads: int | None, model_hash: str,
+) -> Callable[[Ranges], float]:  # fmt: skip
+    """``score`` for ``measured_rounding``: the all-INT8 ``plan`` compiled with the ranges, scored on search."""
+
+    def score(ranges: Ranges) -> float:
+        builder = Builder(model, units, ranges, flavour, model_hash=model_hash)
+        compiled = builder.compile(plan, check=False)
+        with OnnxRuntimeRunner(compiled, threads, optimize=True) as runner:
+            return evaluation.score("search", evaluation.run(runner, "search"))
+
+    return score
