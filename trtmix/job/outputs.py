@@ -37,6 +37,7 @@ OUTPUT_FILES = {
     "report.html": "one self-contained page: frontier plot, probe table, the chosen plan unit by unit",
     "frontier.png": "latency against accuracy of every probe",
     "ranges.json": "the activation ranges every build of the job used",
+    "ranges.rounding.npz": "where learned weight rounding was kept: the int8 weights `ranges.json` names",
     "model.onnx": "a torch source, exported (`model.source` stamps what it was exported from)",
     "model.source": "the export's stamp: a changed factory, exporter, opset or input names exports again",
     "given.onnx": "an in-memory source (`trtmix.compile` with a torch module or a ModelProto), written once",
