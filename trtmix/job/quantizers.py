@@ -25,6 +25,7 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.ir.large import model_sha256, tensor_bytes
 from trtmix.ir.units import Unit
 from trtmix.job.evaluation import Evaluation
+from trtmix.job.weight_rounding import CalibrationSource, job_rounding
 from trtmix.memory import release
 from trtmix.progress import bar as progress_bar
 from trtmix.quant.builder import Builder
@@ -47,6 +48,7 @@ class QuantizerSettings:
     bias_correction: bool = True  # measured against the chosen option without it
     default: Precision = Precision.FP16  # the precision of units the all-INT8 plan leaves high (FP32 nodes)
     threads: int | None = None  # ONNX Runtime's threads scoring each option
+    weight_rounding: bool = True  # learned weight rounding, measured on the chosen option (--no-weight-rounding)
 
 
 def job_quantizers(
@@ -58,10 +60,12 @@ def job_quantizers(
     journal: Journal,
     evaluation: Evaluation,
     fp32_nodes: frozenset[str] = frozenset(),
+    calibration: CalibrationSource | None = None,
 ) -> tuple[Ranges, dict[str, Any]]:
     """The ranges every build of the job uses, and the report of how they were chosen.
 
     ``fp32_nodes``: the all-high plan's FP32 nodes, kept in the all-INT8 plan each option is scored on.
+    ``calibration``: the batches learned weight rounding learns on (``trtmix.job.weight_rounding``; None: none).
     """
     cached = journal.cached(JOURNAL_KEY)
     measured: dict[str, float] = dict(cached["measured"]) if cached else {}
@@ -80,9 +84,12 @@ def job_quantizers(
         if trial.score(without, options[without]) > measured[chosen]:
             chosen = without
     ranges, smoothing = _prepared(model, units, calibrated, config, flavour, *options[chosen])
+    # learned weight rounding (issue 33, part 3): the chosen option with it, kept only where it scores higher
+    ranges, rounding = job_rounding(config.weight_rounding, trial, chosen, ranges, calibration)
     correction = {"enabled": ranges.bias_correction, "requested": config.bias_correction,
                   "channel_statistics": len(calibrated.channels)}  # fmt: skip
     report = {"smoothing": {**smoothing, "option": chosen, "measured": measured}, "bias_correction": correction}
+    report["weight_rounding"] = rounding
     if not cached:
         journal.store(JOURNAL_KEY, {"measured": measured, "seconds": time.perf_counter() - start})
     report["smoothing"]["seconds"] = (cached or {}).get("seconds", time.perf_counter() - start)

@@ -61,15 +61,31 @@ def measured_rounding(
         note = record.note or "no unit's learned rounding beat round-to-nearest on the held-out calibration batches"
         return ranges, {**report, "note": note, "seconds": round(time.perf_counter() - start, 2)}
     scored = time.perf_counter()
+    if chosen not in measured:  # a job that measured no other option (--no-smooth --no-bias-correction)
+        measured[chosen] = score(ranges)
     if label not in measured:
         measured[label] = score(learned)
     report["score_seconds"] = round(time.perf_counter() - scored, 2)
-    with_rounding, without = measured[label], measured.get(chosen)
-    kept = without is None or with_rounding > without
+    with_rounding, without = measured[label], measured[chosen]
+    kept = with_rounding > without
     report.update(enabled=kept, score_with=with_rounding, score_without=without,
                   seconds=round(time.perf_counter() - start, 2),
                   note=None if kept else "not kept: the all-INT8 score is not higher with it")  # fmt: skip
     return (learned if kept else ranges), report
+
+
+def job_rounding(
+    enabled: bool, trial: Any, chosen: str, ranges: Ranges, calibration: CalibrationSource | None
+) -> tuple[Ranges, dict[str, Any]]:
+    """``measured_rounding`` for ``trtmix.job.quantizers``: ``trial`` is its ``_Trial`` (model, plan, evaluation).
+
+    ``ranges`` are the chosen option's, ``chosen`` its label in ``trial.measured``; the score is remembered there,
+    and so journalled with the other options'.
+    """
+    learn = rounding_learner(trial.model, trial.units, trial.flavour, calibration, trial.plan)
+    score = all_int8_scorer(trial.model, trial.units, trial.flavour, trial.evaluation, trial.plan,
+                            trial.config.threads, trial.model_hash)  # fmt: skip
+    return measured_rounding(enabled, ranges, chosen, trial.measured, learn, score)
 
 
 def rounding_learner(
