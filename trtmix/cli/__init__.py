@@ -177,6 +177,12 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         help="tensorrt flavour: what the all-high (float16) plan may lose against the FP32 model on the search split "
         "before float regions are kept in FP32, e.g. 0.05%% (default: a tenth of --max-drop, at least 0.01%%)",
     )
+    parser.add_argument(
+        "--no-weight-rounding", dest="weight_rounding", action="store_false",
+        help="round INT8 weights to nearest (default: each unit's int8 weights are also learned on the calibration "
+        "batches, GPTQ-style with the scales fixed, and kept only if the all-INT8 graph scores higher with them; "
+        "needs 2 or more calibration batches)",
+    )  # fmt: skip
     ordering_help = "unit ordering, least sensitive first; the Hessian-based ones need MODULE:FUNCTION"
     flags.add_choice_flag(parser, "--ordering", registry.ORDERINGS, "kl", ordering_help)
     parser.add_argument(

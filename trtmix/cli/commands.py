@@ -304,6 +304,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         groups=args.groups,
         smooth=smooth_settings(args),
         bias_correction=args.bias_correction,
+        weight_rounding=args.weight_rounding,
         parallel=parallel_settings(args),
         float_drop=parse_fraction(args.float_drop, "--float-drop") if args.float_drop is not None else None,
     )

@@ -89,11 +89,13 @@ class Pipeline:
         with step("the float baseline (which nodes float16 cannot hold)", self.output):
             self.float_baseline = self._float_baseline(self._builder(calibrated))
         fp32_nodes = self.float_baseline.plan.fp32_nodes
-        quantizer_settings = QuantizerSettings(config.smooth, config.bias_correction, config.default, config.threads)
+        quantizer_settings = QuantizerSettings(config.smooth, config.bias_correction, config.default, config.threads,
+                                               weight_rounding=config.weight_rounding)  # fmt: skip
+        feeds = lambda: self.recipe.batches(self.model, "calibration", config.calibration.batches)  # noqa: E731
         with step("the choice of quantizers", self.output):
             self.ranges, self.quantizers = job_quantizers(quantizer_settings, self.model, self.units, calibrated,
                                                           self.flavour, self.journal, self.evaluation,
-                                                          fp32_nodes)  # fmt: skip
+                                                          fp32_nodes, calibration=feeds)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(self.ranges)
         self.driver = SearchDriver(self.probe_settings, self.builder, self.evaluation, self.journal, self.cluster,
