@@ -259,7 +259,7 @@ def test_ordering_is_computed_only_when_the_bisection_needs_it(recipe, tmp_path,
     with sqlite3.connect(loose / "journal.sqlite") as db:
         assert not [key for (key,) in db.execute("SELECT key FROM cache") if key.startswith("ordering:")]
     tight = tmp_path / "tight"  # a budget all-INT8 misses: the bisection walks the kl order
-    assert main(["-q", *_compile_args(recipe, tight, "--max-drop", "0.0001%")]) == 0
+    assert main(["-q", *_compile_args(recipe, tight, "--max-drop", "0.00001%")]) == 0
     report = json.loads((tight / "report.json").read_text())
     assert report["orderings_computed"] == {"kl": True} and report["ordering_seconds"]["kl"] > 0
 

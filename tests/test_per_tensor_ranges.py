@@ -8,6 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from trtmix.calibration.calibrate import METHODS, CalibrationConfig, calibrate
+from trtmix.calibration.ranges import Ranges
 from trtmix.errors import CalibrationError
 from trtmix.ir.units import find_units
 from trtmix.quant.compile import compile_plan
@@ -85,3 +86,66 @@ def test_a_calibration_set_too_small_to_choose_says_how_many_batches_it_needs() 
     candidates = {m: calibrate(model, units, feeds, CalibrationConfig(method=m), progress=False) for m in METHODS}
     with pytest.raises(CalibrationError, match=rf"at least {MIN_BATCHES} calibration batches; 1 given"):
         choose_ranges(model, units, candidates, feeds)
+
+
+LONG_TAIL_RECIPE = """
+import numpy as np
+def load_data(split="calibration"):
+    rng = np.random.default_rng(["calibration", "search", "holdout"].index(split))
+    for _ in range({batches}):
+        yield {{"a": rng.standard_t(2.0, (256, 16)).astype(np.float32),
+                "b": rng.standard_t(2.0, (256, 16)).astype(np.float32)}}
+"""
+
+
+def _long_tail_job(tmp_path, *extra: str, batches: int = 4) -> tuple[dict, str]:
+    """A compile job on the two-branch graph (an ONNX file, no torch model), fed Student's t data with 2 degrees
+    of freedom: its report and printed summary.
+
+    The long tail makes a range at the calibration max spend int8 steps on values the search split rarely holds:
+    the per-tensor choice (mse here) scores higher with the job's own metric.  (Cauchy data does not show it: there
+    ``max`` wins every tensor on the calibration batches, and loses on the search split to values beyond it.)
+    All-INT8 meets the 50% budget, so the job measures little else.
+    """
+    import json
+
+    from trtmix.cli import main
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    onnx.save(_two_branches(), tmp_path / "branches.onnx")
+    (tmp_path / "recipe.py").write_text(LONG_TAIL_RECIPE.format(batches=batches))
+    args = ["compile", str(tmp_path / "branches.onnx"), "--data", str(tmp_path / "recipe.py"), "--metric", "cosine",
+            "--max-drop", "50%", "--runs", "3", "--final-rounds", "0", "-o", str(tmp_path / "out"), *extra]  # fmt: skip
+    import io
+    from contextlib import redirect_stdout
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert main(["-q", *args]) == 0
+    return json.loads((tmp_path / "out" / "report.json").read_text()), printed.getvalue()
+
+
+def test_the_job_measures_per_tensor_ranges_and_keeps_them_where_its_metric_is_higher(tmp_path) -> None:
+    report, printed = _long_tail_job(tmp_path)
+    quantizers = report["quantizers"]
+    record, measured = quantizers["per_tensor_ranges"], quantizers["smoothing"]["measured"]
+    chosen_before = quantizers["smoothing"]["option"].removesuffix(", no bias correction")
+    base = chosen_before.removesuffix(", per-tensor ranges")
+    assert f"{base}, per-tensor ranges" in measured and base in measured  # both scored with the job's metric
+    assert record["kept"] == (measured[f"{base}, per-tensor ranges"] > measured[base])
+    assert record["kept"], measured  # long tails: max ranges lose to the per-tensor choice
+    assert set(record["tensors"]) == {"a", "b"} and record["seconds"] >= 0
+    ranges = Ranges.load(tmp_path / "out" / "ranges.json")
+    assert ranges.meta["method"] == "per-tensor"
+    assert ranges.meta["per_tensor"] == {t: c["method"] for t, c in record["tensors"].items()}
+    assert "per-tensor ranges kept" in printed
+
+
+def test_per_tensor_ranges_can_be_turned_off_and_need_two_batches(tmp_path) -> None:
+    report, _ = _long_tail_job(tmp_path / "off", "--no-range-choice")
+    assert "per_tensor_ranges" not in report["quantizers"]
+    assert not any("per-tensor" in label for label in report["quantizers"]["smoothing"]["measured"])
+    report, printed = _long_tail_job(tmp_path / "one", "--batches", "1", batches=1)
+    skipped = report["quantizers"]["per_tensor_ranges"]["skipped"]
+    assert f"at least {MIN_BATCHES} calibration batches" in skipped and "1 given" in skipped
+    assert "per-tensor ranges not measured" in printed

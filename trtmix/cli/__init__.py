@@ -178,6 +178,12 @@ def _add_compile(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "before float regions are kept in FP32, e.g. 0.05%% (default: a tenth of --max-drop, at least 0.01%%)",
     )
     parser.add_argument(
+        "--no-range-choice", dest="range_choice", action="store_false",
+        help="skip the per-tensor range choice (default: each activation's range method is chosen by the least "
+        "error at its readers' outputs on the calibration batches, and that graph is kept only if the job's metric "
+        "scores it higher than --calibration-method's ranges; needs 2 or more calibration batches)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-weight-rounding", dest="weight_rounding", action="store_false",
         help="round INT8 weights to nearest (default: each unit's int8 weights are also learned on the calibration "
         "batches, GPTQ-style with the scales fixed, and kept only if the all-INT8 graph scores higher with them; "

@@ -305,6 +305,7 @@ def _compile_config(args: argparse.Namespace) -> CompileConfig:
         smooth=smooth_settings(args),
         bias_correction=args.bias_correction,
         weight_rounding=args.weight_rounding,
+        range_choice=args.range_choice,
         parallel=parallel_settings(args),
         float_drop=parse_fraction(args.float_drop, "--float-drop") if args.float_drop is not None else None,
     )

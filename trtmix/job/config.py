@@ -25,7 +25,7 @@ MIN_FLOAT_DROP = 1e-4  # a 0% budget still lets float16 round: 0.01% of the FP32
 MEASURED_SETTINGS = ("data", "data_args", "metric", "flavour", "backend", "calibration", "eval_batches", "runs",
                      "warmup", "threads", "default", "tensorrt", "timing_target", "max_runs",
                      "max_timing_seconds", "score_output", "weight_bits", "kl_exact", "smooth",
-                     "bias_correction", "weight_rounding")  # fmt: skip
+                     "bias_correction", "weight_rounding", "range_choice")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class CompileConfig:
     smooth: SmoothSettings = field(default_factory=SmoothSettings)  # outlier-aware scaling of MatMul/Gemm inputs
     bias_correction: bool = True  # subtract int8 weight rounding's mean output shift from unit biases
     weight_rounding: bool = True  # learn INT8 weights' rounding on calibration data, kept where the metric gains
+    range_choice: bool = True  # measure each tensor's range method chosen by its readers' error against one method
     parallel: ParallelSettings = field(default_factory=ParallelSettings)  # Ray workers; changes no measurement
     float_drop: float | None = None  # what the all-high plan may lose to FP32 (None: a tenth of the budget's drop)
 

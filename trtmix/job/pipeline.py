@@ -9,14 +9,16 @@ that order, checks the flavour × backend pair before anything runs, and offers 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from trtmix import registry
+from trtmix.calibration.calibrate import CalibrationConfig
 from trtmix.calibration.collect import collect_ranges, default_cache_dir
 from trtmix.calibration.ranges import Ranges
 from trtmix.data.recipe import Recipe
-from trtmix.errors import TrtmixError
+from trtmix.errors import CalibrationError, TrtmixError
 from trtmix.ir.groups import find_groups
 from trtmix.ir.large import model_sha256
 from trtmix.job.config import CompileConfig
@@ -34,6 +36,7 @@ from trtmix.parallel.cluster import Cluster
 from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.range_choice import applied_choice, choose_ranges
 from trtmix.runtime import get_backend
 from trtmix.runtime.attribution import LatencyModel
 from trtmix.search.bisection import BisectionSearch, Budget, LazyOrder
@@ -93,9 +96,10 @@ class Pipeline:
                                                weight_rounding=config.weight_rounding)  # fmt: skip
         feeds = lambda: self.recipe.batches(self.model, "calibration", config.calibration.batches)  # noqa: E731
         with step("the choice of quantizers", self.output):
+            range_choice = (lambda: self._per_tensor_ranges(calibrated)) if config.range_choice else None
             self.ranges, self.quantizers = job_quantizers(quantizer_settings, self.model, self.units, calibrated,
                                                           self.flavour, self.journal, self.evaluation,
-                                                          fp32_nodes, calibration=feeds)  # fmt: skip
+                                                          fp32_nodes, range_choice, calibration=feeds)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(self.ranges)
         self.driver = SearchDriver(self.probe_settings, self.builder, self.evaluation, self.journal, self.cluster,
@@ -140,10 +144,39 @@ class Pipeline:
             self._cluster.close()
         self.workspace.close()
 
-    def _calibrated(self) -> Ranges:
-        """The calibrated ranges and channel statistics (cached across jobs by model and data)."""
-        return collect_ranges(self.model_path, self.recipe.spec, "calibration", self.config.calibration,
-                              data_args=dict(self.recipe.args), cache_dir=default_cache_dir())  # fmt: skip
+    def _calibrated(self, config: CalibrationConfig | None = None) -> Ranges:
+        """The calibrated ranges and channel statistics (cached across jobs by model and data).
+
+        ``config``: another method's (the per-tensor choice's candidates); its histograms come from the same cache.
+        """
+        return collect_ranges(self.model_path, self.recipe.spec, "calibration", config or self.config.calibration,
+                              data_args=dict(self.recipe.args), cache_dir=default_cache_dir(),
+                              progress=config is None)  # fmt: skip
+
+    def _per_tensor_ranges(self, calibrated: Ranges) -> tuple[Ranges | None, dict[str, Any]]:
+        """Each activation's range method chosen by its readers' output error (``quant/range_choice``), or why not.
+
+        The job's method comes first (the base); the choice is journalled as tensor → method, so a resumed job
+        rebuilds it from the candidates instead of scoring again.
+        """
+        base = self.config.calibration
+        methods = [base.method, *(m for m in registry.CALIBRATION_METHODS if m != base.method)]
+        candidates = {m: calibrated if m == base.method else self._calibrated(replace(base, method=m)) for m in methods}
+        cached = self.journal.cached("per-tensor-ranges")
+        if cached is not None:
+            chosen = applied_choice(candidates, cached["methods"]) if "methods" in cached else None
+            return chosen, cached["record"]
+        try:
+            batches = self.recipe.batches(self.model, "calibration", base.batches)
+            chosen, record = choose_ranges(self.model, self.units, candidates, batches,
+                                           symmetric=self.flavour.symmetric)  # fmt: skip
+        except CalibrationError as err:  # too few batches: the job goes on with one method for every tensor
+            why = str(err).splitlines()[0]
+            self.journal.store("per-tensor-ranges", {"record": {"skipped": why}})
+            return None, {"skipped": why}
+        report = record.to_dict()
+        self.journal.store("per-tensor-ranges", {"record": report, "methods": dict(chosen.meta["per_tensor"])})
+        return chosen, report
 
     def _float_baseline(self, builder: Builder) -> FloatBaseline:
         """The all-high plan: its FP32 nodes from observed magnitudes and measured regions (``job/float_baseline``).

@@ -8,14 +8,18 @@ as the search scores its probes; the best score wins, ties going to the simpler 
 few calibration batches was tried first and kept a scaling that cost EfficientNet-Lite0 17 points of top-1
 agreement while its KL moved by 0.5%.  ``--smooth-alpha`` fixes α (still measured against no smoothing and
 centring), ``--no-smooth`` skips the search.  Bias correction, when asked for (the default), is then measured
-against the chosen option without it.  Every option's score is cached in the journal and reported; the
-holdout split, which no choice sees, checks the result.
+against the chosen option without it.  Ranges chosen per tensor (``trtmix.quant.range_choice``: each tensor's
+range method by the least error at its readers' outputs), when the job offers them, are measured the same way: the
+chosen option on those ranges against the same option on the calibrated ones (on MiniLM the per-tensor choice clips
+LayerNorm outliers and loses; the job's metric, not the unit-output error, decides).  Every option's score is cached
+in the journal and reported; the holdout split, which no choice sees, checks the result.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,6 +42,20 @@ from trtmix.search.journal import Journal
 LOG = logging.getLogger(__name__)
 JOURNAL_KEY = "quantizers"
 MEASURED_ALPHAS = (0.5, 0.8)
+PER_TENSOR = "per-tensor ranges"
+# What offers per-tensor ranges: called only when the job measures them; returns the ranges and the choice's record
+# (``RangeChoice.to_dict()``), or None and the reason it could not choose (e.g. too few calibration batches).
+RangeChoiceSource = Callable[[], tuple[Ranges | None, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class QuantizerOption:
+    """One way to quantize the job's INT8 units: smoothing α (None: none), centring, bias correction, which ranges."""
+
+    alpha: float | None
+    centre: bool
+    bias: bool
+    per_tensor: bool = False  # the per-tensor range choice instead of the calibrated method's ranges
 
 
 @dataclass(frozen=True)
@@ -60,40 +78,68 @@ def job_quantizers(
     journal: Journal,
     evaluation: Evaluation,
     fp32_nodes: frozenset[str] = frozenset(),
+    range_choice: RangeChoiceSource | None = None,
     calibration: CalibrationSource | None = None,
 ) -> tuple[Ranges, dict[str, Any]]:
     """The ranges every build of the job uses, and the report of how they were chosen.
 
     ``fp32_nodes``: the all-high plan's FP32 nodes, kept in the all-INT8 plan each option is scored on.
     ``calibration``: the batches learned weight rounding learns on (``trtmix.job.weight_rounding``; None: none).
+    ``range_choice``: ranges chosen per tensor, measured against the calibrated ones (None: not offered).
     """
     cached = journal.cached(JOURNAL_KEY)
     measured: dict[str, float] = dict(cached["measured"]) if cached else {}
     start = time.perf_counter()
     options = _options(config.smooth, flavour, config.bias_correction)
     trial = _Trial(config, model, units, calibrated, flavour, evaluation, measured, fp32_nodes)
-    if len(options) > 1 or config.bias_correction:
+    if len(options) > 1 or config.bias_correction or range_choice is not None:
         for label, option in progress_bar(options.items(), desc="quantizers", unit="option"):
             trial.score(label, option)
     best = max((measured[label] for label in options), default=None) if measured else None
     chosen = next(label for label in options if best is None or measured[label] >= best)  # ties: the simpler option
+    per_tensor_report = None
+    if range_choice is not None:
+        chosen, per_tensor_report = _measure_per_tensor(trial, options, chosen, range_choice)
     if config.bias_correction:  # measured too: it helps depthwise convolutions, and can cost a transformer a little
-        alpha, centre, _ = options[chosen]
         without = f"{chosen}, no bias correction"
-        options[without] = (alpha, centre, False)
+        options[without] = replace(options[chosen], bias=False)
         if trial.score(without, options[without]) > measured[chosen]:
             chosen = without
-    ranges, smoothing = _prepared(model, units, calibrated, config, flavour, *options[chosen])
+    ranges, smoothing = _prepared(model, units, trial.base(options[chosen]), config, flavour, options[chosen])
     # learned weight rounding (issue 33, part 3): the chosen option with it, kept only where it scores higher
     ranges, rounding = job_rounding(config.weight_rounding, trial, chosen, ranges, calibration)
     correction = {"enabled": ranges.bias_correction, "requested": config.bias_correction,
                   "channel_statistics": len(calibrated.channels)}  # fmt: skip
     report = {"smoothing": {**smoothing, "option": chosen, "measured": measured}, "bias_correction": correction}
     report["weight_rounding"] = rounding
+    if per_tensor_report is not None:
+        report["per_tensor_ranges"] = {**per_tensor_report, "kept": options[chosen].per_tensor}
     if not cached:
         journal.store(JOURNAL_KEY, {"measured": measured, "seconds": time.perf_counter() - start})
     report["smoothing"]["seconds"] = (cached or {}).get("seconds", time.perf_counter() - start)
     return ranges, report
+
+
+def _measure_per_tensor(
+    trial: _Trial, options: dict[str, QuantizerOption], chosen: str, range_choice: RangeChoiceSource
+) -> tuple[str, dict[str, Any]]:
+    """The chosen option on the per-tensor ranges, scored against it: the label that wins, and the choice's report.
+
+    The report holds the choice per tensor, its seconds (the choice itself; the extra all-INT8 score is in the
+    quantizers' seconds) and, where no choice could be made, why.
+    """
+    start = time.perf_counter()
+    ranges, record = range_choice()
+    record = {**record, "seconds": round(time.perf_counter() - start, 2)}
+    if ranges is None:
+        LOG.info("per-tensor ranges not measured: %s", record.get("skipped"))
+        return chosen, record
+    trial.per_tensor = ranges
+    label = f"{chosen}, {PER_TENSOR}"
+    options[label] = replace(options[chosen], per_tensor=True)
+    if trial.score(label, options[label]) > trial.measured[chosen]:
+        return label, record
+    return chosen, record
 
 
 class _Trial:
@@ -107,11 +153,19 @@ class _Trial:
         self.flavour, self.evaluation, self.measured = flavour, evaluation, measured
         self.plan = PrecisionPlan.with_int8([unit.name for unit in units], config.default, fp32_nodes)
         self.model_hash = model_sha256(model)  # once, not per option
+        self.per_tensor: Ranges | None = None  # the per-tensor choice, once measured
 
-    def score(self, label: str, option: tuple[float | None, bool, bool]) -> float:
+    def base(self, option: QuantizerOption) -> Ranges:
+        """The ranges ``option`` starts from: the calibrated ones, or the per-tensor choice."""
+        if option.per_tensor:
+            assert self.per_tensor is not None, "per-tensor option scored before the choice was made"
+            return self.per_tensor
+        return self.calibrated
+
+    def score(self, label: str, option: QuantizerOption) -> float:
         """The job's metric of the all-INT8 plan under ``option`` (measured once, then remembered)."""
         if label not in self.measured:
-            ranges, _ = _prepared(self.model, self.units, self.calibrated, self.config, self.flavour, *option)
+            ranges, _ = _prepared(self.model, self.units, self.base(option), self.config, self.flavour, option)
             builder = Builder(self.model, self.units, ranges, self.flavour, model_hash=self.model_hash)
             compiled = builder.compile(self.plan, check=False)
             evaluation = self.evaluation
@@ -123,26 +177,26 @@ class _Trial:
         return self.measured[label]
 
 
-def _options(settings: SmoothSettings, flavour: Flavour, bias: bool) -> dict[str, tuple[float | None, bool, bool]]:
-    """Label → (α, centre, bias correction) of each smoothing option to measure (α None: no smoothing)."""
+def _options(settings: SmoothSettings, flavour: Flavour, bias: bool) -> dict[str, QuantizerOption]:
+    """Label → each smoothing option to measure (α None: no smoothing), simplest first."""
+    options = {"off": QuantizerOption(None, False, bias)}
     if not settings.enabled:
-        return {"off": (None, False, bias)}
+        return options
     alphas = MEASURED_ALPHAS if settings.alpha is None else (settings.alpha,)
-    options: dict[str, tuple[float | None, bool, bool]] = {"off": (None, False, bias)}
     for alpha in alphas:
-        options[f"α={alpha}"] = (alpha, False, bias)
+        options[f"α={alpha}"] = QuantizerOption(alpha, False, bias)
     if flavour.symmetric:  # signed int8 wastes half its range on a skewed channel; centring is measured once
-        options[f"α={alphas[-1]}, centred"] = (alphas[-1], True, bias)
+        options[f"α={alphas[-1]}, centred"] = QuantizerOption(alphas[-1], True, bias)
     return options
 
 
 def _prepared(
-    model: onnx.ModelProto, units: list[Unit], calibrated: Ranges, config: QuantizerSettings, flavour: Flavour,
-    alpha: float | None, centre: bool, bias: bool,
+    model: onnx.ModelProto, units: list[Unit], base: Ranges, config: QuantizerSettings, flavour: Flavour,
+    option: QuantizerOption,
 ) -> tuple[Ranges, dict[str, Any]]:  # fmt: skip
-    """``calibrated`` with one option's smoothing and bias correction."""
+    """``base`` (calibrated or per-tensor ranges) with one option's smoothing and bias correction."""
     float16 = flavour.float_base is Precision.FP16
-    settings = SmoothSettings(enabled=alpha is not None, alpha=alpha)
-    ranges, report = plan_smoothing(model, units, calibrated, settings, float16, centre)
+    settings = SmoothSettings(enabled=option.alpha is not None, alpha=option.alpha)
+    ranges, report = plan_smoothing(model, units, base, settings, float16, option.centre)
     report["searched"] = config.smooth.alpha is None
-    return replace(ranges, bias_correction=bias), report
+    return replace(ranges, bias_correction=option.bias), report

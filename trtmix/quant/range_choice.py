@@ -134,7 +134,6 @@ def choose_ranges(
             for method in methods:
                 errors[tensor][method].append(squared[method])
             reference[tensor].append(norm)
-    chosen = dict(base.tensors)
     for tensor, per_method in errors.items():
         total = max(sum(reference[tensor]), 1e-30)
         if not any(unit.name in sessions for unit in readers[tensor]):
@@ -145,13 +144,25 @@ def choose_ranges(
         stable = _least(per_method, slice(0, half)) == _least(per_method, slice(half, None))
         relative = {m: float(np.sqrt(sum(v) / total)) for m, v in per_method.items()}
         record.tensors[tensor] = TensorChoice(method, relative, tuple(u.name for u in readers[tensor]), stable)
-        chosen[tensor] = candidates[method].tensors[tensor]
     record.seconds = time.perf_counter() - start
     LOG.info("per-tensor ranges: %s (%d of %d stable)", record.counts(),
              sum(c.stable for c in record.tensors.values()), len(record.tensors))  # fmt: skip
-    meta = {**base.meta, "method": "per-tensor", "candidates": methods,
-            "per_tensor": {t: c.method for t, c in sorted(record.tensors.items())}}  # fmt: skip
-    return replace(base, tensors=chosen, meta=meta), record
+    return applied_choice(candidates, {t: c.method for t, c in record.tensors.items()}), record
+
+
+def applied_choice(candidates: Mapping[str, Ranges], methods: Mapping[str, str]) -> Ranges:
+    """The first candidate's ranges with each tensor of ``methods`` taking its method's range.
+
+    Also how a resumed job rebuilds a choice it recorded (tensor → method) without scoring again.
+    """
+    base = candidates[next(iter(candidates))]
+    unknown = sorted(set(methods.values()) - set(candidates))
+    if unknown:
+        raise CalibrationError(f"The recorded per-tensor choice names methods with no candidate: {', '.join(unknown)}.")
+    chosen = {**base.tensors, **{tensor: candidates[method].tensors[tensor] for tensor, method in methods.items()}}
+    meta = {**base.meta, "method": "per-tensor", "candidates": list(candidates),
+            "per_tensor": dict(sorted(methods.items()))}  # fmt: skip
+    return replace(base, tensors=chosen, meta=meta)
 
 
 def _check(candidates: Mapping[str, Ranges], feeds: list[dict[str, np.ndarray]]) -> None:

@@ -184,7 +184,18 @@ def describe_quantizers(report: dict[str, Any]) -> str:
         scores = ", ".join(f"{label} {value:.5f}" for label, value in measured.items())
         text += f" (all-INT8 score on the search split: {scores})"
     correction = "on" if report["bias_correction"]["enabled"] else "off (--no-bias-correction)"
-    return f"quantizers: {text}; bias correction {correction}"
+    return f"quantizers: {text}; bias correction {correction}{_describe_per_tensor(report.get('per_tensor_ranges'))}"
+
+
+def _describe_per_tensor(record: dict[str, Any] | None) -> str:
+    """The per-tensor range choice in the summary line: kept or not, what it chose, or why it was not made."""
+    if record is None:
+        return ""
+    if "skipped" in record:
+        return f"; per-tensor ranges not measured: {record['skipped']}"
+    counts = ", ".join(f"{method} {count}" for method, count in record.get("counts", {}).items())
+    verdict = "kept" if record.get("kept") else "not kept (scored lower)"
+    return f"; per-tensor ranges {verdict}: {counts} ({record.get('seconds', 0):.1f} s)"
 
 
 def _oriented(index: GraphIndex, unit: Unit) -> np.ndarray | None:
