@@ -31,8 +31,8 @@ from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 TENSORRT = get_flavour("tensorrt")
 
 
-def _model(nodes: list, inputs: list, initializers: dict[str, np.ndarray]) -> onnx.ModelProto:
-    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, None)
+def _model(nodes: list, inputs: list, initializers: dict[str, np.ndarray], shape: list) -> onnx.ModelProto:
+    output = helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)
     arrays = [numpy_helper.from_array(value.astype(np.float32), name) for name, value in initializers.items()]
     graph = helper.make_graph(nodes, "built", inputs, [output], arrays)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -53,9 +53,10 @@ def mlp_model(seed: int = 0, width: int = 48, hidden: int = 32, out: int = 16, s
         nodes += [helper.make_node("Mul", ["input", "two"], ["doubled"], name="double"),
                   helper.make_node("MatMul", ["doubled", "w1"], ["second"], name="fc1_again")]  # fmt: skip
     nodes.append(helper.make_node("Identity", ["g"], ["output"], name="out"))
-    model = _model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])], weights)
+    source = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", width])
+    model = _model(nodes, [source], weights, ["N", out])
     if shared:  # the second reader's output is a graph output too
-        model.graph.output.append(helper.make_tensor_value_info("second", TensorProto.FLOAT, None))
+        model.graph.output.append(helper.make_tensor_value_info("second", TensorProto.FLOAT, ["N", hidden]))
     return model
 
 
@@ -75,7 +76,8 @@ def conv_model(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Relu", ["c"], ["r"], name="relu"),
              helper.make_node("Conv", ["r", "dw", "db"], ["output"], name="depthwise", pads=[1, 1, 1, 1], group=8,
                               strides=[2, 2])]  # fmt: skip
-    return _model(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])], weights)
+    source = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, 8, 8])
+    return _model(nodes, [source], weights, ["N", 8, 4, 4])
 
 
 def conv_feeds(count: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -302,3 +304,44 @@ def test_a_unit_whose_learned_rounding_does_not_beat_nearest_on_held_out_batches
     not_better = [name for name, why in record.skipped.items() if why.startswith("not better")]
     assert not_better and all(u.weight not in learned.rounding for u in find_units(model) if u.name in not_better)
     assert all(ratio < 1 for ratio in record.rounded.values())
+
+
+MLP_RECIPE = """
+import numpy as np
+def load_data(split="calibration"):
+    rng, mix = np.random.default_rng(["calibration", "search", "holdout"].index(split)), None
+    mix = np.random.default_rng(99).standard_normal((8, 48))
+    for _ in range({batches}):
+        yield {{"input": (rng.standard_normal((32, 8)) @ mix + 0.3 * rng.standard_normal((32, 48))).astype(np.float32)}}
+"""
+
+
+def _mlp_job(tmp_path, *extra: str, batches: int = 6) -> dict:  # type: ignore[no-untyped-def]
+    """A compile job on the ONNX-only MLP (no torch model), all-INT8 within its 50% budget: its report."""
+    import json
+
+    from trtmix.cli import main
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    onnx.save(mlp_model(), tmp_path / "mlp.onnx")
+    (tmp_path / "recipe.py").write_text(MLP_RECIPE.format(batches=batches))
+    args = ["compile", str(tmp_path / "mlp.onnx"), "--data", str(tmp_path / "recipe.py"), "--metric", "cosine",
+            "--max-drop", "50%", "--runs", "3", "--final-rounds", "0", "--no-range-choice",
+            "-o", str(tmp_path / "out"), *extra]  # fmt: skip
+    assert main(["-q", *args]) == 0
+    return json.loads((tmp_path / "out" / "report.json").read_text())
+
+
+def test_the_job_measures_learned_rounding_reports_it_and_can_turn_it_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    report = _mlp_job(tmp_path / "on")
+    rounding, measured = report["quantizers"]["weight_rounding"], report["quantizers"]["smoothing"]["measured"]
+    assert rounding["label"] in measured and rounding["score_with"] == measured[rounding["label"]]
+    assert rounding["enabled"] == (rounding["score_with"] > rounding["score_without"])
+    assert rounding["units"]["rounded"] and rounding["seconds"] >= rounding["learn_seconds"]
+    ranges = Ranges.load(tmp_path / "on" / "out" / "ranges.json")
+    assert bool(ranges.rounding) == rounding["enabled"]
+    assert rounding_path(tmp_path / "on" / "out" / "ranges.json").exists() == rounding["enabled"]
+    off = _mlp_job(tmp_path / "off", "--no-weight-rounding")["quantizers"]
+    assert not off["weight_rounding"]["enabled"] and "--no-weight-rounding" in off["weight_rounding"]["note"]
+    assert not any("rounding" in label for label in off["smoothing"]["measured"])
+    assert not Ranges.load(tmp_path / "off" / "out" / "ranges.json").rounding
