@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,13 @@ class Pipeline:
         fp32_nodes = self.float_baseline.plan.fp32_nodes
         quantizer_settings = QuantizerSettings(config.smooth, config.bias_correction, config.default, config.threads,
                                                weight_rounding=config.weight_rounding)  # fmt: skip
-        feeds = lambda: self.recipe.batches(self.model, "calibration", config.calibration.batches)  # noqa: E731
+        calibration_batches = partial(self.recipe.batches, self.model, "calibration", config.calibration.batches)
         with step("the choice of quantizers", self.output):
             range_choice = (lambda: self._per_tensor_ranges(calibrated)) if config.range_choice else None
             self.ranges, self.quantizers = job_quantizers(quantizer_settings, self.model, self.units, calibrated,
                                                           self.flavour, self.journal, self.evaluation,
-                                                          fp32_nodes, range_choice, calibration=feeds)  # fmt: skip
+                                                          fp32_nodes, range_choice,
+                                                          calibration=calibration_batches)  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(self.ranges)
         self.driver = SearchDriver(self.probe_settings, self.builder, self.evaluation, self.journal, self.cluster,
