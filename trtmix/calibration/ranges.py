@@ -168,7 +168,7 @@ def _rounding_npz(rounding: Mapping[str, LearnedRounding]) -> bytes:
         index.append({"name": name, "levels": learned.levels, "guard": learned.guard})
     arrays["index"] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types the keywords as allow_pickle
     return buffer.getvalue()
 
 
