@@ -345,3 +345,13 @@ def test_the_job_measures_learned_rounding_reports_it_and_can_turn_it_off(tmp_pa
     assert not off["weight_rounding"]["enabled"] and "--no-weight-rounding" in off["weight_rounding"]["note"]
     assert not any("rounding" in label for label in off["smoothing"]["measured"])
     assert not Ranges.load(tmp_path / "off" / "out" / "ranges.json").rounding
+
+
+def test_a_small_h_budget_takes_more_passes_and_learns_the_same_values() -> None:
+    """H is held for a few units at a time when memory is short: the values do not depend on the grouping."""
+    model, feeds = mlp_model(), mlp_feeds(6, seed=1)
+    ranges = _calibrated(model, feeds)
+    whole, one = learn_rounding(model, find_units(model), ranges, TENSORRT, feeds)
+    split, many = learn_rounding(model, find_units(model), ranges, TENSORRT, feeds, h_budget=1)
+    assert one.passes == 1 and many.passes == len(find_units(model))
+    assert whole.stable_hash() == split.stable_hash() and whole.rounding

@@ -20,7 +20,8 @@ H per group; MatMul/Gemm use the weight's input axis.
 Cost: the calibration batches once through the float graph in ONNX Runtime (every unit's input), H once per input
 tensor and transform (at most ``MAX_ROWS`` rows), and per unit a Cholesky and an inverse of H (columns³) and the
 error feedback (outputs × columns²).  MiniLM-L6, 36 units, 8 batches of 8 × 128 tokens: 35 s on a busy 2-core
-machine, 8 s of it ONNX Runtime.
+machine, 8 s of it ONNX Runtime.  H for all units at once could exceed memory on a large model (BERT-large's FFN
+inputs alone: 6 GiB), so units are taken in passes whose H fit ``H_BUDGET``, each pass running the batches again.
 The batches are split: the last quarter (at least one) is held out, and a unit keeps its learned values only where
 they lower tr(ΔW H ΔWᵀ) on it, so ``MIN_BATCHES`` = 2.  Units that cannot be rounded (weight shared by several
 nodes, not a constant in the graph, more than ``MAX_COLUMNS`` input columns, a Conv that is not 2-D) are left at
@@ -53,6 +54,7 @@ MIN_BATCHES = 2  # at least one batch to learn on and one held out to check on
 MAX_ROWS = 8192  # input rows per unit that H sums over (sampled evenly from each batch)
 MAX_COLUMNS = 8192  # a unit with more input columns (per group) is "huge": H alone would be > 512 MiB
 DAMP = 0.01  # GPTQ's dampening: H + 1% of its mean diagonal
+H_BUDGET = 1 << 30  # bytes of H held at once (a BERT-large's 24 FFN inputs of 4,096 columns alone are 6 GiB)
 BLOCK = 128  # columns rounded together before the rest is updated (the result does not depend on it)
 
 
@@ -66,10 +68,12 @@ class RoundingRecord:
     batches: int = 0
     rows: int = 0  # the most rows any unit's H summed
     seconds: float = 0.0
+    passes: int = 0  # passes over the batches (``h_budget``)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the report's ``quantizers.weight_rounding.units``)."""
-        return {"batches": self.batches, "rows": self.rows, "seconds": round(self.seconds, 2), "note": self.note,
+        return {"batches": self.batches, "rows": self.rows, "passes": self.passes, "seconds": round(self.seconds, 2),
+                "note": self.note,
                 "rounded": {name: round(ratio, 4) for name, ratio in sorted(self.rounded.items())},
                 "skipped": dict(sorted(self.skipped.items()))}  # fmt: skip
 
@@ -84,6 +88,7 @@ def learn_rounding(
     default: Precision = Precision.FP16,
     fp32_nodes: frozenset[str] = frozenset(),
     max_rows: int = MAX_ROWS,
+    h_budget: int = H_BUDGET,
 ) -> tuple[Ranges, RoundingRecord]:
     """``ranges`` with int8 values learned for every INT8 weight unit where they beat round-to-nearest, and a record.
 
@@ -96,6 +101,8 @@ def learn_rounding(
         default: the precision the all-INT8 plan leaves other nodes in (the scales' float dtype follows it).
         fp32_nodes: the all-INT8 plan's FP32 nodes, for the same reason.
         max_rows: rows of each unit's input that H sums (learning batches; as many again held out at most).
+        h_budget: bytes of H (learning and held-out, float64) held at once; more units take more passes over the
+            batches through ONNX Runtime rather than more memory.
     """
     start = time.perf_counter()
     feeds = list(batches)
@@ -114,19 +121,22 @@ def learn_rounding(
     tensors = sorted({unit.inputs[0] for unit, _ in candidates})
     session = _float_session(model, tensors) if tensors else None
     views = {unit.name: _view(unit, quantized, base) for unit, quantized in candidates}  # Q, K, V share one H
-    statistics = {view: _Statistics() for view in views.values()}
+    learned: dict[str, LearnedRounding] = {}
     with _one_blas_thread():
-        for part, part_feeds in (("learn", learn_feeds), ("held", held_feeds)):
-            per_batch = max(1, max_rows // len(part_feeds))
-            for feed in part_feeds:
-                values = _float_tensors(session, feed, tensors)
-                done = set()
-                for unit, quantized in candidates:
-                    if views[unit.name] not in done:
-                        done.add(views[unit.name])
-                        columns = _unit_rows(index, unit, quantized, values[unit.inputs[0]], base, per_batch)
-                        statistics[views[unit.name]].add(part, columns)
-        learned = _learned_values(candidates, statistics, views, base, flavour.weight_levels, record)
+        for group in _passes(index, candidates, views, h_budget):  # each pass holds at most h_budget bytes of H
+            statistics = {views[unit.name]: _Statistics() for unit, _ in group}
+            for part, part_feeds in (("learn", learn_feeds), ("held", held_feeds)):
+                per_batch = max(1, max_rows // len(part_feeds))
+                for feed in part_feeds:
+                    values = _float_tensors(session, feed, tensors)
+                    done = set()
+                    for unit, quantized in group:
+                        if views[unit.name] not in done:
+                            done.add(views[unit.name])
+                            columns = _unit_rows(index, unit, quantized, values[unit.inputs[0]], base, per_batch)
+                            statistics[views[unit.name]].add(part, columns)
+            learned.update(_learned_values(group, statistics, views, base, flavour.weight_levels, record))
+            record.passes += 1
     record.seconds = time.perf_counter() - start
     LOG.info("learned rounding: %d units rounded, %d skipped, %.1f s", len(record.rounded), len(record.skipped),
              record.seconds)  # fmt: skip
@@ -147,6 +157,43 @@ def _one_blas_thread():  # type: ignore[no-untyped-def]
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+def _passes(
+    index: GraphIndex, candidates: list[tuple[Unit, QuantizedWeight]], views: dict[str, tuple[str, ...]], budget: int
+) -> list[list[tuple[Unit, QuantizedWeight]]]:
+    """The candidates in graph order, cut into groups whose distinct H (learning + held out) fit ``budget`` bytes.
+
+    A unit whose H alone exceeds the budget gets a pass of its own (``MAX_COLUMNS`` bounds it).
+    """
+    groups: list[list[tuple[Unit, QuantizedWeight]]] = [[]]
+    held: set[tuple[str, ...]] = set()
+    used = 0
+    for unit, quantized in candidates:
+        view = views[unit.name]
+        size = 0 if view in held else _h_bytes(index, unit, quantized)
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            held, used = set(), 0
+            size = _h_bytes(index, unit, quantized)
+        groups[-1].append((unit, quantized))
+        held.add(view)
+        used += size
+    return [group for group in groups if group]
+
+
+def _h_bytes(index: GraphIndex, unit: Unit, quantized: QuantizedWeight) -> int:
+    """Bytes of one unit's H, learning and held-out: groups × (columns per group)² float64, twice."""
+    columns = _columns(unit, quantized.weight)
+    return 2 * 8 * _groups(index, unit) * columns * columns
+
+
+def _groups(index: GraphIndex, unit: Unit) -> int:
+    """A Conv's ``group`` attribute (1 for MatMul/Gemm)."""
+    if unit.kind != KIND_CONV:
+        return 1
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in index.nodes[unit.name].attribute}
+    return int(attributes.get("group", 1))
 
 
 def _view(unit: Unit, quantized: QuantizedWeight, ranges: Ranges) -> tuple[str, ...]:
