@@ -49,9 +49,9 @@ def bias_delta(quantized: QuantizedWeight, ranges: Ranges | None) -> np.ndarray 
 
 def unscaled(unit: Unit, weight: np.ndarray, smoothing: np.ndarray | None) -> np.ndarray:
     """``weight`` (a smoothed unit's Q(W·s)) with its input rows divided by s again: the float weight's coordinates."""
-    if smoothing is None:
+    if smoothing is None or np.all(smoothing == 1.0):  # a centred convolution is not scaled
         return weight
-    shape = [1, 1]
+    shape = [1] * weight.ndim
     shape[input_axis(unit)] = -1
     return weight / smoothing.reshape(shape)
 
@@ -76,7 +76,17 @@ def input_mean(mean: tuple[float, ...], smoothing: np.ndarray | None, shift: np.
 
 
 def shift_product(unit: Unit, weight: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """z·W per output channel, for a 2-D weight in either orientation."""
+    """z·W per output channel, for a 2-D weight in either orientation or a one-group conv's [out, in, k…].
+
+    A convolution's kernel taps all read the same channel's shift, so they are summed (grouped convolutions too); that
+    is exact only where no tap reads a padded zero: ``trtmix.quant.smooth`` pads X − z with −z in front of a centred
+    convolution that pads.
+    """
+    if unit.kind == KIND_CONV:
+        product = expected_shift(unit, weight.astype(np.float64), np.asarray(shift, dtype=np.float64))
+        if product is None:
+            raise CompileError(f"Internal error: unit {unit.name}'s input shift does not match its weight's inputs.")
+        return product
     oriented = weight.astype(np.float64) if (unit.weight_axis or 0) == 1 else weight.astype(np.float64).T
     return shift @ oriented
 

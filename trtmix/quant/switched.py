@@ -28,7 +28,7 @@ from trtmix.quant.bias import bias_delta, bias_input, int32_bias, moved_bias
 from trtmix.quant.compile import activation_qdq, exported, reader_edges, working_graph
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.quant.smooth import explicit_division, input_range, smoothed_range, unit_scales, unit_shift
+from trtmix.quant.smooth import explicit_division, input_range, smoothed_range, unit_scales, unit_shift, unit_spatial
 from trtmix.quant.weights import quantize_unit_weight
 
 SWITCH_PREFIX = "trtmix_switch_"
@@ -59,6 +59,8 @@ def compile_switched(
         sites = flavour.sites(model, [unit], ranges)
         ranges.require(sites.activations, model_hash)
         smoothing = unit_scales(unit, ranges)
+        if smoothing is not None and unit_spatial(unit) and unit_shift(unit, ranges) is not None:
+            _refuse_padded_centring(graph, unit)
         for tensor, readers in sorted(sites.activations.items()):
             rerouted: dict[str, gs.Variable] = {}  # one Q/DQ and Where per tensor read, shared by its readers
             for node, position in reader_edges(graph, original, tensor, readers):
@@ -67,7 +69,8 @@ def compile_switched(
                 key = f"{current.name}/smoothed" if smoothed else current.name
                 if key not in rerouted:
                     prefix = f"{current.name}/s{index}"  # names unique to this switch
-                    source = (explicit_division(graph, current, smoothing, unit_shift(unit, ranges), prefix)  # type: ignore[arg-type]
+                    shift, spatial = unit_shift(unit, ranges), unit_spatial(unit)
+                    source = (explicit_division(graph, current, smoothing, shift, prefix, spatial)  # type: ignore[arg-type]
                               if smoothed else current)  # never folded: one switch flips one reader of X
                     value_range = smoothed_range(ranges, tensor) if smoothed else ranges.tensors[tensor]
                     quantized = activation_qdq(graph, source, value_range, flavour.symmetric, prefix=prefix)
@@ -133,6 +136,18 @@ def _switch_gemm_bias(
     dequantized = quantized.astype(np.float64) * bias_scale.astype(np.float64)
     fake = gs.Constant(f"{unit.name}/bias_fake_quantized", dequantized.astype(np.float32))
     anchor.inputs[2] = _where(graph, switch, fake, anchor.inputs[2])
+
+
+def _refuse_padded_centring(graph: gs.Graph, unit: Unit) -> None:
+    """A centred convolution that pads needs its Pad of −z (``trtmix.quant.smooth``), which a switch cannot flip.
+
+    The switch's float branch reads the same Conv, whose padding ``compile`` moves into that Pad; until both branches
+    pad explicitly, the switched graph refuses such a unit rather than measure border pixels shifted by z·ΣW.
+    """
+    node = next(n for n in graph.nodes if n.name == unit.name)
+    if any(node.attrs.get("pads", [])):
+        raise CompileError(f"Unit {unit.name}: a centred convolution that pads is not supported by the switched graph.",
+                           fix="centre pointwise convs only: plan_conv_centring(..., padded=False)")  # fmt: skip
 
 
 def _where(graph: gs.Graph, switch: gs.Variable, on: gs.Tensor, off: gs.Tensor) -> gs.Variable:
