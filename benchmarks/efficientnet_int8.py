@@ -227,13 +227,20 @@ def options(bench: Bench) -> list[tuple[str, str, dict]]:
             label = f"{method}{', bias correction' if bias else ''}"
             chosen = replace(candidates[method], bias_correction=bias)
             rows.append(("activation ranges", label, bench.score(f"ranges {label}", chosen)))
-    key = "ranges per-tensor, bias correction"
-    if key not in bench.scores:
+    key, centred_key = "ranges per-tensor, bias correction", "per-tensor choice, centred, bc"
+    if not all(k in bench.scores for k in (key, centred_key, f"holdout: {centred_key}")):
         calibration = list(load_batches(bench.spec.data, "calibration"))[: CalibrationConfig().batches]
         chosen, record = choose_ranges(bench.model, bench.units, candidates, calibration, symmetric=True)
         print(f"  per-tensor choice: {record.to_dict()['counts']}", file=sys.stderr, flush=True)
         bench.score(key, replace(chosen, bias_correction=True))
+        centred = replace(plan_conv_centring(bench.model, bench.units, chosen)[0], bias_correction=True)
+        for split in ("search", "holdout"):
+            bench.score(centred_key, centred, split=split)
     rows.append(("activation ranges", "per-tensor choice, bias correction", bench.scores[key]))
+    rows.append(("one-sided conv inputs centred", "every conv (Pad of −z where it pads), per-tensor choice, "
+                 "bias correction", bench.scores[centred_key]))  # fmt: skip
+    rows.append(("holdout split (256 crops no choice saw), bias correction", "per-tensor choice, centred",
+                 bench.scores[f"holdout: {centred_key}"]))  # fmt: skip
     mse_weights = weight_ranges(bench.model, bench.units, "mse")
     depthwise = {u.weight for u in bench.units if kind_of(u) == "depthwise"}
     only_depthwise = {k: v for k, v in mse_weights.items() if k in depthwise}
