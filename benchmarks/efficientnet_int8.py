@@ -299,6 +299,101 @@ def mixed(bench: Bench) -> list[tuple[str, str, dict]]:
     return rows
 
 
+def border_map(bench: Bench, model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (compiled with padded centring) with each Pad of −z removed and a constant border map added instead.
+
+    The Conv pads X − z with 0 again, which is X padded with z: at output pixel p it misses −z·Σ W_t over the taps t
+    that read padding.  That map, per channel and pixel (static spatial shapes), is added after the Conv, whose bias
+    already holds z·ΣW.  The weight is the graph's DQ(Q(W)).  A simulation of the rule ``compile`` could write
+    instead of the Pad (issue 33), for the latency of the two forms.
+    """
+    from trtmix.ir.large import shape_view
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inferred = shape_view(bench.model).graph.value_info
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred}
+    inits = {i.name: i for i in model.graph.initializer}
+    value = lambda name: onnx.numpy_helper.to_array(inits[name])  # noqa: E731
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for pad in [n for n in model.graph.node if n.op_type == "Pad"]:
+        quantizer = consumers[pad.output[0]][0]
+        conv = consumers[consumers[quantizer.output[0]][0].output[0]][0]
+        z, pads = -float(value(pad.input[2])), [int(v) for v in value(pad.input[1])]  # [0, 0, t, l, 0, 0, b, r]
+        quantizer.input[0] = pad.input[0]
+        model.graph.node.remove(pad)
+        for attribute in conv.attribute:
+            if attribute.name == "pads":
+                attribute.ints[:] = [pads[2], pads[3], pads[6], pads[7]]
+        weight_q = producer[producer[conv.input[1]].input[0]]
+        scale = value(weight_q.input[1]).astype(np.float64).reshape(-1, 1, 1, 1)
+        weight = np.clip(np.rint(value(weight_q.input[0]).astype(np.float64) / scale), -127, 127) * scale
+        height, width = shapes[pad.input[0].removesuffix("/centred")][2:]
+        strides = next((list(a.ints) for a in conv.attribute if a.name == "strides"), [1, 1])
+        kh, kw = weight.shape[2:]
+        rows = np.arange((height + pads[2] + pads[6] - kh) // strides[0] + 1) * strides[0] - pads[2]
+        cols = np.arange((width + pads[3] + pads[7] - kw) // strides[1] + 1) * strides[1] - pads[3]
+        border = np.zeros((weight.shape[0], len(rows), len(cols)))
+        for a in range(kh):
+            for b in range(kw):
+                outside = ((rows + a < 0) | (rows + a >= height))[:, None] | ((cols + b < 0) | (cols + b >= width))
+                border -= z * weight[:, 0, a, b][:, None, None] * outside[None]
+        output = conv.output[0]
+        for reader in consumers[output]:
+            reader.input[:] = [f"{output}/corrected" if name == output else name for name in reader.input]
+        dtype = value(conv.input[2]).dtype
+        model.graph.initializer.append(onnx.numpy_helper.from_array(border[None].astype(dtype), f"{output}/border"))
+        position = list(model.graph.node).index(conv) + 1
+        add = onnx.helper.make_node("Add", [output, f"{output}/border"], [f"{output}/corrected"], name=f"{output}/+map")
+        model.graph.node.insert(position, add)
+    return model
+
+
+def latency(bench: Bench, rounds: int = 15) -> list[tuple[str, str, dict]]:
+    """The padded-centring forms: agreement, and OpenVINO latency ÷ the plain all-INT8 graph, paired per round.
+
+    Rough: 2 shared cores.  Each round times every graph (10 runs, median); the ratio is per round, then its median.
+    """
+    from trtmix.runtime import get_backend
+
+    plan = PrecisionPlan.with_int8([u.name for u in bench.units])
+    percentile = bench.ranges(CalibrationConfig(method="percentile"))
+    centred = replace(plan_conv_centring(bench.model, bench.units, percentile)[0], bias_correction=True)
+    pointwise = replace(plan_conv_centring(bench.model, bench.units, percentile, padded=False)[0], bias_correction=True)
+    padded = compile_plan(bench.model, plan, centred, "tensorrt")
+    graphs = {"plain (max, bias correction)": compile_plan(bench.model, plan, replace(bench.base, bias_correction=True),
+                                                          "tensorrt"),
+              "centred pointwise convs only (percentile)": compile_plan(bench.model, plan, pointwise, "tensorrt"),
+              "centred, explicit Pad of −z (percentile)": padded,
+              "centred, Conv pads + constant border map (percentile)": border_map(bench, padded)}  # fmt: skip
+    engine, runners, rows = get_backend("openvino", flavour="tensorrt"), {}, []
+    for index, (label, graph) in enumerate(graphs.items()):
+        path = bench.folder / f"latency-{index}.onnx"
+        onnx.save(graph, path)
+        runners[label] = engine.open(engine.build(path, path.with_suffix(".openvino.onnx")))
+    feed = bench.feeds["search"][0]
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    try:
+        for _ in range(rounds):
+            for label, runner in runners.items():
+                times[label].append(runner.time(feed, 10, 2).median_ms)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    plain = np.asarray(times["plain (max, bias correction)"])
+    for label, graph in graphs.items():
+        with OnnxRuntimeRunner(graph, threads=2, optimize=True) as runner:
+            outputs = np.concatenate([runner.infer(feed)[0] for feed in bench.feeds["search"]])
+        ratio = float(np.median(np.asarray(times[label]) / plain))
+        rows.append(("OpenVINO latency, paired rounds (rough)", f"{label}: {np.median(times[label]):.1f} ms, "
+                     f"{ratio:.2f}× plain", {"agreement": top1_agreement(outputs, bench.reference),
+                                             "kl": mean_kl(outputs, bench.reference), "seconds": 0.0}))  # fmt: skip
+    return rows
+
+
 def markdown(rows: list[tuple[str, str, dict]]) -> str:
     lines = ["| section | row | top-1 agreement | KL | s |", "|---|---|---|---|---|"]
     for section, label, score in rows:
@@ -309,14 +404,14 @@ def markdown(rows: list[tuple[str, str, dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=Path, default=Path("/tmp/trtmix-effnet"))
-    parser.add_argument("--only", nargs="+", choices=("breakdown", "options", "mixed"),
+    parser.add_argument("--only", nargs="+", choices=("breakdown", "options", "mixed", "latency"),
                         default=["breakdown", "options", "mixed"])  # fmt: skip
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     print(cpu_features().describe())
     bench = Bench(args.folder)
     rows = []
-    for part, run in (("breakdown", breakdown), ("options", options), ("mixed", mixed)):
+    for part, run in (("breakdown", breakdown), ("options", options), ("mixed", mixed), ("latency", latency)):
         if part in args.only:
             rows += run(bench)
     print(f"{NAME}, all-INT8 tensorrt flavour, ONNX Runtime, top-1 agreement with FP32 on "
