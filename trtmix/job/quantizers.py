@@ -35,7 +35,7 @@ from trtmix.progress import bar as progress_bar
 from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.quant.smooth import SmoothSettings, plan_smoothing
+from trtmix.quant.smooth import SmoothSettings, plan_conv_centring, plan_smoothing
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 from trtmix.search.journal import Journal
 
@@ -43,6 +43,7 @@ LOG = logging.getLogger(__name__)
 JOURNAL_KEY = "quantizers"
 MEASURED_ALPHAS = (0.5, 0.8)
 PER_TENSOR = "per-tensor ranges"
+CONV_CENTRED = "centred convs"
 # What offers per-tensor ranges: called only when the job measures them; returns the ranges and the choice's record
 # (``RangeChoice.to_dict()``), or None and the reason it could not choose (e.g. too few calibration batches).
 RangeChoiceSource = Callable[[], tuple[Ranges | None, dict[str, Any]]]
@@ -56,6 +57,7 @@ class QuantizerOption:
     centre: bool
     bias: bool
     per_tensor: bool = False  # the per-tensor range choice instead of the calibrated method's ranges
+    conv_centre: bool = False  # one-sided (ReLU6) inputs of convolutions centred (``plan_conv_centring``)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ def job_quantizers(
             trial.score(label, option)
     best = max((measured[label] for label in options), default=None) if measured else None
     chosen = next(label for label in options if best is None or measured[label] >= best)  # ties: the simpler option
+    conv_report = None
+    if flavour.symmetric:  # signed int8 wastes a bit on a ReLU6 output; asymmetric uint8 does not
+        chosen, conv_report = _measure_conv_centring(trial, options, chosen)
     per_tensor_report = None
     if range_choice is not None:
         chosen, per_tensor_report = _measure_per_tensor(trial, options, chosen, range_choice)
@@ -114,10 +119,33 @@ def job_quantizers(
     report["weight_rounding"] = rounding
     if per_tensor_report is not None:
         report["per_tensor_ranges"] = {**per_tensor_report, "kept": options[chosen].per_tensor}
+    if conv_report is not None:
+        report["conv_centring"] = {**conv_report, "kept": options[chosen].conv_centre}
     if not cached:
         journal.store(JOURNAL_KEY, {"measured": measured, "seconds": time.perf_counter() - start})
     report["smoothing"]["seconds"] = (cached or {}).get("seconds", time.perf_counter() - start)
     return ranges, report
+
+
+def _measure_conv_centring(
+    trial: _Trial, options: dict[str, QuantizerOption], chosen: str
+) -> tuple[str, dict[str, Any] | None]:
+    """The chosen option with one-sided conv inputs centred, scored against it: the winning label, and the tensors.
+
+    The report names the tensors it centres; None where no tensor qualifies (a transformer): nothing is scored then.
+
+    Measured on EfficientNet-Lite0 (``benchmarks/efficientnet_int8.py``): its depthwise convs read ReLU6 outputs, and
+    centring them took all-INT8 top-1 agreement from 0.80 to 0.84 (0.89 with percentile or per-tensor ranges).
+    """
+    prepared, _ = _prepared(trial.model, trial.units, trial.calibrated, trial.config, trial.flavour, options[chosen])
+    _, would = plan_conv_centring(trial.model, trial.units, prepared)
+    if not would["centred"]:
+        return chosen, None
+    label = f"{chosen}, {CONV_CENTRED}"
+    options[label] = replace(options[chosen], conv_centre=True)
+    if trial.score(label, options[label]) > trial.measured[chosen]:
+        return label, would
+    return chosen, would
 
 
 def _measure_per_tensor(
@@ -199,4 +227,6 @@ def _prepared(
     settings = SmoothSettings(enabled=option.alpha is not None, alpha=option.alpha)
     ranges, report = plan_smoothing(model, units, base, settings, float16, option.centre)
     report["searched"] = config.smooth.alpha is None
+    if option.conv_centre:
+        ranges, _ = plan_conv_centring(model, units, ranges)
     return replace(ranges, bias_correction=option.bias), report

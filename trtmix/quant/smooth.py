@@ -265,7 +265,21 @@ def describe_quantizers(report: dict[str, Any]) -> str:
         scores = ", ".join(f"{label} {value:.5f}" for label, value in measured.items())
         text += f" (all-INT8 score on the search split: {scores})"
     correction = "on" if report["bias_correction"]["enabled"] else "off (--no-bias-correction)"
-    return f"quantizers: {text}; bias correction {correction}{_describe_per_tensor(report.get('per_tensor_ranges'))}"
+    extras = _describe_per_tensor(report.get("per_tensor_ranges")) + _describe_extras(report)
+    return f"quantizers: {text}; bias correction {correction}{extras}"
+
+
+def _describe_extras(report: dict[str, Any]) -> str:
+    """Conv centring and learned weight rounding in the summary line, where the job measured them."""
+    text = ""
+    conv = report.get("conv_centring")
+    if conv is not None:
+        text += f"; {len(conv['centred'])} conv inputs centred: {'kept' if conv['kept'] else 'not kept (scored lower)'}"
+    rounding = report.get("weight_rounding") or {}
+    if rounding.get("requested") and "score_with" in rounding:
+        verdict = "kept" if rounding["enabled"] else "not kept (scored lower)"
+        text += f"; learned weight rounding {verdict} ({rounding.get('seconds', 0):.1f} s)"
+    return text
 
 
 def _describe_per_tensor(record: dict[str, Any] | None) -> str:

@@ -78,8 +78,8 @@ class QuantizedWeight:
         goes into the bias exactly.  This is the ΔW the orderings score.
         """
         dequantized = self.stored().astype(np.float64)
-        if self.smoothing is not None:
-            shape = [1, 1]
+        if self.smoothing is not None:  # a 2-D weight, or a centred convolution's [out, in, k…] (s = 1)
+            shape = [1] * dequantized.ndim
             shape[input_axis(self.unit)] = -1
             dequantized = dequantized / self.smoothing.reshape(shape)
         return dequantized - self.exact.astype(np.float64)
@@ -91,7 +91,7 @@ def quantize_unit_weight(
     """``unit``'s weight ``exact`` quantized under ``ranges`` with ``levels``, its scales in ``float_dtype``."""
     s, z = unit_scales(unit, ranges), unit_shift(unit, ranges)
     weight, amax = exact, (ranges.weights.get(unit.weight) if ranges is not None else None)  # type: ignore[arg-type]
-    if s is not None:
+    if s is not None and not np.all(s == 1.0):  # a centred-only input (s = 1) keeps the weight and its amax
         weight, amax = scaled_weight(unit, exact, s), None
     axis = unit.weight_axis if unit.weight_axis is not None else 0
     channel_amax = np.asarray(amax, dtype=np.float32) if amax is not None else per_channel_amax(weight, axis)

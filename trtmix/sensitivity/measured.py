@@ -10,6 +10,7 @@ metric sees every output by name and the recipe's ``load_extras("calibration")``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,7 +21,8 @@ import onnx
 from trtmix.calibration.ranges import Ranges
 from trtmix.data.user_metric import load_user_metric
 from trtmix.evaluate import by_name, divergence
-from trtmix.ir.units import Unit
+from trtmix.ir.graph import GraphIndex
+from trtmix.ir.units import KIND_CONV, Unit
 from trtmix.parallel.cluster import TASK_THREADS, Failure
 from trtmix.progress import bar as progress_bar
 from trtmix.quant.builder import Builder
@@ -28,6 +30,8 @@ from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.switched import compile_switched, switch_feeds
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
+
+LOG = logging.getLogger(__name__)
 
 
 class TaskRunner(Protocol):
@@ -160,11 +164,28 @@ class ScoringJob:
     user: UserDistance | None = None  # the user's own metric as a distance (else ``metric``'s divergence)
 
     def scorer(self, threads: int | None = None) -> PlanScorer:
-        """A scorer of this job's plans (``close`` it)."""
-        kind = PlanScorer if self.exact else SwitchedScorer
+        """A scorer of this job's plans (``close`` it): exact where the switched graph has no form for a unit."""
+        unswitchable = [] if self.exact else padded_centred_convs(self.model, self.units, self.ranges)
+        if unswitchable:
+            LOG.info("scoring each plan on its own graph: %d centred convolutions that pad have no switched form "
+                     "(%s)", len(unswitchable), ", ".join(unswitchable[:3]))  # fmt: skip
+        kind = PlanScorer if self.exact or unswitchable else SwitchedScorer
         builder = Builder(self.model, self.units, self.ranges, self.flavour)
         return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads, self.fp32_nodes,
                     self.user)  # fmt: skip
+
+
+def padded_centred_convs(model: onnx.ModelProto, units: list[Unit], ranges: Ranges) -> list[str]:
+    """Centred convolutions that pad (``plan_conv_centring``): ``trtmix.quant.switched`` refuses them."""
+    index = GraphIndex(model)
+    found = []
+    for unit in units:
+        if unit.kind != KIND_CONV or unit.inputs[0] not in ranges.shifts:
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in index.nodes[unit.name].attribute}
+        if any(attributes.get("pads", [])):
+            found.append(unit.name)
+    return found
 
 
 def distances(
