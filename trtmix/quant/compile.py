@@ -29,7 +29,17 @@ from trtmix.quant.flavours import ALL_READERS, Flavour, QuantizationSites, get_f
 from trtmix.quant.float_types import plan_float32_rule, to_float16
 from trtmix.quant.plan import Precision, PrecisionPlan
 from trtmix.quant.qdq import asymmetric_uint8, symmetric_scale
-from trtmix.quant.smooth import divided_input, input_range, smoothed_range, unit_scales
+from trtmix.quant.smooth import (
+    add_to_output,
+    border_map,
+    conv_pads,
+    divided_input,
+    input_range,
+    smoothed_range,
+    static_spatial,
+    unit_scales,
+    unit_spatial,
+)
 from trtmix.quant.weights import QuantizedWeight, quantize_unit_weight
 
 LOG = logging.getLogger(__name__)
@@ -73,6 +83,7 @@ def _written(
     original = GraphIndex(model)
     int8_units = [u for u in units if plan.precision_of(u.name) is Precision.INT8]
     smoothed = {u.name: u.inputs[0] for u in int8_units if unit_scales(u, ranges) is not None}
+    sizes = input_sizes(graph, [u for u in int8_units if u.name in smoothed])  # before any edge is rerouted
     for tensor, readers in sorted(sites.activations.items()):
         edges = reader_edges(graph, original, tensor, readers)
         if not edges:
@@ -87,18 +98,30 @@ def _written(
             for node, position in scaled:
                 node.inputs[position] = quantized
     for unit in sites.weight_units:
-        _quantize_unit_weight(graph, unit, original, ranges, flavour)
+        _quantize_unit_weight(graph, unit, original, ranges, flavour, sizes.get(unit.name))
     graph.cleanup().toposort()
     return exported(graph, model)
 
 
+def input_sizes(graph: gs.Graph, units: list[Unit]) -> dict[str, tuple[int, ...] | None]:
+    """Per convolution unit, its input's static spatial sizes in ``graph`` (None: dynamic), read before Q/DQ go in.
+
+    The rerouted input (a DQ output) carries no shape; the border map of a centred padded conv needs these.
+    """
+    nodes = {node.name: node for node in graph.nodes}
+    return {unit.name: static_spatial(nodes[unit.name].inputs[0], unit_spatial(unit))
+            for unit in units if unit_spatial(unit)}  # fmt: skip
+
+
 def _quantize_unit_weight(
-    graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges | None, flavour: Flavour
-) -> None:
+    graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges | None, flavour: Flavour,
+    sizes: tuple[int, ...] | None = None,
+) -> None:  # fmt: skip
     """The unit's int8 weight (``trtmix.quant.weights``, scaled first where it is smoothed), written into ``graph``.
 
     Also its bias: moved by ``bias_delta`` (z·W where its input is shifted, bias correction where the ranges ask for
-    it), and as int32 where the flavour wants a Gemm bias so.
+    it), and as int32 where the flavour wants a Gemm bias so.  A centred convolution that still pads (its input's
+    ``sizes`` static: ``divided_input``) gets its border map added after it.
     """
     anchor = next(n for n in graph.nodes if n.name == unit.name)
     dtype = anchor.inputs[1].dtype
@@ -109,8 +132,32 @@ def _quantize_unit_weight(
     delta = bias_delta(quantized, ranges)
     if delta is not None:
         add_bias_delta(graph, unit, delta, shifted=quantized.shift is not None)
+    if quantized.shift is not None and unit.op == "Conv" and conv_pads(anchor):
+        correct_border(graph, anchor, quantized.stored(), quantized.shift, sizes)
     if flavour.int32_gemm_bias and unit.op == "Gemm":
         _quantize_gemm_bias(graph, unit, original, quantized.scale, input_range(unit, ranges))  # type: ignore[arg-type]
+
+
+def correct_border(
+    graph: gs.Graph, conv: gs.Node, weight: np.ndarray, shift: np.ndarray, sizes: tuple[int, ...] | None,
+    switch: gs.Variable | None = None,
+) -> None:  # fmt: skip
+    """Add ``border_map`` (of the weight the unit holds) after ``conv``, in its output's float dtype.
+
+    With ``switch`` (the switched ``kl`` graph) the map is added only while the switch is on: Where(switch, map, 0).
+    """
+    if sizes is None:
+        raise CompileError(f"Internal error: {conv.name} pads a centred input of dynamic size but has no Pad of −z.")
+    output = conv.outputs[0]
+    dtype = np.dtype(output.dtype) if output.dtype is not None else np.dtype(weight.dtype)
+    values = gs.Constant(f"{output.name}/border_map", border_map(conv, weight, shift, sizes).astype(dtype))
+    if switch is None:
+        add_to_output(graph, conv, values)
+        return
+    switched = gs.Variable(f"{output.name}/border_map/{switch.name}", dtype=dtype)
+    zero = gs.Constant(f"{output.name}/border_map/off", np.zeros((), dtype=dtype))
+    graph.nodes.append(gs.Node("Where", f"{switched.name}/Where", {}, [switch, values, zero], [switched]))
+    add_to_output(graph, conv, switched)
 
 
 def exported(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:

@@ -206,7 +206,7 @@ def plan_conv_centring(
         if found.min < 0 < found.max or found.min == found.max:
             continue  # two-sided: no level is wasted
         why = next((why for unit in reading if (why := _not_centrable(index, unit, tensor, padded))), None)
-        if why is None and len({_conv_pads(index.nodes[unit.name]) for unit in reading}) > 1:
+        if why is None and len({conv_pads(index.nodes[unit.name]) for unit in reading}) > 1:
             why = "its readers pad it differently"
         if why is not None:
             refused[tensor] = why
@@ -228,14 +228,14 @@ def _not_centrable(index: GraphIndex, unit: Unit, tensor: str, padded: bool) -> 
     auto_pad = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}.get("auto_pad", b"NOTSET")
     if auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
         return f"{unit.name} pads by auto_pad {auto_pad!r}, not explicit pads"
-    if any(_conv_pads(node)) and not padded:
+    if any(conv_pads(node)) and not padded:
         return f"{unit.name} pads its input (the padding would read the shifted zero)"
     if not (len(node.input) > 2 and _vector_initializer(index, node.input[2])):
         return f"{unit.name} has no constant bias to take z·W"
     return None
 
 
-def _conv_pads(node: onnx.NodeProto | gs.Node) -> tuple[int, ...]:
+def conv_pads(node: onnx.NodeProto | gs.Node) -> tuple[int, ...]:
     """A Conv's explicit ``pads`` (begin…, end…), () when it pads nothing."""
     if isinstance(node, gs.Node):
         pads = node.attrs.get("pads", [])
@@ -448,16 +448,22 @@ def divided_input(
     """The tensor the smoothed readers on ``edges`` quantize: (X − z)/s.
 
     Folded into X's LayerNormalization when every reader of X is on ``edges`` (γ/s, (β − z)/s), else explicit
-    Sub and Mul nodes shared by those readers.
+    Sub and Mul nodes shared by those readers.  A centred convolution that pads keeps its own zero padding of X − z
+    where X's spatial sizes are static: ``compile`` then adds its ``border_map`` after it (the Pad of −z measured
+    1.43× the plain all-INT8 EfficientNet-Lite0 on OpenVINO, the map 1.09×).  Where they are dynamic, the map has
+    no shape, and X − z is padded with −z in an explicit Pad (``_padded``) instead.
     """
     variable = edges[0][0].inputs[edges[0][1]]
     s = np.asarray(ranges.smoothing[tensor], dtype=np.float64)
     z = applied_shift(ranges, tensor) if tensor in ranges.shifts else None
     summary = ranges.channels.get(tensor)
     if summary is not None and summary.axis == 1:  # a convolution's NCHW input: the constants broadcast over C
-        divided = explicit_division(graph, variable, s, z, tensor, spatial=_spatial_dims(edges[0][0]))
-        pads = _conv_pads(edges[0][0])
-        return _padded(graph, divided, edges, pads, z, tensor) if pads and z is not None else divided
+        spatial = _spatial_dims(edges[0][0])
+        divided = explicit_division(graph, variable, s, z, tensor, spatial=spatial)
+        pads = conv_pads(edges[0][0])
+        if pads and z is not None and static_spatial(variable, spatial) is None:
+            return _padded(graph, divided, edges, pads, z, tensor)  # no border map without static sizes
+        return divided
     readers_of_x = {node.name for node in original.consumers.get(tensor, [])}
     if readers_of_x <= {node.name for node, _ in edges} and tensor not in original.graph_outputs:
         producer = original.producer.get(tensor)
@@ -508,6 +514,67 @@ def _padded(
     for node, _ in edges:
         node.attrs["pads"] = [0] * len(pads)
     return padded
+
+
+def static_spatial(variable: gs.Tensor, spatial: int) -> tuple[int, ...] | None:
+    """The spatial sizes of a convolution's NCHW input when shape inference fixed them (None: some are dynamic).
+
+    The border map is one constant per output pixel, so it needs them; the batch may stay dynamic (it broadcasts).
+    """
+    shape = variable.shape
+    if shape is None or len(shape) != 2 + spatial:
+        return None
+    sizes = shape[2:]
+    if not all(isinstance(size, (int, np.integer)) and size > 0 for size in sizes):
+        return None
+    return tuple(int(size) for size in sizes)
+
+
+def border_map(node: gs.Node, weight: np.ndarray, shift: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """What a centred Conv ``node`` must add to its output so that its zero padding of X − z reads X's zero padding.
+
+    The Conv pads X − z with 0, i.e. X with z; its bias holds z·ΣW over every tap (``bias_delta``), so at an output
+    pixel where taps read padding it is off by z·W of those taps.  The map is −Σ over them of z_ci·W[c, ci, taps]
+    (c's group's input channels), [1, out, output sizes…] in float64, 0 inside; ``weight`` must be the weight the
+    unit multiplies by (DQ(Q(W)), ``QuantizedWeight.stored``) for the sum to cancel the bias's exactly.  Strides,
+    dilations and groups as the Conv's attributes give them; explicit pads only (``plan_conv_centring`` refuses
+    auto_pad SAME).
+    """
+    weight = weight.astype(np.float64)
+    outputs, per_group, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
+    spatial = len(kernel)
+    pads = list(node.attrs.get("pads", [0] * 2 * spatial))
+    strides = list(node.attrs.get("strides", [1] * spatial))
+    dilations = list(node.attrs.get("dilations", [1] * spatial))
+    groups = int(node.attrs.get("group", 1))
+    z = np.broadcast_to(np.asarray(shift, dtype=np.float64), (groups * per_group,))
+    channel_shift = z.reshape(groups, per_group)[np.arange(outputs) // (outputs // groups)]  # [out, in per group]
+    shifted = np.einsum("ci...,ci->c...", weight, channel_shift)  # z·W per output channel and tap
+    inside = np.ones((), dtype=bool)
+    for axis, size in enumerate(sizes):
+        span = dilations[axis] * (kernel[axis] - 1) + 1
+        count = (size + pads[axis] + pads[axis + spatial] - span) // strides[axis] + 1
+        read = (np.arange(count)[:, None] * strides[axis] - pads[axis]
+                + np.arange(kernel[axis])[None, :] * dilations[axis])  # fmt: skip
+        inside = np.logical_and.outer(inside, (read >= 0) & (read < size))  # [o₀, k₀, o₁, k₁, …]
+    order = [2 * axis for axis in range(spatial)] + [2 * axis + 1 for axis in range(spatial)]
+    outside = ~inside.transpose(order)  # [o…, k…]: tap k reads padding at output pixel o
+    taps = list(range(1, spatial + 1))
+    correction = -np.tensordot(shifted, outside.astype(np.float64), axes=(taps, [spatial + t - 1 for t in taps]))
+    return correction[None]
+
+
+def add_to_output(graph: gs.Graph, node: gs.Node, addend: gs.Tensor) -> None:
+    """``node``'s output plus ``addend``, under the output's own name.
+
+    The node writes ``<output>/uncorrected`` and an Add named after the output writes the output itself, so its
+    readers, and a graph output of that name, read the corrected value with nothing rerouted.
+    """
+    output = node.outputs[0]
+    uncorrected = gs.Variable(f"{output.name}/uncorrected", dtype=output.dtype, shape=output.shape)
+    node.outputs.clear()
+    node.outputs.append(uncorrected)
+    graph.nodes.append(gs.Node("Add", f"{output.name}/border/Add", {}, [uncorrected, addend], [output]))
 
 
 def _spatial_dims(node: gs.Node) -> int:

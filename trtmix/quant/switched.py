@@ -25,10 +25,18 @@ from trtmix.ir.graph import GraphIndex
 from trtmix.ir.large import model_sha256
 from trtmix.ir.units import Unit
 from trtmix.quant.bias import bias_delta, bias_input, int32_bias, moved_bias
-from trtmix.quant.compile import activation_qdq, exported, reader_edges, working_graph
+from trtmix.quant.compile import activation_qdq, correct_border, exported, input_sizes, reader_edges, working_graph
 from trtmix.quant.flavours import Flavour, get_flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
-from trtmix.quant.smooth import explicit_division, input_range, smoothed_range, unit_scales, unit_shift, unit_spatial
+from trtmix.quant.smooth import (
+    conv_pads,
+    explicit_division,
+    input_range,
+    smoothed_range,
+    unit_scales,
+    unit_shift,
+    unit_spatial,
+)
 from trtmix.quant.weights import quantize_unit_weight
 
 SWITCH_PREFIX = "trtmix_switch_"
@@ -52,6 +60,7 @@ def compile_switched(
     original = GraphIndex(model)
     model_hash = model_sha256(model)  # once: serialising a 440 MB graph per unit would cost minutes
     switches: dict[str, str] = {}
+    sizes = input_sizes(graph, units)  # before any edge reads a Where
     for index, unit in enumerate(units):
         switch = gs.Variable(f"{SWITCH_PREFIX}{index}", dtype=np.bool_, shape=[])
         graph.inputs.append(switch)
@@ -60,7 +69,7 @@ def compile_switched(
         ranges.require(sites.activations, model_hash)
         smoothing = unit_scales(unit, ranges)
         if smoothing is not None and unit_spatial(unit) and unit_shift(unit, ranges) is not None:
-            _refuse_padded_centring(graph, unit)
+            _refuse_padded_centring(graph, unit, sizes.get(unit.name))
         for tensor, readers in sorted(sites.activations.items()):
             rerouted: dict[str, gs.Variable] = {}  # one Q/DQ and Where per tensor read, shared by its readers
             for node, position in reader_edges(graph, original, tensor, readers):
@@ -77,7 +86,7 @@ def compile_switched(
                     rerouted[key] = _where(graph, switch, quantized, current)
                 node.inputs[position] = rerouted[key]
         if unit.weight is not None:
-            _switch_weight(graph, unit, original, ranges, flavour, switch)
+            _switch_weight(graph, unit, original, ranges, flavour, switch, sizes.get(unit.name))
     graph.cleanup().toposort()
     switched = exported(graph, model)
     return switched, switches
@@ -94,14 +103,16 @@ def switch_feeds(switches: dict[str, str], on: str | Iterable[str] | None) -> di
 
 
 def _switch_weight(
-    graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges, flavour: Flavour, switch: gs.Variable
-) -> None:
-    """The unit's weight and bias as ``compile`` writes them in INT8, behind ``switch``.
+    graph: gs.Graph, unit: Unit, original: GraphIndex, ranges: Ranges, flavour: Flavour, switch: gs.Variable,
+    sizes: tuple[int, ...] | None = None,
+) -> None:  # fmt: skip
+    """The unit's weight and bias as ``compile`` writes them in INT8, behind ``switch`` (and a border map).
 
     The quantized weight is a constant, DQ(Q(W)) from ``compile``'s own quantizer (``trtmix.quant.weights``): in
     the graph, ONNX Runtime would requantize every weight of every unit on every run (``Where`` evaluates both
     branches, and its constant folding leaves DequantizeLinear alone).  The bias moves by ``compile``'s
-    ``bias_delta``, and is int32 where the flavour makes a Gemm bias so.
+    ``bias_delta``, and is int32 where the flavour makes a Gemm bias so.  A centred conv that pads gets
+    ``compile``'s border map (``correct_border``), added only while the switch is on.
     """
     anchor = next(n for n in graph.nodes if n.name == unit.name)
     exact = original.constant_value(unit.weight)  # type: ignore[arg-type]
@@ -120,6 +131,8 @@ def _switch_weight(
         current = node.inputs[position]
         moved = gs.Constant(f"{node.name}/s{unit.name}_bias", moved_bias(current.values, delta))
         node.inputs[position] = _where(graph, switch, moved, current)
+    if quantized.shift is not None and unit.op == "Conv" and conv_pads(anchor):
+        correct_border(graph, anchor, quantized.stored(), quantized.shift, sizes, switch)
 
 
 def _switch_gemm_bias(
@@ -138,16 +151,19 @@ def _switch_gemm_bias(
     anchor.inputs[2] = _where(graph, switch, fake, anchor.inputs[2])
 
 
-def _refuse_padded_centring(graph: gs.Graph, unit: Unit) -> None:
-    """A centred convolution that pads needs its Pad of −z (``trtmix.quant.smooth``), which a switch cannot flip.
+def _refuse_padded_centring(graph: gs.Graph, unit: Unit, sizes: tuple[int, ...] | None) -> None:
+    """A centred convolution that pads needs its border map, which needs its input's spatial sizes static.
 
-    The switch's float branch reads the same Conv, whose padding ``compile`` moves into that Pad; until both branches
-    pad explicitly, the switched graph refuses such a unit rather than measure border pixels shifted by z·ΣW.
+    ``compile`` falls back to an explicit Pad of −z where they are dynamic; a switch cannot flip that Pad (the float
+    branch reads the same Conv, whose padding the Pad replaces), so the switched graph refuses such a unit rather
+    than measure border pixels shifted by z·ΣW.
     """
     node = next(n for n in graph.nodes if n.name == unit.name)
-    if any(node.attrs.get("pads", [])):
-        raise CompileError(f"Unit {unit.name}: a centred convolution that pads is not supported by the switched graph.",
-                           fix="centre pointwise convs only: plan_conv_centring(..., padded=False)")  # fmt: skip
+    if sizes is None and any(node.attrs.get("pads", [])):
+        raise CompileError(f"Unit {unit.name}: a centred convolution that pads an input of dynamic spatial size is not "
+                           "supported by the switched graph.",
+                           fix="export with static image sizes, or centre pointwise convs only: "
+                               "plan_conv_centring(..., padded=False)")  # fmt: skip
 
 
 def _where(graph: gs.Graph, switch: gs.Variable, on: gs.Tensor, off: gs.Tensor) -> gs.Variable:
