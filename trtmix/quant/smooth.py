@@ -181,11 +181,14 @@ def plan_conv_centring(
     (``benchmarks/efficientnet_int8.py``).
 
     With ``padded`` a convolution that pads its input (EfficientNet-Lite0's depthwise convs, which read the ReLU6
-    outputs whose lost bit costs the most) is centred too: ``divided_input`` pads X − z with −z in an explicit Pad
-    (the zero X would have been padded with), and the Conv then pads nothing; Q/DQ read the padded tensor, so
-    DQ → Conv stays the fusable pattern, at the cost of one Pad op (a copy of the input) per such convolution.
-    The shifted zero −z is on the int8 grid (``applied_shift``), so the padding is exact after Q/DQ too.  Every
-    padded reader of a tensor must pad it the same way (one Pad serves them all).
+    outputs whose lost bit costs the most) is centred too.  Where its input's spatial sizes are static, the Conv
+    keeps its own zero padding of X − z (X padded with z) and ``compile`` adds a constant ``border_map`` after it,
+    −z·Σ of the held weight DQ(Q(W)) over the taps that read padding, per output channel and pixel: DQ → Conv stays
+    the fusable pattern, and on OpenVINO the all-INT8 EfficientNet-Lite0 ran 1.09× the plain graph this way
+    (``benchmarks/efficientnet_int8.py --only latency``).  Where they are dynamic, ``divided_input`` pads X − z
+    with −z in an explicit Pad (the zero X would have been padded with) and the Conv pads nothing: exact too, −z
+    being on the int8 grid (``applied_shift``), but a copy of the input per conv (1.43× the plain graph).  Every
+    padded reader of a tensor must pad it the same way (one Pad serves them all in that fallback).
 
     A tensor is centred when its calibrated range is one-sided (min ≥ 0 or max ≤ 0), every unit reading it is such a
     convolution with a constant bias, and its channel statistics were recorded.  z is the same for every channel, the
