@@ -184,11 +184,11 @@ def plan_conv_centring(
     outputs whose lost bit costs the most) is centred too.  Where its input's spatial sizes are static, the Conv
     keeps its own zero padding of X − z (X padded with z) and ``compile`` adds a constant ``border_map`` after it,
     −z·Σ of the held weight DQ(Q(W)) over the taps that read padding, per output channel and pixel: DQ → Conv stays
-    the fusable pattern, and on OpenVINO the all-INT8 EfficientNet-Lite0 ran 1.09× the plain graph this way
+    the fusable pattern, and on OpenVINO the all-INT8 EfficientNet-Lite0 ran 1.04× the plain graph this way
     (``benchmarks/efficientnet_int8.py --only latency``).  Where they are dynamic, ``divided_input`` pads X − z
     with −z in an explicit Pad (the zero X would have been padded with) and the Conv pads nothing: exact too, −z
-    being on the int8 grid (``applied_shift``), but a copy of the input per conv (1.43× the plain graph).  Every
-    padded reader of a tensor must pad it the same way (one Pad serves them all in that fallback).
+    being on the int8 grid (``applied_shift``), but a copy of the input per conv (1.49× the plain graph in the same
+    run).  Every padded reader of a tensor must pad it the same way (one Pad serves them all in that fallback).
 
     A tensor is centred when its calibrated range is one-sided (min ≥ 0 or max ≤ 0), every unit reading it is such a
     convolution with a constant bias, and its channel statistics were recorded.  z is the same for every channel, the
@@ -453,8 +453,8 @@ def divided_input(
     Folded into X's LayerNormalization when every reader of X is on ``edges`` (γ/s, (β − z)/s), else explicit
     Sub and Mul nodes shared by those readers.  A centred convolution that pads keeps its own zero padding of X − z
     where X's spatial sizes are static: ``compile`` then adds its ``border_map`` after it (the Pad of −z measured
-    1.43× the plain all-INT8 EfficientNet-Lite0 on OpenVINO, the map 1.09×).  Where they are dynamic, the map has
-    no shape, and X − z is padded with −z in an explicit Pad (``_padded``) instead.
+    1.49× the plain all-INT8 EfficientNet-Lite0 on OpenVINO, the map 1.04×, in one paired run).  Where they are
+    dynamic, the map has no shape, and X − z is padded with −z in an explicit Pad (``_padded``) instead.
     """
     variable = edges[0][0].inputs[edges[0][1]]
     s = np.asarray(ranges.smoothing[tensor], dtype=np.float64)
