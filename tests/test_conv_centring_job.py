@@ -49,7 +49,7 @@ def test_the_job_measures_centred_conv_inputs_and_orders_units_with_them(tmp_pat
     assert conv["kept"], measured  # the lost bit of the ReLU6 outputs costs this graph more than the rest
     saved = json.loads((tmp_path / "out" / "ranges.json").read_text())
     assert set(saved["shifts"]) == {"relu6", "relu6_1"}
-    assert report["orderings_computed"] == {"kl": True}  # scored plan by plan: no switched form for the padded conv
+    assert report["orderings_computed"] == {"kl": True}  # the switched graph with the padded conv's border map
     assert "2 conv inputs centred: kept" in printed
 
 
@@ -64,3 +64,20 @@ def test_the_asymmetric_flavour_scores_no_conv_centring_option(tmp_path: Path) -
     quantizers = json.loads((tmp_path / "out" / "report.json").read_text())["quantizers"]
     assert "conv_centring" not in quantizers  # ort-cpu's uint8 wastes no level on a one-sided tensor
     assert not any("centred convs" in label for label in quantizers["smoothing"]["measured"])
+
+
+def test_only_padded_centred_convs_of_dynamic_size_are_scored_without_the_switched_graph() -> None:
+    from trtmix.calibration.calibrate import CalibrationConfig, calibrate
+    from trtmix.ir.units import find_units
+    from trtmix.quant.smooth import plan_conv_centring
+    from trtmix.sensitivity.measured import padded_centred_convs
+
+    from .test_conv_centring import _feeds
+
+    for dynamic, expected in ((False, []), (True, ["dw/Conv"])):
+        model = _mbconv(dynamic=dynamic)
+        units = find_units(model)
+        ranges = calibrate(model, units, _feeds(2, 0), CalibrationConfig(), progress=False)
+        assert padded_centred_convs(model, units, ranges) == []  # nothing centred yet
+        centred, _ = plan_conv_centring(model, units, ranges)
+        assert padded_centred_convs(model, units, centred) == expected  # the 1×1 conv pads nothing

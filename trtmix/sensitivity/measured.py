@@ -22,6 +22,7 @@ from trtmix.calibration.ranges import Ranges
 from trtmix.data.user_metric import load_user_metric
 from trtmix.evaluate import by_name, divergence
 from trtmix.ir.graph import GraphIndex
+from trtmix.ir.large import shape_view
 from trtmix.ir.units import KIND_CONV, Unit
 from trtmix.parallel.cluster import TASK_THREADS, Failure
 from trtmix.progress import bar as progress_bar
@@ -167,8 +168,8 @@ class ScoringJob:
         """A scorer of this job's plans (``close`` it): exact where the switched graph has no form for a unit."""
         unswitchable = [] if self.exact else padded_centred_convs(self.model, self.units, self.ranges)
         if unswitchable:
-            LOG.info("scoring each plan on its own graph: %d centred convolutions that pad have no switched form "
-                     "(%s)", len(unswitchable), ", ".join(unswitchable[:3]))  # fmt: skip
+            LOG.info("scoring each plan on its own graph: %d centred convolutions pad inputs of dynamic size, which "
+                     "the switched graph cannot flip (%s)", len(unswitchable), ", ".join(unswitchable[:3]))  # fmt: skip
         kind = PlanScorer if self.exact or unswitchable else SwitchedScorer
         builder = Builder(self.model, self.units, self.ranges, self.flavour)
         return kind(builder, self.metric, self.feeds, self.default, self.output_index, threads, self.fp32_nodes,
@@ -176,16 +177,28 @@ class ScoringJob:
 
 
 def padded_centred_convs(model: onnx.ModelProto, units: list[Unit], ranges: Ranges) -> list[str]:
-    """Centred convolutions that pad (``plan_conv_centring``): ``trtmix.quant.switched`` refuses them."""
-    index = GraphIndex(model)
-    found = []
+    """Centred convolutions that pad an input of dynamic spatial size: ``trtmix.quant.switched`` refuses them.
+
+    Where the sizes are static, ``compile`` corrects the padded border with a constant map, which the switched graph
+    adds behind the unit's switch; with dynamic sizes it writes a Pad of −z instead, which a switch cannot flip.
+    """
+    index, found = GraphIndex(model), []
     for unit in units:
         if unit.kind != KIND_CONV or unit.inputs[0] not in ranges.shifts:
             continue
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in index.nodes[unit.name].attribute}
         if any(attributes.get("pads", [])):
-            found.append(unit.name)
-    return found
+            found.append(unit)
+    if not found:
+        return []
+    inferred = shape_view(model)
+    shapes = {v.name: v.type.tensor_type.shape for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    return [unit.name for unit in found if not _static_spatial(shapes.get(unit.inputs[0]))]
+
+
+def _static_spatial(shape: onnx.TensorShapeProto | None) -> bool:
+    """Whether an NC… tensor's sizes after the channel axis are all known."""
+    return shape is not None and len(shape.dim) > 2 and all(d.dim_value > 0 for d in shape.dim[2:])
 
 
 def distances(
