@@ -266,3 +266,30 @@ def test_switched_graph_refuses_a_padded_centred_conv_of_dynamic_size() -> None:
     with pytest.raises(CompileError, match="dynamic spatial size"):
         compile_switched(model, units, plan_conv_centring(model, units, ranges)[0], "tensorrt")
     compile_switched(model, units, plan_conv_centring(model, units, ranges, padded=False)[0], "tensorrt")
+
+
+def test_border_map_of_a_conv_writing_a_graph_output() -> None:
+    """The Add takes the conv output's name, so a graph output written by a centred padded conv keeps its name."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.standard_normal((CHANNELS, 3, 3, 3)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(CHANNELS).astype(np.float32), "b"),
+             numpy_helper.from_array(np.asarray(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.asarray(6.0, np.float32), "six")]  # fmt: skip
+    nodes = [helper.make_node("Clip", ["input", "zero", "six"], ["relu6"], name="Clip"),
+             helper.make_node("Conv", ["relu6", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2])]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "one", [value("input", onnx.TensorProto.FLOAT, [BATCH, 3, SIZE, SIZE])],
+                              [value("y", onnx.TensorProto.FLOAT, None)], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    units = find_units(model)
+    feeds = [{"input": np.abs(feed["input"]) * 2} for feed in _feeds(4, 1)]
+    ranges = calibrate(model, units, feeds, CalibrationConfig(batches=4), progress=False)
+    centred, report = plan_conv_centring(model, units, ranges)
+    assert report["centred"] == ["relu6"]
+    plan = PrecisionPlan.with_int8([unit.name for unit in units])
+    compiled = compile_plan(model, plan, centred, "tensorrt")
+    assert [output.name for output in compiled.graph.output] == ["y"]
+    assert not [n for n in compiled.graph.node if n.op_type == "Pad"]
+    plain = _outputs(_without_activation_qdq(compile_plan(model, plan, ranges, "tensorrt")), feeds)
+    float_path = _outputs(_without_activation_qdq(compiled), feeds)
+    assert _error(float_path, plain) < 2e-3 and _error(_border(float_path), _border(plain)) < 2e-3
