@@ -79,8 +79,8 @@ def shift_product(unit: Unit, weight: np.ndarray, shift: np.ndarray) -> np.ndarr
     """z·W per output channel, for a 2-D weight in either orientation or a one-group conv's [out, in, k…].
 
     A convolution's kernel taps all read the same channel's shift, so they are summed (grouped convolutions too); that
-    is exact only where no tap reads a padded zero: ``trtmix.quant.smooth`` pads X − z with −z in front of a centred
-    convolution that pads.
+    is exact only where no tap reads a padded zero: a centred convolution that pads gets a constant border map after
+    it (``trtmix.quant.smooth.border_map``), or a Pad of −z in front where its input's spatial sizes are dynamic.
     """
     if unit.kind == KIND_CONV:
         product = expected_shift(unit, weight.astype(np.float64), np.asarray(shift, dtype=np.float64))
