@@ -178,7 +178,7 @@ def _load_rounding(path: str | Path, digests: Mapping[str, str]) -> dict[str, Le
         return {}  # a file written before learned rounding, or without it
     source = rounding_path(path)
     try:
-        with np.load(source) as stored:
+        with np.load(source, allow_pickle=False) as stored:
             index = json.loads(bytes(stored["index"]).decode())
             rounding = {entry["name"]: LearnedRounding(stored[f"values_{i}"], stored[f"scale_{i}"],
                                                        int(entry["levels"]), str(entry["guard"]))

@@ -142,14 +142,17 @@ def correct_border(
     graph: gs.Graph, conv: gs.Node, weight: np.ndarray, shift: np.ndarray, sizes: tuple[int, ...] | None,
     switch: gs.Variable | None = None,
 ) -> None:  # fmt: skip
-    """Add ``border_map`` (of the weight the unit holds) after ``conv``, in its output's float dtype.
+    """Add ``border_map`` (of the weight the unit holds) after ``conv``, in the weight's float dtype.
+
+    The weight's dtype is the one the unit computes in (float16 in the tensorrt flavour); the conv output's recorded
+    dtype can be the exported float32 still (a graph whose value_info types it), which the flavour check refuses.
 
     With ``switch`` (the switched ``kl`` graph) the map is added only while the switch is on: Where(switch, map, 0).
     """
     if sizes is None:
         raise CompileError(f"Internal error: {conv.name} pads a centred input of dynamic size but has no Pad of −z.")
     output = conv.outputs[0]
-    dtype = np.dtype(output.dtype) if output.dtype is not None else np.dtype(weight.dtype)
+    dtype = np.dtype(weight.dtype)
     values = gs.Constant(f"{output.name}/border_map", border_map(conv, weight, shift, sizes).astype(dtype))
     if switch is None:
         add_to_output(graph, conv, values)

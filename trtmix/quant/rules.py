@@ -131,6 +131,8 @@ def _weight_axis_issues(unit: Unit, dq: onnx.NodeProto, index: GraphIndex) -> li
 
 
 SMOOTHING = "/smooth/"  # the nodes ``trtmix.quant.smooth`` inserts before a unit's input Q/DQ
+# the nodes a centred convolution gets (``trtmix.quant.smooth``): a Pad of −z before it, a border-map Add after it
+CENTRING = ("/centring/", "/border/")
 
 
 def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPlan) -> list[str]:
@@ -147,6 +149,8 @@ def _typing_issues(model: onnx.ModelProto, units: list[Unit], plan: PrecisionPla
     for node in model.graph.node:
         if node.name in fp32_nodes or node.op_type in TYPE_NEUTRAL or SMOOTHING in node.name:
             continue  # a smoothing Mul/Sub computes in the dtype of the tensor it divides
+        if any(marker in node.name for marker in CENTRING):
+            continue  # in the dtype of the convolution it pads or corrects, FP32 where that unit is
         float32_inputs = [
             name
             for position, name in enumerate(node.input)

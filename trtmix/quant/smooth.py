@@ -574,7 +574,8 @@ def add_to_output(graph: gs.Graph, node: gs.Node, addend: gs.Tensor) -> None:
     readers, and a graph output of that name, read the corrected value with nothing rerouted.
     """
     output = node.outputs[0]
-    uncorrected = gs.Variable(f"{output.name}/uncorrected", dtype=output.dtype, shape=output.shape)
+    uncorrected = gs.Variable(f"{output.name}/uncorrected", dtype=addend.dtype, shape=output.shape)
+    output.dtype = addend.dtype  # the Add computes in the addend's (the unit's) float dtype
     node.outputs.clear()
     node.outputs.append(uncorrected)
     graph.nodes.append(gs.Node("Add", f"{output.name}/border/Add", {}, [uncorrected, addend], [output]))
