@@ -140,9 +140,14 @@ def _references(name: str, pipeline: Pipeline, folder: Path) -> dict[str, Path]:
 
 
 def _interleaved(pipeline: Pipeline, artifacts: dict[str, Path], rounds: int) -> dict[str, float]:
-    """Median over ``rounds`` interleaved rounds of each artifact's median of ``ROUND_RUNS`` runs (one process)."""
+    """Median over ``rounds`` interleaved rounds of each artifact's median of ``ROUND_RUNS`` runs (one process).
+
+    FP32 runs at the f32 hint, as the job times it (``SearchDriver.fp32``); the rest at the job's timing precision.
+    """
     feed = pipeline.evaluation.feeds["search"][0]
-    runners = {label: pipeline.backend.open(path) for label, path in artifacts.items()}
+    fp32_engine = pipeline.backend.at_precision("f32")  # type: ignore[attr-defined]
+    runners = {label: (fp32_engine if label == "FP32" else pipeline.backend).open(path)
+               for label, path in artifacts.items()}  # fmt: skip
     medians: dict[str, list[float]] = {label: [] for label in artifacts}
     try:
         for _ in range(rounds):
