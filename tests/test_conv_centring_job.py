@@ -51,6 +51,8 @@ def test_the_job_measures_centred_conv_inputs_and_orders_units_with_them(tmp_pat
     assert set(saved["shifts"]) == {"relu6", "relu6_1"}
     assert report["orderings_computed"] == {"kl": True}  # the switched graph with the padded conv's border map
     assert "2 conv inputs centred: kept" in printed
+    report, _ = _job(tmp_path / "as-exported", "--max-drop", "50%", "--no-smooth")  # every unit reads X as exported
+    assert "conv_centring" not in report["quantizers"] and not report["quantizers"]["smoothing"]["enabled"]
 
 
 def test_the_asymmetric_flavour_scores_no_conv_centring_option(tmp_path: Path) -> None:

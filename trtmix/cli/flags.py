@@ -149,7 +149,8 @@ def add_quantizer_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-smooth", action="store_true",
-        help="no outlier-aware scaling in compile either: every unit reads its input as exported",
+        help="no outlier-aware scaling in compile either, nor centred conv inputs: every unit reads its input as "
+        "exported",
     )
     parser.add_argument(
         "--no-bias-correction", dest="bias_correction", action="store_false",

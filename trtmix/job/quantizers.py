@@ -100,7 +100,7 @@ def job_quantizers(
     best = max((measured[label] for label in options), default=None) if measured else None
     chosen = next(label for label in options if best is None or measured[label] >= best)  # ties: the simpler option
     conv_report = None
-    if flavour.symmetric:  # signed int8 wastes a bit on a ReLU6 output; asymmetric uint8 does not
+    if flavour.symmetric and config.smooth.enabled:  # signed int8 wastes a bit on a ReLU6 output; uint8 does not
         chosen, conv_report = _measure_conv_centring(trial, options, chosen)
     per_tensor_report = None
     if range_choice is not None:
