@@ -183,8 +183,15 @@ def _fidelity(base: CompileConfig, source: str, engine: Any, artifact: Path) -> 
 def _interleaved(engine: Any, artifacts: dict[str, Path], base: CompileConfig, source: str, rounds: int) -> dict:
     """Median over ``rounds`` interleaved rounds of each artifact's median of ``ROUND_RUNS`` runs."""
     feed = Recipe.of(base.data, base.data_args).batches(_model(source), "search", 1)[0]
-    runners = {label: engine.open(path) for label, path in artifacts.items()}
-    medians: dict[str, list[float]] = {label: [] for label in artifacts}
+    return interleaved_medians({label: engine.open(path) for label, path in artifacts.items()}, feed, rounds)
+
+
+def interleaved_medians(runners: dict[str, Any], feed: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
+    """Each open runner's median over ``rounds`` interleaved rounds of its median of ``ROUND_RUNS`` runs; closes them.
+
+    One round times every runner once, so a slow spell of the machine touches every graph alike.
+    """
+    medians: dict[str, list[float]] = {label: [] for label in runners}
     try:
         for _ in range(rounds):
             for label, runner in runners.items():
@@ -213,6 +220,23 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _model_and_batches(name: str, folder: Path) -> tuple[Any, Any, list, Any, list, list]:
+    """``name``'s exported float model, its units, the calibration settings and batches, and the search batches."""
+    from trtmix.calibration.calibrate import CalibrationConfig
+    from trtmix.data.recipes import load_batches
+    from trtmix.export import export_once
+    from trtmix.ir.fold import load_float_model
+    from trtmix.ir.units import require_units
+
+    spec = MODELS[name]
+    path = export_once(spec.source, folder / f"{name}.onnx", input_names=list(spec.inputs))
+    model = load_float_model(path)
+    config = CalibrationConfig()
+    calibration = list(load_batches(spec.data, "calibration"))[: config.batches]
+    search = list(load_batches(spec.data, "search"))[: spec.eval_batches]
+    return spec, model, require_units(model, str(path)), config, calibration, search
+
+
 RANGE_METHODS = ("max", "percentile", "entropy", "mse")
 RANGE_SMOOTHING = {"no smoothing": None, "α=0.8": (0.8, False), "α=0.8, centred": (0.8, True)}
 
@@ -226,28 +250,14 @@ def range_methods(name: str, folder: Path) -> dict[str, Any]:
     """
     import time
 
-    from trtmix.calibration.calibrate import CalibrationConfig, _unit_statistics, calibrate
-    from trtmix.data.recipes import load_batches
+    from trtmix.calibration.calibrate import _unit_statistics, calibrate
     from trtmix.evaluate import cosine, top1_agreement
-    from trtmix.ir.fold import load_float_model
-    from trtmix.ir.units import require_units
     from trtmix.quant.compile import compile_plan
     from trtmix.quant.range_choice import choose_ranges
     from trtmix.quant.smooth import plan_smoothing
     from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
-    try:  # the export module is moving (trtmix/ir/export.py -> trtmix/export.py)
-        from trtmix.export import export_once
-    except ImportError:
-        from trtmix.ir.export import export_once  # type: ignore[no-redef]
-
-    spec = MODELS[name]
-    path = export_once(spec.source, folder / f"{name}.onnx", input_names=list(spec.inputs))
-    model = load_float_model(path)
-    units = require_units(model, str(path))
-    config = CalibrationConfig()
-    calibration = list(load_batches(spec.data, "calibration"))[: config.batches]
-    search = list(load_batches(spec.data, "search"))[: spec.eval_batches]
+    spec, model, units, config, calibration, search = _model_and_batches(name, folder)
     start = time.perf_counter()
     histograms, _, channels = _unit_statistics(model, units, calibration, config.batches, False)
     candidates = {method: calibrate(model, units, (), replace(config, method=method), progress=False,
@@ -279,25 +289,15 @@ def rounding_quality(name: str, folder: Path) -> dict[str, Any]:
     Max ranges and bias correction (``compile``'s default) under each of ``RANGE_SMOOTHING``; the rounding is
     learned on the job's calibration batches, for the ranges of that row, and scored on the search split.
     """
-    from trtmix.calibration.calibrate import CalibrationConfig, calibrate
-    from trtmix.data.recipes import load_batches
+    from trtmix.calibration.calibrate import calibrate
     from trtmix.evaluate import cosine, top1_agreement
-    from trtmix.export import export_once
-    from trtmix.ir.fold import load_float_model
-    from trtmix.ir.units import require_units
     from trtmix.quant.compile import compile_plan
     from trtmix.quant.flavours import get_flavour
     from trtmix.quant.rounding import learn_rounding
     from trtmix.quant.smooth import plan_smoothing
     from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
-    spec = MODELS[name]
-    path = export_once(spec.source, folder / f"{name}.onnx", input_names=list(spec.inputs))
-    model = load_float_model(path)
-    units = require_units(model, str(path))
-    config = CalibrationConfig()
-    calibration = list(load_batches(spec.data, "calibration"))[: config.batches]
-    search = list(load_batches(spec.data, "search"))[: spec.eval_batches]
+    spec, model, units, config, calibration, search = _model_and_batches(name, folder)
     calibrated = replace(calibrate(model, units, calibration, config, progress=False), bias_correction=True)
     score = {"cosine": lambda out, ref: float(np.mean(cosine(out, ref))), "agreement": top1_agreement}[spec.metric]
     with OnnxRuntimeRunner(model, threads=2) as runner:

@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from int8_quality import ROUND_RUNS, interleaved_medians  # noqa: E402
 from paper import MODELS  # noqa: E402
 
 from trtmix.job.config import CompileConfig  # noqa: E402
@@ -56,7 +57,6 @@ BUDGETS = {"99.9%": "0.1%", "99%": "1%"}
 TARGETS = {"minilm": (0.35, 0.60), "efficientnet-lite0": (0.45, None)}  # all-INT8 / FP32, all-INT8 / all-FP16
 INT8_FIDELITY = {"minilm": 0.995, "efficientnet-lite0": 0.85}  # issue 33: all-INT8 metric to FP32
 SEARCH_TARGET = ("99.9%", 0.42, 1.25)  # issue 33, MiniLM: the plan at this budget, ≤ x FP32 and ≤ x all-INT8
-ROUND_RUNS = 10
 
 
 def _fidelity(pipeline: Pipeline, outputs: np.ndarray) -> float:
@@ -144,19 +144,10 @@ def _interleaved(pipeline: Pipeline, artifacts: dict[str, Path], rounds: int) ->
 
     FP32 runs at the f32 hint, as the job times it (``SearchDriver.fp32``); the rest at the job's timing precision.
     """
-    feed = pipeline.evaluation.feeds["search"][0]
     fp32_engine = pipeline.backend.at_precision("f32")  # type: ignore[attr-defined]
     runners = {label: (fp32_engine if label == "FP32" else pipeline.backend).open(path)
                for label, path in artifacts.items()}  # fmt: skip
-    medians: dict[str, list[float]] = {label: [] for label in artifacts}
-    try:
-        for _ in range(rounds):
-            for label, runner in runners.items():
-                medians[label].append(runner.time(feed, ROUND_RUNS, 2).median_ms)
-    finally:
-        for runner in runners.values():
-            runner.close()
-    return {label: float(np.median(values)) for label, values in medians.items()}
+    return interleaved_medians(runners, pipeline.evaluation.feeds["search"][0], rounds)
 
 
 def _option_costs(quantizers: dict[str, Any]) -> dict[str, float | None]:
