@@ -88,6 +88,40 @@ def test_a_calibration_set_too_small_to_choose_says_how_many_batches_it_needs() 
         choose_ranges(model, units, candidates, feeds)
 
 
+def _behind_a_contrib_op() -> onnx.ModelProto:
+    """a → com.microsoft Gelu → MatMul: ONNX's shape inference knows no contrib op, so the MatMul's input has no
+    value_info, as on Paddle2ONNX's text detector, where ``onnx.utils.Extractor`` then could run no unit alone."""
+    rng = np.random.default_rng(1)
+    weight = numpy_helper.from_array(rng.standard_normal((WIDTH, WIDTH)).astype(np.float32), "w")
+    nodes = [helper.make_node("Gelu", ["a"], ["g"], name="gelu", domain="com.microsoft"),
+             helper.make_node("MatMul", ["g", "w"], ["y"], name="MatMul")]  # fmt: skip
+    graph = helper.make_graph(nodes, "contrib", [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT,
+                              [ROWS, WIDTH])], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [weight])  # fmt: skip
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_a_unit_whose_input_shape_inference_cannot_see_is_still_scored() -> None:
+    model = _behind_a_contrib_op()
+    assert "g" not in {v.name for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    units = find_units(model)
+    feeds = [{"a": feed["a"]} for feed in _feeds(2, 0)]
+    candidates = {m: calibrate(model, units, feeds, CalibrationConfig(method=m), progress=False) for m in METHODS}
+    _, record = choose_ranges(model, units, candidates, feeds)
+    assert set(record.tensors) == {"g"}, record.unscored
+
+
+def test_nothing_to_score_is_one_clear_error_not_an_empty_choice() -> None:
+    model = _two_branches()
+    feeds = _feeds(2, 0)
+    units = find_units(model)
+    candidates = {m: calibrate(model, units, feeds, CalibrationConfig(method=m), progress=False) for m in METHODS}
+    with pytest.raises(CalibrationError, match="No activation could be scored") as raised:
+        choose_ranges(model, [], candidates, feeds)
+    assert "--no-range-choice" in str(raised.value)
+
+
 LONG_TAIL_RECIPE = """
 import numpy as np
 def load_data(split="calibration"):

@@ -179,6 +179,7 @@ def test_text_detector_all_high_is_faithful_to_fp32(tmp_path: Path) -> None:
     if check is not None:
         assert not check["mismatches"], check["mismatches"]
         assert len(check["not_found"]) < report["unit_count"] // 4, check["not_found"]
+    assert report["quantizers"]["per_tensor_ranges"]["scored"] > 0, "no value_info: its units still run alone"
     smoothing = report["quantizers"]["smoothing"]
     oracle, engine = smoothing["measured"][smoothing["option"]], report["all_int8"]["accuracy"]
     warned = any(line.startswith("warning: all-INT8 scores") for line in summary_lines(report, tmp_path))

@@ -253,3 +253,40 @@ def two_activation_adds(
         activations = [t for t in node.input if t and not index.is_constant(t)]
         if node.op_type == "Add" and len(activations) == 2:
             yield node, activations
+
+
+def extract_subgraph(model: onnx.ModelProto, inputs: Iterable[str], outputs: Iterable[str]) -> onnx.ModelProto:
+    """The nodes that compute ``outputs`` from ``inputs`` (and constants), as a model of their own.
+
+    ``onnx.utils.Extractor`` needs a ``value_info`` for every boundary tensor, and shape inference leaves it out on
+    some exporters' graphs (Paddle2ONNX's text detector: none of its units could be run alone).  Here a boundary
+    tensor keeps what the graph records of it, and one it records nothing of is declared float32 of unknown shape:
+    the tensors this is asked for are a float model's activations.
+    """
+    inputs, outputs = list(inputs), list(outputs)
+    index = GraphIndex(model)
+    needed: set[int] = set()  # id() of the nodes: a graph's names may be empty or repeated
+    pending = list(outputs)
+    while pending:
+        tensor = pending.pop()
+        if not tensor or tensor in inputs or tensor in index.initializers:
+            continue
+        node = index.producer.get(tensor)
+        if node is None:
+            raise ValueError(f"{tensor} is neither computed in the graph nor one of the inputs {inputs}")
+        if id(node) not in needed:
+            needed.add(id(node))
+            pending.extend(node.input)
+    nodes = [node for node in model.graph.node if id(node) in needed]  # graph order is a topological order
+    used = {name for node in nodes for name in node.input}
+    known = {value.name: value for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]}
+
+    def declared(name: str) -> onnx.ValueInfoProto:
+        return known.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+
+    graph = onnx.helper.make_graph(nodes, f"{model.graph.name}/extracted", [declared(n) for n in inputs],
+                                   [declared(n) for n in outputs],
+                                   [init for init in model.graph.initializer if init.name in used])  # fmt: skip
+    extracted = onnx.helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    extracted.functions.extend(model.functions)
+    return extracted

@@ -12,8 +12,9 @@ The choice is made on the data the candidates were calibrated on, so ``max`` nev
 is rounding against clipping on that data.  Each tensor's choice is also made on the first and the second half of
 the batches: ``stable`` says whether both halves agree, a cheap check that the set is large enough to choose with.
 Tensors that no unit reads as an activation input (a unit's output, a residual Add's) keep the first candidate's
-range.  Scoring runs each unit alone (``onnx.utils.Extractor``), in ONNX Runtime, as float32; smoothing, centring
-and the flavour's float16 are not applied here: ``trtmix.quant.smooth`` works on the chosen ranges afterwards.
+range.  Scoring runs each unit alone (``trtmix.ir.graph.extract_subgraph``), in ONNX Runtime, as float32;
+smoothing, centring and the flavour's float16 are not applied here: ``trtmix.quant.smooth`` works on the chosen
+ranges afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import onnx
 
 from trtmix.calibration.ranges import Ranges, TensorRange
 from trtmix.errors import CalibrationError
+from trtmix.ir.graph import extract_subgraph
 from trtmix.ir.units import Unit
 from trtmix.quant.qdq import INT8_MAX, UINT8_MAX, asymmetric_uint8, symmetric_scale
 
@@ -89,6 +91,9 @@ def choose_ranges(
             the base (its channel statistics and weight ranges are kept, and so is its range where nothing scores).
         batches: calibration feeds; at least ``MIN_BATCHES``.
         symmetric: score symmetric int8 (the ``tensorrt`` flavour) or asymmetric uint8 (``ort-cpu``).
+
+    Raises:
+        CalibrationError: fewer than ``MIN_BATCHES`` batches, or no tensor could be scored (nothing to choose).
     """
     start = time.perf_counter()
     feeds = list(batches)
@@ -145,6 +150,12 @@ def choose_ranges(
         relative = {m: float(np.sqrt(sum(v) / total)) for m, v in per_method.items()}
         record.tensors[tensor] = TensorChoice(method, relative, tuple(u.name for u in readers[tensor]), stable)
     record.seconds = time.perf_counter() - start
+    if not record.tensors:
+        raise CalibrationError(
+            "No activation could be scored for a per-tensor range choice: no unit reading one could be run alone.",
+            expected="units whose inputs are activations, each runnable alone in ONNX Runtime",
+            fix="use one range method for every tensor (--no-range-choice in compile)",
+        )
     LOG.info("per-tensor ranges: %s (%d of %d stable)", record.counts(),
              sum(c.stable for c in record.tensors.values()), len(record.tensors))  # fmt: skip
     return applied_choice(candidates, {t: c.method for t, c in record.tensors.items()}), record
@@ -203,14 +214,13 @@ def _unit_sessions(model: onnx.ModelProto, units: list[Unit], record: RangeChoic
     from trtmix.runtime.onnxruntime import ort_session
 
     anchors = {node.name: node for node in model.graph.node}
-    extractor = onnx.utils.Extractor(model)
     sessions = {}
     for unit in units:
         anchor = anchors.get(unit.name)
         if anchor is None:
             continue
         try:
-            alone = extractor.extract_model(list(unit.inputs), [anchor.output[0]])
+            alone = extract_subgraph(model, unit.inputs, [anchor.output[0]])
             sessions[unit.name] = (ort_session(alone, threads=1, optimize=False), anchor.output[0])
         except Exception as err:  # noqa: BLE001 - an extractor or ORT failure only leaves this unit unscored
             LOG.warning("per-tensor ranges: unit %s cannot run alone (%s)", unit.name, str(err).splitlines()[0])
