@@ -277,6 +277,7 @@ def test_the_job_option_is_measured_reported_and_kept_only_where_it_helps(sign: 
     assert helped == (sign > 0)  # on this model the learned values bring the output closer to float
     assert report["enabled"] == helped and bool(chosen.rounding) == helped
     if not helped:  # a resumed job does not learn again what lost
+
         def never(_: Ranges):  # type: ignore[no-untyped-def]
             raise AssertionError("learned again")
 
@@ -355,3 +356,61 @@ def test_a_small_h_budget_takes_more_passes_and_learns_the_same_values() -> None
     split, many = learn_rounding(model, find_units(model), ranges, TENSORRT, feeds, h_budget=1)
     assert one.passes == 1 and many.passes == len(find_units(model))
     assert whole.stable_hash() == split.stable_hash() and whole.rounding
+
+
+def _refuse_learning(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def never(*_, **__):  # type: ignore[no-untyped-def]
+        raise AssertionError("learned rounding again on a resumed job")
+
+    monkeypatch.setattr("trtmix.job.weight_rounding.learn_rounding", never)
+
+
+def _saved(out) -> tuple[str, bytes, set[str]]:  # type: ignore[no-untyped-def]
+    """What a job left in ``out``: its ranges' hash, the learned values' file, the artifacts' names."""
+    ranges = out / "ranges.json"
+    artifacts = {path.name for path in (out / "artifacts").iterdir()}
+    return Ranges.load(ranges).stable_hash(), rounding_path(ranges).read_bytes(), artifacts
+
+
+def test_a_resumed_job_reuses_the_learned_rounding_it_saved(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    first = _mlp_job(tmp_path)["quantizers"]["weight_rounding"]
+    assert first["enabled"] and not first["reused"] and first["units"]["rounded"]  # this MLP keeps it
+    before = _saved(tmp_path / "out")
+    _refuse_learning(monkeypatch)
+    second = _mlp_job(tmp_path)["quantizers"]["weight_rounding"]
+    assert second["enabled"] and second["reused"] and second["learn_seconds"] == 0
+    assert second["weights"] == sorted(Ranges.load(tmp_path / "out" / "ranges.json").rounding)
+    assert (second["score_with"], second["score_without"]) == (first["score_with"], first["score_without"])
+    assert _saved(tmp_path / "out") == before  # the same ranges, so the same artifacts (none built again)
+
+
+@pytest.mark.parametrize("change", ["removed", "altered", "unreadable"])
+def test_a_resumed_job_learns_again_where_the_saved_values_cannot_be_trusted(tmp_path, change: str) -> None:  # type: ignore[no-untyped-def]
+    _mlp_job(tmp_path)
+    before = _saved(tmp_path / "out")
+    npz = rounding_path(tmp_path / "out" / "ranges.json")
+    if change == "removed":
+        npz.unlink()
+    elif change == "altered":  # a learned value moved by one level: its digest no longer matches ranges.json
+        with np.load(npz) as stored:
+            arrays = dict(stored)
+        arrays["values_0"].flat[0] += 1 if arrays["values_0"].flat[0] < 0 else -1
+        np.savez(npz, **arrays)
+    else:
+        npz.write_bytes(b"not an npz")
+    second = _mlp_job(tmp_path)["quantizers"]["weight_rounding"]
+    assert second["enabled"] and not second["reused"] and second["units"]["rounded"]
+    assert _saved(tmp_path / "out") == before  # learned again, the same values
+
+
+def test_saved_rounding_learned_for_other_ranges_is_not_reused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from trtmix.job.weight_rounding import saved_rounding
+
+    model, feeds = mlp_model(), mlp_feeds(6, seed=1)
+    ranges = _calibrated(model, feeds)
+    learned, _ = learn_rounding(model, find_units(model), ranges, TENSORRT, feeds)
+    assert learned.rounding
+    learned.save(tmp_path / "ranges.json")
+    assert saved_rounding(tmp_path / "ranges.json", ranges).keys() == learned.rounding.keys()
+    assert saved_rounding(tmp_path / "ranges.json", replace(ranges, bias_correction=not ranges.bias_correction)) is None
+    assert saved_rounding(tmp_path / "missing.json", ranges) is None and saved_rounding(None, ranges) is None

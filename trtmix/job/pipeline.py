@@ -101,7 +101,8 @@ class Pipeline:
             self.ranges, self.quantizers = job_quantizers(quantizer_settings, self.model, self.units, calibrated,
                                                           self.flavour, self.journal, self.evaluation,
                                                           fp32_nodes, range_choice,
-                                                          calibration=calibration_batches)  # fmt: skip
+                                                          calibration=calibration_batches,
+                                                          saved=self.output / "ranges.json")  # fmt: skip
         self.ranges.save(self.output / "ranges.json")  # what every build of the job uses
         self.builder = self._builder(self.ranges)
         self.driver = SearchDriver(self.probe_settings, self.builder, self.evaluation, self.journal, self.cluster,

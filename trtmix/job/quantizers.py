@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -82,12 +83,14 @@ def job_quantizers(
     fp32_nodes: frozenset[str] = frozenset(),
     range_choice: RangeChoiceSource | None = None,
     calibration: CalibrationSource | None = None,
+    saved: Path | None = None,
 ) -> tuple[Ranges, dict[str, Any]]:
     """The ranges every build of the job uses, and the report of how they were chosen.
 
     ``fp32_nodes``: the all-high plan's FP32 nodes, kept in the all-INT8 plan each option is scored on.
     ``calibration``: the batches learned weight rounding learns on (``trtmix.job.weight_rounding``; None: none).
     ``range_choice``: ranges chosen per tensor, measured against the calibrated ones (None: not offered).
+    ``saved``: the ranges file a previous run of the job wrote, whose learned rounding a resumed job reuses.
     """
     cached = journal.cached(JOURNAL_KEY)
     measured: dict[str, float] = dict(cached["measured"]) if cached else {}
@@ -112,7 +115,7 @@ def job_quantizers(
             chosen = without
     ranges, smoothing = _prepared(model, units, trial.base(options[chosen]), config, flavour, options[chosen])
     # learned weight rounding (issue 33, part 3): the chosen option with it, kept only where it scores higher
-    ranges, rounding = job_rounding(config.weight_rounding, trial, chosen, ranges, calibration)
+    ranges, rounding = job_rounding(config.weight_rounding, trial, chosen, ranges, calibration, saved)
     correction = {"enabled": ranges.bias_correction, "requested": config.bias_correction,
                   "channel_statistics": len(calibrated.channels)}  # fmt: skip
     report = {"smoothing": {**smoothing, "option": chosen, "measured": measured}, "bias_correction": correction}

@@ -7,18 +7,23 @@ with the chosen option's ranges and with the same ranges plus learned rounding, 
 search split and scored; the learned values are kept only if the score is higher (a tie keeps round-to-nearest).
 The report gives both scores, per unit rounded (held-out error ratio) or skipped (why), and the seconds spent
 learning and scoring, which is all this option adds to a job.  A resumed job reads the score from the journal's
-``measured``; where learned rounding lost, it is not learned again.
+``measured``; where learned rounding lost, it is not learned again, and where it won, the values the previous run
+saved (``ranges.json`` and its ``ranges.rounding.npz``) are reused when they were learned for exactly these ranges
+(the saved ranges, less their rounding, hash the same), else learned again: learning is most of this option's cost.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import onnx
 
-from trtmix.calibration.ranges import Ranges
+from trtmix.calibration.ranges import LearnedRounding, Ranges
 from trtmix.data.recipes import Feed
 from trtmix.ir.units import Unit
 from trtmix.job.evaluation import Evaluation
@@ -28,6 +33,7 @@ from trtmix.quant.plan import PrecisionPlan
 from trtmix.quant.rounding import MIN_BATCHES, learn_rounding
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
+LOG = logging.getLogger(__name__)
 LABEL = "learned weight rounding"
 CalibrationSource = Callable[[], Sequence[Feed]]  # the calibration batches, read only when rounding is learned
 
@@ -39,22 +45,33 @@ def measured_rounding(
     measured: dict[str, float],
     learn: Callable[[Ranges], tuple[Ranges, Any]],
     score: Callable[[Ranges], float],
+    saved: Path | None = None,
 ) -> tuple[Ranges, dict[str, Any]]:
     """``ranges`` with learned rounding where it scores higher than ``chosen`` (in ``measured``), and the report.
 
     ``learn`` is ``learn_rounding`` bound to the job's model, flavour and calibration batches; ``score`` compiles
     the all-INT8 plan with the ranges given and scores it on the search split.  ``measured`` gains the new label.
+    ``saved``: the ranges file a previous run of this job wrote; where ``measured`` (the journal's) already says
+    rounding wins, its learned values are reused if they were learned for these ranges (``saved_rounding``).
     """
     start = time.perf_counter()
     label = f"{chosen}, {LABEL}"
     report: dict[str, Any] = {"enabled": False, "requested": enabled, "label": label}
     if not enabled:
         return ranges, {**report, "note": "off (--no-weight-rounding)"}
-    if label in measured and chosen in measured and measured[label] <= measured[chosen]:
-        note = "not kept: it did not score higher when this job measured it (not learned again)"
-        return ranges, {**report, "score_with": measured[label], "score_without": measured[chosen], "note": note,
-                        "seconds": 0.0}  # fmt: skip
+    if label in measured and chosen in measured:  # a resumed job: the journal has both scores
+        scores = {"score_with": measured[label], "score_without": measured[chosen]}
+        if measured[label] <= measured[chosen]:
+            note = "not kept: it did not score higher when this job measured it (not learned again)"
+            return ranges, {**report, **scores, "note": note, "seconds": 0.0}
+        reused = saved_rounding(saved, ranges)
+        if reused is not None:
+            note = f"kept when this job measured it; the values learned then are reused from {saved}"
+            return replace(ranges, rounding=reused), {**report, **scores, "enabled": True, "reused": True,
+                                                      "weights": sorted(reused), "learn_seconds": 0.0, "note": note,
+                                                      "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
     learned, record = learn(ranges)
+    report["reused"] = False
     report["units"] = record.to_dict()
     report["learn_seconds"] = round(record.seconds, 2)
     if not learned.rounding:
@@ -74,18 +91,40 @@ def measured_rounding(
     return (learned if kept else ranges), report
 
 
+def saved_rounding(saved: Path | None, ranges: Ranges) -> Mapping[str, LearnedRounding] | None:
+    """The learned values in the ranges file ``saved``, if they were learned for exactly ``ranges``; else None.
+
+    Exactly: the saved ranges less their rounding hash as ``ranges`` do (same calibration, option, smoothing,
+    shifts, bias correction), so a file from another option or job is never applied.  ``Ranges.load`` checks each
+    weight's digest against the ``.npz``; a missing, unreadable or altered file is learned again, not trusted.
+    """
+    if saved is None or not saved.exists():
+        return None
+    try:
+        previous = Ranges.load(saved)
+    except Exception as err:  # any unreadable file: learning again is always correct, only slower
+        LOG.info("learned rounding not reused: %s cannot be read (%s)", saved, err)
+        return None
+    same = replace(previous, rounding={}).stable_hash() == replace(ranges, rounding={}).stable_hash()
+    if not (previous.rounding and same):
+        LOG.info("learned rounding not reused: %s was saved for other ranges", saved)
+        return None
+    return previous.rounding
+
+
 def job_rounding(
-    enabled: bool, trial: Any, chosen: str, ranges: Ranges, calibration: CalibrationSource | None
-) -> tuple[Ranges, dict[str, Any]]:
+    enabled: bool, trial: Any, chosen: str, ranges: Ranges, calibration: CalibrationSource | None,
+    saved: Path | None = None,
+) -> tuple[Ranges, dict[str, Any]]:  # fmt: skip
     """``measured_rounding`` for ``trtmix.job.quantizers``: ``trial`` is its ``_Trial`` (model, plan, evaluation).
 
     ``ranges`` are the chosen option's, ``chosen`` its label in ``trial.measured``; the score is remembered there,
-    and so journalled with the other options'.
+    and so journalled with the other options'.  ``saved``: the previous run's ranges file (its values reused).
     """
     learn = rounding_learner(trial.model, trial.units, trial.flavour, calibration, trial.plan)
     score = all_int8_scorer(trial.model, trial.units, trial.flavour, trial.evaluation, trial.plan,
                             trial.config.threads, trial.model_hash)  # fmt: skip
-    return measured_rounding(enabled, ranges, chosen, trial.measured, learn, score)
+    return measured_rounding(enabled, ranges, chosen, trial.measured, learn, score, saved)
 
 
 def rounding_learner(
