@@ -275,8 +275,8 @@ def test_border_map_of_a_conv_writing_a_graph_output() -> None:
              numpy_helper.from_array(rng.standard_normal(CHANNELS).astype(np.float32), "b"),
              numpy_helper.from_array(np.asarray(0.0, np.float32), "zero"),
              numpy_helper.from_array(np.asarray(6.0, np.float32), "six")]  # fmt: skip
-    nodes = [helper.make_node("Clip", ["input", "zero", "six"], ["relu6"], name="Clip"),
-             helper.make_node("Conv", ["relu6", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2])]
+    clip = helper.make_node("Clip", ["input", "zero", "six"], ["relu6"], name="Clip")
+    nodes = [clip, helper.make_node("Conv", ["relu6", "w", "b"], ["y"], name="conv", pads=[1, 1, 1, 1], strides=[2, 2])]
     value = helper.make_tensor_value_info
     graph = helper.make_graph(nodes, "one", [value("input", onnx.TensorProto.FLOAT, [BATCH, 3, SIZE, SIZE])],
                               [value("y", onnx.TensorProto.FLOAT, None)], inits)  # fmt: skip
@@ -293,3 +293,21 @@ def test_border_map_of_a_conv_writing_a_graph_output() -> None:
     plain = _outputs(_without_activation_qdq(compile_plan(model, plan, ranges, "tensorrt")), feeds)
     float_path = _outputs(_without_activation_qdq(compiled), feeds)
     assert _error(float_path, plain) < 2e-3 and _error(_border(float_path), _border(plain)) < 2e-3
+
+
+def test_pads_and_spatial_sizes_read_alike_from_the_onnx_proto_and_graphsurgeon() -> None:
+    """One reader of plain values serves both: compile (graphsurgeon) and the measured orderings (the proto)."""
+    import onnx_graphsurgeon as gs
+
+    from trtmix.quant.smooth import conv_pads, explicit_pads, spatial_sizes, static_spatial
+
+    padded = helper.make_node("Conv", ["x", "w"], ["y"], name="padded", pads=[1, 1, 1, 1])
+    unpadded = helper.make_node("Conv", ["x", "w"], ["y"], name="unpadded", pads=[0, 0, 0, 0])
+    bare = helper.make_node("Conv", ["x", "w"], ["y"], name="bare")
+    for node, expected in ((padded, (1, 1, 1, 1)), (unpadded, ()), (bare, ())):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert conv_pads(node) == conv_pads(gs.Node("Conv", node.name, attrs)) == explicit_pads(attrs) == expected
+    assert spatial_sizes((1, 8, 5, 6), 2) == (5, 6) and spatial_sizes(("N", 8, 5, 6), 2) == (5, 6)
+    assert spatial_sizes((1, 8, "H", 6), 2) is None and spatial_sizes((1, 8, 0, 6), 2) is None  # 0: proto's unset
+    assert spatial_sizes((1, 8, 5), 2) is None and spatial_sizes(None, 2) is None
+    assert static_spatial(gs.Variable("x", np.float32, (1, 8, 5, 6)), 2) == (5, 6)

@@ -17,6 +17,7 @@ is quantized.  High-precision units read X as exported.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -239,11 +240,18 @@ def _not_centrable(index: GraphIndex, unit: Unit, tensor: str, padded: bool) -> 
 
 
 def conv_pads(node: onnx.NodeProto | gs.Node) -> tuple[int, ...]:
-    """A Conv's explicit ``pads`` (begin…, end…), () when it pads nothing."""
+    """A Conv's explicit ``pads`` (begin…, end…), () when it pads nothing: ``explicit_pads`` of its attributes."""
     if isinstance(node, gs.Node):
-        pads = node.attrs.get("pads", [])
-    else:
-        pads = next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
+        return explicit_pads(node.attrs)
+    return explicit_pads({a.name: onnx.helper.get_attribute_value(a) for a in node.attribute})
+
+
+def explicit_pads(attributes: Mapping[str, Any]) -> tuple[int, ...]:
+    """``pads`` of a Conv's attributes (name → value), () when it pads nothing.
+
+    On plain values, so the ONNX proto (``trtmix.sensitivity.measured``) and graphsurgeon (compile) read it alike.
+    """
+    pads = attributes.get("pads") or []
     return tuple(int(p) for p in pads) if any(pads) else ()
 
 
@@ -524,7 +532,15 @@ def static_spatial(variable: gs.Tensor, spatial: int) -> tuple[int, ...] | None:
 
     The border map is one constant per output pixel, so it needs them; the batch may stay dynamic (it broadcasts).
     """
-    shape = variable.shape
+    return spatial_sizes(variable.shape, spatial)
+
+
+def spatial_sizes(shape: Sequence[Any] | None, spatial: int) -> tuple[int, ...] | None:
+    """The sizes after the batch and channel axes of an NC… ``shape`` with ``spatial`` such axes, if all are known.
+
+    A size is known where it is a positive int (a dynamic one: a name, None, or ONNX's unset 0).  On plain values,
+    so the ONNX proto (``trtmix.sensitivity.measured``) and graphsurgeon (compile) read it alike.
+    """
     if shape is None or len(shape) != 2 + spatial:
         return None
     sizes = shape[2:]

@@ -29,6 +29,7 @@ from trtmix.progress import bar as progress_bar
 from trtmix.quant.builder import Builder
 from trtmix.quant.flavours import Flavour
 from trtmix.quant.plan import Precision, PrecisionPlan
+from trtmix.quant.smooth import conv_pads, spatial_sizes, unit_spatial
 from trtmix.quant.switched import compile_switched, switch_feeds
 from trtmix.runtime.onnxruntime import OnnxRuntimeRunner
 
@@ -181,24 +182,17 @@ def padded_centred_convs(model: onnx.ModelProto, units: list[Unit], ranges: Rang
 
     Where the sizes are static, ``compile`` corrects the padded border with a constant map, which the switched graph
     adds behind the unit's switch; with dynamic sizes it writes a Pad of −z instead, which a switch cannot flip.
+    Pads and sizes are read by compile's own readers (``conv_pads``, ``spatial_sizes``), so the two cannot disagree.
     """
-    index, found = GraphIndex(model), []
-    for unit in units:
-        if unit.kind != KIND_CONV or unit.inputs[0] not in ranges.shifts:
-            continue
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in index.nodes[unit.name].attribute}
-        if any(attributes.get("pads", [])):
-            found.append(unit)
+    index = GraphIndex(model)
+    found = [unit for unit in units if unit.kind == KIND_CONV and unit.inputs[0] in ranges.shifts
+             and conv_pads(index.nodes[unit.name])]  # fmt: skip
     if not found:
         return []
     inferred = shape_view(model)
-    shapes = {v.name: v.type.tensor_type.shape for v in [*inferred.graph.value_info, *inferred.graph.input]}
-    return [unit.name for unit in found if not _static_spatial(shapes.get(unit.inputs[0]))]
-
-
-def _static_spatial(shape: onnx.TensorShapeProto | None) -> bool:
-    """Whether an NC… tensor's sizes after the channel axis are all known."""
-    return shape is not None and len(shape.dim) > 2 and all(d.dim_value > 0 for d in shape.dim[2:])
+    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)  # 0: dynamic
+              for v in [*inferred.graph.value_info, *inferred.graph.input]}  # fmt: skip
+    return [unit.name for unit in found if spatial_sizes(shapes.get(unit.inputs[0]), unit_spatial(unit)) is None]
 
 
 def distances(
