@@ -52,6 +52,49 @@ def test_methods_on_gaussian_with_outliers():
     assert percentile_threshold(hist, 99.99) == pytest.approx(np.percentile(np.abs(values), 99.99), rel=0.02)
 
 
+def _entropy_by_loop(hist: TensorHistogram) -> tuple[float, np.ndarray]:
+    """TensorRT's entropy search written as the loop it describes (trtmix's own up to 2026-12-03): the reference
+    the prefix-sum form must equal.  Returns the threshold and the KL of every candidate size."""
+    counts = hist.counts.astype(np.float64)
+    counts[0] = counts[1]
+    last_nonzero = int(np.nonzero(counts)[0][-1]) + 1
+    kls = []
+    for i in range(128, last_nonzero + 1):
+        reference = counts[:i].copy()
+        reference[i - 1] += counts[i:].sum()
+        nonempty = (reference > 0).astype(np.float64)
+        edges = np.floor(np.arange(129) * i / 128).astype(np.int64)
+        level_mass, level_support = np.add.reduceat(counts[:i], edges[:-1]), np.add.reduceat(nonempty, edges[:-1])
+        per_bin = np.divide(level_mass, level_support, out=np.zeros_like(level_mass), where=level_support > 0)
+        candidate = np.repeat(per_bin, np.diff(edges)) * nonempty
+        p, q = reference / reference.sum(), candidate / candidate.sum()
+        mask = p > 0
+        kls.append(np.inf if np.any(q[mask] == 0) else float(np.sum(p[mask] * np.log(p[mask] / q[mask]))))
+    best = 128 + int(np.argmin(kls))
+    return min(best * hist.bin_width, hist.amax), np.asarray(kls)
+
+
+@pytest.mark.parametrize("shape", ["outliers", "relu", "student", "sparse-tail"])
+def test_entropy_threshold_equals_the_loop_it_replaces(shape: str) -> None:
+    """Every candidate's KL and the chosen threshold, against the loop over sizes (the slow, obvious form)."""
+    from trtmix.calibration.histogram import _kl_per_size
+
+    rng = np.random.default_rng(3)
+    values = {"outliers": _gaussian_with_outliers(), "relu": np.maximum(rng.standard_normal(100_000), 0),
+              "student": rng.standard_t(2.0, 100_000),
+              "sparse-tail": np.concatenate([rng.uniform(0, 1, 50_000), [60.0, 61.0, 200.0]])}[shape]  # fmt: skip
+    hist = TensorHistogram()
+    hist.add(np.asarray(values, dtype=np.float32))
+    threshold, kls = _entropy_by_loop(hist)
+    counts = hist.counts.astype(np.float64)
+    counts[0] = counts[1]
+    fast = _kl_per_size(counts, np.arange(128, 128 + len(kls)))
+    assert np.array_equal(np.isinf(fast), np.isinf(kls)), "the same sizes are impossible"
+    finite = np.isfinite(kls)
+    np.testing.assert_allclose(fast[finite], kls[finite], rtol=1e-9, atol=1e-12)
+    assert entropy_threshold(hist) == threshold
+
+
 def test_histogram_merging_equals_single_pass():
     rng = np.random.default_rng(3)
     batches = [rng.standard_normal(5000) * scale for scale in (0.01, 0.5, 3.0, 0.2, 17.0)]

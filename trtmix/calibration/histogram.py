@@ -101,10 +101,10 @@ def entropy_threshold(hist: TensorHistogram) -> float:
     """The KL-minimising threshold, as TensorRT's entropy calibrator computes it.
 
     For each candidate bin count i ≥ 128: P is the histogram up to i with the outliers beyond folded into its last
-    bin; Q is P merged into 128 levels and spread back over the non-empty bins; the i with the smallest KL(P‖Q) wins.
-    As in NVIDIA's pytorch-quantization, the zero bin takes its neighbour's count first: ReLU outputs put ~40% of
-    their values at exactly 0, and that single bin otherwise drags the threshold down to ~15% of the range
-    (measured on EfficientNet-Lite0's ReLU6 outputs, which then lost all top-1 agreement).
+    bin; Q is P merged into 128 levels and spread back over the non-empty bins; the i with the smallest KL(P‖Q) wins
+    (the first of equals).  As in NVIDIA's pytorch-quantization, the zero bin takes its neighbour's count first: ReLU
+    outputs put ~40% of their values at exactly 0, and that single bin otherwise drags the threshold down to ~15% of
+    the range (measured on EfficientNet-Lite0's ReLU6 outputs, which then lost all top-1 agreement).
     """
     counts = hist.counts.astype(np.float64)
     counts[0] = counts[1]
@@ -113,38 +113,40 @@ def entropy_threshold(hist: TensorHistogram) -> float:
     last_nonzero = int(np.nonzero(counts)[0][-1]) + 1
     if last_nonzero <= QUANT_LEVELS:
         return min(last_nonzero * hist.bin_width, hist.amax)
-    best_i, best_kl = last_nonzero, math.inf
-    for i in range(QUANT_LEVELS, last_nonzero + 1):
-        reference = counts[:i].copy()
-        reference[i - 1] += counts[i:].sum()
-        kl = _kl(reference, _expand_quantized(counts[:i], reference > 0))
-        if kl < best_kl:
-            best_i, best_kl = i, kl
+    sizes = np.arange(QUANT_LEVELS, last_nonzero + 1)
+    best_i = int(sizes[int(np.argmin(_kl_per_size(counts, sizes)))])
     return min(best_i * hist.bin_width, hist.amax)
 
 
-def _expand_quantized(clipped: np.ndarray, reference_nonzero: np.ndarray) -> np.ndarray:
-    """Merge ``clipped`` into 128 levels, then spread each level's mass evenly over the bins where P is non-zero."""
-    size = clipped.size
-    edges = np.floor(np.arange(QUANT_LEVELS + 1) * size / QUANT_LEVELS).astype(np.int64)
-    nonempty = reference_nonzero.astype(np.float64)
-    level_mass = np.add.reduceat(clipped, edges[:-1])
-    level_support = np.add.reduceat(nonempty, edges[:-1])
-    per_bin = np.divide(level_mass, level_support, out=np.zeros_like(level_mass), where=level_support > 0)
-    expanded = np.repeat(per_bin, np.diff(edges))
-    return expanded * nonempty
+def _kl_per_size(counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """KL(P‖Q) of ``entropy_threshold`` for every candidate bin count in ``sizes`` at once, from prefix sums.
 
-
-def _kl(reference: np.ndarray, candidate: np.ndarray) -> float:
-    p = reference / reference.sum()
-    q_total = candidate.sum()
-    if q_total == 0:
-        return math.inf
-    q = candidate / q_total
-    mask = p > 0
-    if np.any(q[mask] == 0):
-        return math.inf
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    Q is constant over the non-empty bins of each of the 128 levels (its mass over their number), so with
+    R_k = P's mass in level k, KL = Σ P log P − Σ_k R_k log(mass_k / support_k / Σ clipped), every sum a difference
+    of prefix sums.  One pass instead of a loop over up to 1,920 sizes: it was 10 of a MobileNetV2 job's 60 s.
+    P's last bin holds the folded tail, so the last level's mass in P, and its support, differ from the clipped
+    histogram's; where that level has support but no clipped mass, Q is 0 where P is not and KL is infinite.
+    """
+    total = counts.sum()
+    mass_before = np.concatenate([[0.0], np.cumsum(counts)])
+    nonzero_before = np.concatenate([[0], np.cumsum(counts > 0)])
+    xlogx = np.where(counts > 0, counts * np.log(np.where(counts > 0, counts, 1.0)), 0.0)
+    xlogx_before = np.concatenate([[0.0], np.cumsum(xlogx)])
+    edges = np.floor(np.arange(QUANT_LEVELS + 1)[None, :] * sizes[:, None] / QUANT_LEVELS).astype(np.int64)
+    mass = np.diff(mass_before[edges], axis=1)  # [sizes, levels]: the clipped histogram's mass per level
+    support = np.diff(nonzero_before[edges], axis=1).astype(np.float64)
+    tail = total - mass_before[sizes]
+    last = counts[sizes - 1] + tail  # P's last bin
+    support[:, -1] += (last > 0).astype(np.float64) - (counts[sizes - 1] > 0)
+    in_p = mass.copy()
+    in_p[:, -1] += tail
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_q = np.log(mass) - np.log(support) - np.log(mass_before[sizes])[:, None]
+        cross = np.where(in_p > 0, in_p * log_q, 0.0).sum(axis=1)
+        last_xlogx = np.where(last > 0, last * np.log(np.where(last > 0, last, 1.0)), 0.0)
+        kl = (xlogx_before[sizes - 1] + last_xlogx - cross) / total - np.log(total)
+    impossible = ((in_p > 0) & (mass == 0)).any(axis=1) | (mass_before[sizes] == 0)
+    return np.where(impossible, np.inf, kl)
 
 
 def mse_threshold(hist: TensorHistogram, candidates: int = 256, levels: int = 127) -> float:
