@@ -87,47 +87,45 @@ def job_quantizers(
 ) -> tuple[Ranges, dict[str, Any]]:
     """The ranges every build of the job uses, and the report of how they were chosen.
 
+    Each step scores the option chosen so far against it with one change, and the higher score wins: the smoothing
+    options, then centred convs, per-tensor ranges, bias correction off, and learned weight rounding.
     ``fp32_nodes``: the all-high plan's FP32 nodes, kept in the all-INT8 plan each option is scored on.
     ``calibration``: the batches learned weight rounding learns on (``trtmix.job.weight_rounding``; None: none).
     ``range_choice``: ranges chosen per tensor, measured against the calibrated ones (None: not offered).
     ``saved``: the ranges file a previous run of the job wrote, whose learned rounding a resumed job reuses.
     """
     cached = journal.cached(JOURNAL_KEY)
-    measured: dict[str, float] = dict(cached["measured"]) if cached else {}
     start = time.perf_counter()
-    options = _options(config.smooth, flavour, config.bias_correction)
+    measured: dict[str, float] = dict(cached["measured"]) if cached else {}  # a resumed job scores nothing again
     trial = _Trial(config, model, units, calibrated, flavour, evaluation, measured, fp32_nodes)
-    if len(options) > 1 or config.bias_correction or range_choice is not None:
-        for label, option in progress_bar(options.items(), desc="quantizers", unit="option"):
-            trial.score(label, option)
-    best = max((measured[label] for label in options), default=None) if measured else None
-    chosen = next(label for label in options if best is None or measured[label] >= best)  # ties: the simpler option
-    conv_report = None
-    if flavour.symmetric and config.smooth.enabled:  # signed int8 wastes a bit on a ReLU6 output; uint8 does not
-        chosen, conv_report = _measure_conv_centring(trial, options, chosen)
-    per_tensor_report = None
-    if range_choice is not None:
-        chosen, per_tensor_report = _measure_per_tensor(trial, options, chosen, range_choice)
-    if config.bias_correction:  # measured too: it helps depthwise convolutions, and can cost a transformer a little
-        without = f"{chosen}, no bias correction"
-        options[without] = replace(options[chosen], bias=False)
-        if trial.score(without, options[without]) > measured[chosen]:
-            chosen = without
+    options = _options(config.smooth, flavour, config.bias_correction)
+    chosen = _best_smoothing(trial, options, range_choice is not None)
+    chosen, conv_report = _measure_conv_centring(trial, options, chosen)
+    chosen, per_tensor_report = _measure_per_tensor(trial, options, chosen, range_choice)
+    chosen = _measure_bias_off(trial, options, chosen)
     ranges, smoothing = _prepared(model, units, trial.base(options[chosen]), config, flavour, options[chosen])
     # learned weight rounding (issue 33, part 3): the chosen option with it, kept only where it scores higher
     ranges, rounding = job_rounding(config.weight_rounding, trial, chosen, ranges, calibration, saved)
-    correction = {"enabled": ranges.bias_correction, "requested": config.bias_correction,
-                  "channel_statistics": len(calibrated.channels)}  # fmt: skip
-    report = {"smoothing": {**smoothing, "option": chosen, "measured": measured}, "bias_correction": correction}
-    report["weight_rounding"] = rounding
-    if per_tensor_report is not None:
-        report["per_tensor_ranges"] = {**per_tensor_report, "kept": options[chosen].per_tensor}
-    if conv_report is not None:
-        report["conv_centring"] = {**conv_report, "kept": options[chosen].conv_centre}
+    report = _report(trial, options[chosen], ranges, {**smoothing, "option": chosen, "measured": measured}, rounding,
+                     per_tensor_report, conv_report)  # fmt: skip
     if not cached:
         journal.store(JOURNAL_KEY, {"measured": measured, "seconds": time.perf_counter() - start})
     report["smoothing"]["seconds"] = (cached or {}).get("seconds", time.perf_counter() - start)
     return ranges, report
+
+
+def _best_smoothing(trial: _Trial, options: dict[str, QuantizerOption], range_choice: bool) -> str:
+    """The smoothing option that scores best, ties going to the simpler (earlier) one.
+
+    Nothing is scored where there is nothing to compare (one option, no bias correction, no range choice: the job
+    then takes "off" without compiling an all-INT8 graph here).
+    """
+    measured = trial.measured
+    if len(options) > 1 or trial.config.bias_correction or range_choice:
+        for label, option in progress_bar(options.items(), desc="quantizers", unit="option"):
+            trial.score(label, option)
+    best = max((measured[label] for label in options), default=None) if measured else None
+    return next(label for label in options if best is None or measured[label] >= best)
 
 
 def _measure_conv_centring(
@@ -135,11 +133,15 @@ def _measure_conv_centring(
 ) -> tuple[str, dict[str, Any] | None]:
     """The chosen option with one-sided conv inputs centred, scored against it: the winning label, and the tensors.
 
-    The report names the tensors it centres; None where no tensor qualifies (a transformer): nothing is scored then.
+    The report names the tensors it centres; None where no tensor qualifies (a transformer), and where the step does
+    not apply: uint8 (an asymmetric flavour) wastes no level on a ReLU6 output, and ``--no-smooth`` reads every input
+    as exported.  Nothing is scored then.
 
     Measured on EfficientNet-Lite0 (``benchmarks/efficientnet_int8.py``): its depthwise convs read ReLU6 outputs, and
     centring them took all-INT8 top-1 agreement from 0.80 to 0.84 (0.89 with percentile or per-tensor ranges).
     """
+    if not (trial.flavour.symmetric and trial.config.smooth.enabled):
+        return chosen, None
     prepared, _ = _prepared(trial.model, trial.units, trial.calibrated, trial.config, trial.flavour, options[chosen])
     _, would = plan_conv_centring(trial.model, trial.units, prepared)
     if not would["centred"]:
@@ -152,13 +154,15 @@ def _measure_conv_centring(
 
 
 def _measure_per_tensor(
-    trial: _Trial, options: dict[str, QuantizerOption], chosen: str, range_choice: RangeChoiceSource
-) -> tuple[str, dict[str, Any]]:
+    trial: _Trial, options: dict[str, QuantizerOption], chosen: str, range_choice: RangeChoiceSource | None
+) -> tuple[str, dict[str, Any] | None]:
     """The chosen option on the per-tensor ranges, scored against it: the label that wins, and the choice's report.
 
     The report holds the choice per tensor, its seconds (the choice itself; the extra all-INT8 score is in the
-    quantizers' seconds) and, where no choice could be made, why.
+    quantizers' seconds) and, where no choice could be made, why.  None where the job offers no choice.
     """
+    if range_choice is None:
+        return chosen, None
     start = time.perf_counter()
     ranges, record = range_choice()
     record = {**record, "seconds": round(time.perf_counter() - start, 2)}
@@ -171,6 +175,34 @@ def _measure_per_tensor(
     if trial.score(label, options[label]) > trial.measured[chosen]:
         return label, record
     return chosen, record
+
+
+def _measure_bias_off(trial: _Trial, options: dict[str, QuantizerOption], chosen: str) -> str:
+    """The chosen option without bias correction where that scores higher; else the chosen one.
+
+    Measured, not assumed: it helps depthwise convolutions, and can cost a transformer a little.  Only where bias
+    correction was asked for (``--no-bias-correction``: nothing to compare).
+    """
+    if not trial.config.bias_correction:
+        return chosen
+    without = f"{chosen}, no bias correction"
+    options[without] = replace(options[chosen], bias=False)
+    return without if trial.score(without, options[without]) > trial.measured[chosen] else chosen
+
+
+def _report(
+    trial: _Trial, option: QuantizerOption, ranges: Ranges, smoothing: dict[str, Any], rounding: dict[str, Any],
+    per_tensor: dict[str, Any] | None, conv: dict[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The quantizers' report: each step's piece, and whether the chosen ``option`` kept what it measured."""
+    correction = {"enabled": ranges.bias_correction, "requested": trial.config.bias_correction,
+                  "channel_statistics": len(trial.calibrated.channels)}  # fmt: skip
+    report = {"smoothing": smoothing, "bias_correction": correction, "weight_rounding": rounding}
+    if per_tensor is not None:
+        report["per_tensor_ranges"] = {**per_tensor, "kept": option.per_tensor}
+    if conv is not None:
+        report["conv_centring"] = {**conv, "kept": option.conv_centre}
+    return report
 
 
 class _Trial:
