@@ -116,9 +116,11 @@ class TensorRTFlavour(Flavour):
     ``placement`` says where Q/DQ go beyond every INT8 unit's inputs (both placements agree there, attention
     MatMuls included, and neither quantizes LayerNorm, GELU, Softmax or any output):
 
-    * ``trtmix`` (default): at a residual Add whose two inputs both come from INT8 units (or one is already
+    * ``trtmix`` (default): at a residual Add behind an INT8 conv whose other input comes from an INT8 unit (or is
       quantized for one), the skip input only: TensorRT's residual fusion wants the conv's partner input int8 and
-      the conv's own output float (TensorRT developer guide, Q/DQ placement recommendations).
+      the conv's own output float (TensorRT developer guide, Q/DQ placement recommendations).  Behind MatMul/Gemm
+      units, neither input: the skip input is a transformer's residual stream, whose outlier channels one int8 scale
+      cannot hold (MiniLM-L6 all-INT8 cosine 0.9881 with it quantized, 0.9971 float: ``_residual_inputs``).
     * ``modelopt``: NVIDIA ModelOpt's ONNX INT8 placement (``modelopt/onnx/quantization/int8.py``
       ``_find_nodes_to_quantize``).  At Adds behind a conv it is the same rule (``build_non_residual_input_map`` finds a
       conv backbone and keeps the conv's input float).  At Adds behind MatMul/Gemm units there is no conv backbone, so
@@ -128,12 +130,13 @@ class TensorRTFlavour(Flavour):
 
     ``trtmix`` stays the default, per engine evidence (``benchmarks/placement.py``, benchmarks/README.md "Q/DQ
     placement"; 2026-12-03, AMD EPYC with VNNI and BF16, 2 cores shared, load average ~8): MiniLM-L6 all-INT8 cosine
-    to FP32 on ONNX Runtime 0.9888 (trtmix) against 0.8340 (modelopt; 0.8525 with the added Q/DQ ranged by entropy,
-    ModelOpt's default calibrator), the same on OpenVINO; OpenVINO latency 0.987x and 0.999x trtmix's in two
-    interleaved runs (9/15 and 8/15 rounds faster: noise), because OpenVINO runs each residual Add as the same int8
-    ``Subgraph`` with one float input either way.  The branch inputs carry BERT's outlier channels: layer 0's FFN
-    output ranges up to 195 (max calibration), an int8 step of 1.5 for a tensor whose low end is -2.7.  On CNNs whose
-    residual Adds follow convs (digits ResNet, EfficientNet-Lite0) the two placements write the same graph.
+    to FP32 on ONNX Runtime 0.9888 (trtmix, then still quantizing the skip input behind MatMuls) against 0.8340
+    (modelopt; 0.8525 with the added Q/DQ ranged by entropy, ModelOpt's default calibrator), the same on OpenVINO;
+    OpenVINO latency 0.987x and 0.999x trtmix's in two interleaved runs (9/15 and 8/15 rounds faster: noise), because
+    OpenVINO runs each residual Add as the same int8 ``Subgraph`` with one float input either way.  The branch inputs
+    carry BERT's outlier channels: layer 0's FFN output ranges up to 195 (max calibration), an int8 step of 1.5 for a
+    tensor whose low end is -2.7; so does the skip input, which is why the default now leaves both float there.  On
+    CNNs whose residual Adds follow convs (digits ResNet, EfficientNet-Lite0) the two placements write the same graph.
     """
 
     name = "tensorrt"
@@ -299,16 +302,23 @@ def _feeds_softmax(index: GraphIndex, node: onnx.NodeProto) -> bool:
 
 
 def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tuple[str, str]]:
-    """(Add node, input tensor) pairs to quantize at residual Adds whose two inputs both come from INT8 units.
+    """(Add node, input tensor) pairs to quantize at residual Adds behind an INT8 conv whose other input is int8 too.
 
     The input already quantized for another INT8 unit (the skip branch) is chosen; if neither is, the output of the
-    unit with fewer MACs, so the bigger conv keeps the residual fusion.
+    unit with fewer MACs, so the bigger conv keeps the residual fusion.  Only behind a conv: that is the fusion
+    TensorRT's Q/DQ placement guide describes.  Behind MatMul/Gemm units the skip input is a transformer's residual
+    stream, a LayerNorm output with outlier channels, and one int8 scale for it cost MiniLM-L6 most of its all-INT8
+    error: with the skip input quantized at its two residual Adds per layer, all-INT8 cosine to FP32 was 0.9881;
+    float, 0.9971 (ONNX Runtime, search split; ``benchmarks/placement.py``).  The Add then reads the unit's float
+    output and the float residual, as in NNCF's and ORT's placements.
     """
     produced_by = {u.output: u for u in int8_units}
     quantized_inputs = {t for u in int8_units for t in u.inputs}
     chosen = []
     for node, activations in two_activation_adds(model):
         if not all(t in produced_by or t in quantized_inputs for t in activations):
+            continue
+        if not any(t in produced_by and produced_by[t].kind == KIND_CONV for t in activations):
             continue
         picks = [t for t in activations if t in quantized_inputs or t not in produced_by]
         if not picks:

@@ -285,10 +285,10 @@ def _describe_extras(report: dict[str, Any]) -> str:
     text = ""
     conv = report.get("conv_centring")
     if conv is not None:
-        text += f"; {len(conv['centred'])} conv inputs centred: {'kept' if conv['kept'] else 'not kept (scored lower)'}"
+        text += f"; {len(conv['centred'])} conv inputs centred: {'kept' if conv['kept'] else 'not kept (not higher)'}"
     rounding = report.get("weight_rounding") or {}
     if rounding.get("requested") and "score_with" in rounding:
-        verdict = "kept" if rounding["enabled"] else "not kept (scored lower)"
+        verdict = "kept" if rounding["enabled"] else "not kept (not higher)"
         text += f"; learned weight rounding {verdict} ({rounding.get('seconds', 0):.1f} s)"
     return text
 
@@ -300,7 +300,7 @@ def _describe_per_tensor(record: dict[str, Any] | None) -> str:
     if "skipped" in record:
         return f"; per-tensor ranges not measured: {record['skipped']}"
     counts = ", ".join(f"{method} {count}" for method, count in record.get("counts", {}).items())
-    verdict = "kept" if record.get("kept") else "not kept (scored lower)"
+    verdict = "kept" if record.get("kept") else "not kept (not higher)"
     return f"; per-tensor ranges {verdict}: {counts} ({record.get('seconds', 0):.1f} s)"
 
 
