@@ -46,6 +46,17 @@ weight, activations still int8, bias correction off since no weight error is lef
 whose bias holds z·Q(W·s)/s).  MiniLM, same run as above, learning 16 s per row: 0.97608 without smoothing, 0.98881
 with α = 0.8, so learned rounding takes 63% and 42% of what weights can give, and weights can give at most +0.002
 of the 0.013 that all-INT8 loses at α = 0.8.
+
+``--classes`` (issue 33) says where the all-INT8 error sits: the job's all-INT8 plan (its own quantizer choice,
+tensorrt flavour, ONNX Runtime on the search split), then the same plan with one class of units kept high (units
+whose names match once digits are replaced by ``#``), then smoothing's α beyond the job's 0.5 and 0.8 (centred, with
+round-to-nearest and with learned rounding).
+
+    python benchmarks/int8_quality.py --models minilm --classes
+
+It found MiniLM's residual stream: with the residual Adds' skip input quantized (the placement before 2026-12-03),
+keeping the six FFN up- or down-projections high took all-INT8 from 0.988 to 0.997 because either removed that
+quantizer, and no α helped (0.983–0.988).
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ import logging
 import sys
 import tempfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +80,7 @@ from paper import MODELS  # noqa: E402
 from trtmix.data.recipe import Recipe  # noqa: E402
 from trtmix.job.config import CompileConfig  # noqa: E402
 from trtmix.job.pipeline import Pipeline  # noqa: E402
+from trtmix.job.quantizers import QuantizerSettings  # noqa: E402
 from trtmix.quant.plan import PrecisionPlan  # noqa: E402
 from trtmix.quant.smooth import SmoothSettings  # noqa: E402
 from trtmix.runtime import get_backend  # noqa: E402
@@ -330,6 +343,74 @@ def rounding_quality(name: str, folder: Path) -> dict[str, Any]:
     return {"model": name, "metric": spec.metric, "calibration_batches": len(calibration), "rows": rows}
 
 
+ALPHA_GRID = (0.8, 0.85, 0.9, 0.95)
+
+
+def error_classes(name: str, folder: Path) -> dict[str, Any]:
+    """Where the all-INT8 error sits: the job's all-INT8 plan, then the same plan with one class of units high.
+
+    A class is the units whose names match once their digits are replaced by ``#`` (MiniLM: the six query
+    projections, the six FFN up-projections, ...).  The quantizers are the ones ``compile`` chooses (tensorrt flavour,
+    scored by ONNX Runtime, the oracle, on the search split).  Then smoothing's α beyond ``MEASURED_ALPHAS``,
+    centred, without and with learned weight rounding: what a stronger migration of the outliers gives.
+    """
+    import re
+
+    from trtmix.job.quantizers import QuantizerOption, _prepared, _Trial
+    from trtmix.job.weight_rounding import all_int8_scorer, rounding_learner
+
+    spec = MODELS[name]
+    config = CompileConfig(data=spec.data, budget=Budget.parse("1%"), metric=spec.metric, input_names=spec.inputs,
+                           eval_batches=spec.eval_batches, runs=5, final_rounds=0, backend="onnxruntime")  # fmt: skip
+    pipeline = Pipeline(spec.source, folder / name / "classes", config)
+    try:
+        names = [unit.name for unit in pipeline.units]
+
+        def score(int8: list[str]) -> float:
+            artifact = pipeline.build(PrecisionPlan.with_int8(int8))
+            return pipeline.evaluation.score("search", pipeline.outputs(artifact, "search"))
+
+        classes: dict[str, list[str]] = {}
+        for unit in names:
+            classes.setdefault(re.sub(r"\d+", "#", unit), []).append(unit)
+        rows = [{"high": "none (all-INT8)", "units": 0, "score": score(names)}]
+        for pattern, members in classes.items():
+            kept = score([n for n in names if n not in members])
+            rows.append({"high": pattern, "units": len(members), "score": kept})
+            print(f"  {pattern}: {rows[-1]['score']:.5f}", file=sys.stderr, flush=True)
+        calibrated, settings = pipeline._calibrated(), QuantizerSettings()
+        plan = PrecisionPlan.with_int8(names, config.default, pipeline.float_baseline.plan.fp32_nodes)
+        trial = _Trial(settings, pipeline.model, pipeline.units, calibrated, pipeline.flavour, pipeline.evaluation,
+                       {}, plan.fp32_nodes)  # fmt: skip
+        batches = partial(pipeline.recipe.batches, pipeline.model, "calibration", config.calibration.batches)
+        learn = rounding_learner(pipeline.model, pipeline.units, pipeline.flavour, batches, trial.plan)
+        learned_score = all_int8_scorer(pipeline.model, pipeline.units, pipeline.flavour, pipeline.evaluation,
+                                        trial.plan, None, trial.model_hash)  # fmt: skip
+        alphas = []
+        for alpha in ALPHA_GRID:
+            option = QuantizerOption(alpha, True, False)
+            ranges, _ = _prepared(pipeline.model, pipeline.units, calibrated, settings, pipeline.flavour, option)
+            alphas.append({"alpha": alpha, "nearest": trial.score(f"α={alpha}", option),
+                           "learned": learned_score(learn(ranges)[0])})  # fmt: skip
+            print(f"  α={alpha}: {alphas[-1]}", file=sys.stderr, flush=True)
+        return {"model": name, "metric": spec.metric, "chosen": pipeline.quantizers["smoothing"]["option"],
+                "rows": rows, "alphas": alphas}  # fmt: skip
+    finally:
+        pipeline.close()
+
+
+def classes_markdown(result: dict[str, Any]) -> str:
+    """The class table and the α grid."""
+    lines = [f"### {result['model']}: all-INT8 {result['metric']} to FP32 with one class of units high (tensorrt "
+             f"flavour, the job's quantizers: {result['chosen']}; ONNX Runtime, search split)", "",
+             "| units kept high | how many | score |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {row['high']} | {row['units']} | {row['score']:.5f} |" for row in result["rows"]]
+    lines += ["", "| smoothing α (centred, no bias correction) | round-to-nearest | learned rounding |",
+              "|---|---|---|"]
+    lines += [f"| {row['alpha']} | {row['nearest']:.5f} | {row['learned']:.5f} |" for row in result["alphas"]]
+    return "\n".join(lines)
+
+
 def _figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.5f}"
 
@@ -401,6 +482,9 @@ def main() -> None:
                         help="only the range methods and the per-tensor choice, all-INT8 on ONNX Runtime")  # fmt: skip
     parser.add_argument("--rounding", action="store_true",
                         help="only round-to-nearest against learned rounding, all-INT8 on ONNX Runtime")  # fmt: skip
+    parser.add_argument("--classes", action="store_true",
+                        help="only where the all-INT8 error sits: each class of units kept high, and α beyond the "
+                        "job's, all-INT8 on ONNX Runtime")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(cpu_features().describe())
@@ -412,7 +496,10 @@ def main() -> None:
         for name in args.models if args.rounding else ():
             results.append(rounding_quality(name, Path(folder)))
             print(rounding_markdown(results[-1]) + "\n", flush=True)
-        for name in () if args.range_methods or args.rounding else args.models:
+        for name in args.models if args.classes else ():
+            results.append(error_classes(name, Path(folder)))
+            print(classes_markdown(results[-1]) + "\n", flush=True)
+        for name in () if args.range_methods or args.rounding or args.classes else args.models:
             print(f"{name}...", file=sys.stderr, flush=True)
             results.append(run_model(name, Path(folder), args.rounds))
             print(markdown(results[-1]) + "\n", flush=True)
