@@ -120,7 +120,7 @@ class TensorRTFlavour(Flavour):
       quantized for one), the skip input only: TensorRT's residual fusion wants the conv's partner input int8 and
       the conv's own output float (TensorRT developer guide, Q/DQ placement recommendations).  Behind MatMul/Gemm
       units, neither input: the skip input is a transformer's residual stream, whose outlier channels one int8 scale
-      cannot hold (MiniLM-L6 all-INT8 cosine 0.9881 with it quantized, 0.9971 float: ``_residual_inputs``).
+      cannot hold (MiniLM-L6 all-INT8 cosine 0.9888 with it quantized, 0.9976 float: ``_residual_inputs``).
     * ``modelopt``: NVIDIA ModelOpt's ONNX INT8 placement (``modelopt/onnx/quantization/int8.py``
       ``_find_nodes_to_quantize``).  At Adds behind a conv it is the same rule (``build_non_residual_input_map`` finds a
       conv backbone and keeps the conv's input float).  At Adds behind MatMul/Gemm units there is no conv backbone, so
@@ -308,9 +308,9 @@ def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tup
     unit with fewer MACs, so the bigger conv keeps the residual fusion.  Only behind a conv: that is the fusion
     TensorRT's Q/DQ placement guide describes.  Behind MatMul/Gemm units the skip input is a transformer's residual
     stream, a LayerNorm output with outlier channels, and one int8 scale for it cost MiniLM-L6 most of its all-INT8
-    error: with the skip input quantized at its two residual Adds per layer, all-INT8 cosine to FP32 was 0.9881;
-    float, 0.9971 (ONNX Runtime, search split; ``benchmarks/placement.py``).  The Add then reads the unit's float
-    output and the float residual, as in NNCF's and ORT's placements.
+    error: with the skip input quantized at its two residual Adds per layer, all-INT8 cosine to FP32 was 0.9888;
+    float, 0.9976 (ONNX Runtime, search split; ``benchmarks/placement.py``, at the same OpenVINO latency).  The Add
+    then reads the unit's float output and the float residual, as in NNCF's placement.
     """
     produced_by = {u.output: u for u in int8_units}
     quantized_inputs = {t for u in int8_units for t in u.inputs}
