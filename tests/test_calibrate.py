@@ -67,6 +67,9 @@ def _entropy_by_loop(hist: TensorHistogram) -> tuple[float, np.ndarray]:
         level_mass, level_support = np.add.reduceat(counts[:i], edges[:-1]), np.add.reduceat(nonempty, edges[:-1])
         per_bin = np.divide(level_mass, level_support, out=np.zeros_like(level_mass), where=level_support > 0)
         candidate = np.repeat(per_bin, np.diff(edges)) * nonempty
+        if candidate.sum() == 0:  # all the mass lies beyond this size
+            kls.append(np.inf)
+            continue
         p, q = reference / reference.sum(), candidate / candidate.sum()
         mask = p > 0
         kls.append(np.inf if np.any(q[mask] == 0) else float(np.sum(p[mask] * np.log(p[mask] / q[mask]))))
@@ -74,7 +77,7 @@ def _entropy_by_loop(hist: TensorHistogram) -> tuple[float, np.ndarray]:
     return min(best * hist.bin_width, hist.amax), np.asarray(kls)
 
 
-@pytest.mark.parametrize("shape", ["outliers", "relu", "student", "sparse-tail"])
+@pytest.mark.parametrize("shape", ["outliers", "relu", "student", "sparse-tail", "narrow-band"])
 def test_entropy_threshold_equals_the_loop_it_replaces(shape: str) -> None:
     """Every candidate's KL and the chosen threshold, against the loop over sizes (the slow, obvious form)."""
     from trtmix.calibration.histogram import _kl_per_size
@@ -82,7 +85,8 @@ def test_entropy_threshold_equals_the_loop_it_replaces(shape: str) -> None:
     rng = np.random.default_rng(3)
     values = {"outliers": _gaussian_with_outliers(), "relu": np.maximum(rng.standard_normal(100_000), 0),
               "student": rng.standard_t(2.0, 100_000),
-              "sparse-tail": np.concatenate([rng.uniform(0, 1, 50_000), [60.0, 61.0, 200.0]])}[shape]  # fmt: skip
+              "sparse-tail": np.concatenate([rng.uniform(0, 1, 50_000), [60.0, 61.0, 200.0]]),
+              "narrow-band": rng.uniform(0.9, 1.0, 50_000)}[shape]  # fmt: skip (narrow-band: no mass below 0.9)
     hist = TensorHistogram()
     hist.add(np.asarray(values, dtype=np.float32))
     threshold, kls = _entropy_by_loop(hist)

@@ -179,7 +179,8 @@ def test_text_detector_all_high_is_faithful_to_fp32(tmp_path: Path) -> None:
     if check is not None:
         assert not check["mismatches"], check["mismatches"]
         assert len(check["not_found"]) < report["unit_count"] // 4, check["not_found"]
-    assert report["quantizers"]["per_tensor_ranges"]["scored"] > 0, "no value_info: its units still run alone"
+    per_tensor = report["quantizers"]["per_tensor_ranges"]
+    assert per_tensor.get("scored", 0) > 0, f"no value_info, yet its units run alone: {per_tensor.get('skipped')}"
     smoothing = report["quantizers"]["smoothing"]
     oracle, engine = smoothing["measured"][smoothing["option"]], report["all_int8"]["accuracy"]
     warned = any(line.startswith("warning: all-INT8 scores") for line in summary_lines(report, tmp_path))
@@ -208,8 +209,9 @@ def test_a_graph_made_elsewhere_with_a_metric_trtmix_did_not_choose(tmp_path: Pa
     """ultralytics' YOLOv8n, scored by the user's own metric over its raw output: the job runs it on every probe.
 
     The default flavour crashed on this graph's float16 ``Range`` input; now it compiles, lists every file it
-    writes, and its shipped graphs load on their own.  (Its all-INT8 float16 graph's per-sample cosine is checked
-    in ``test_units_calibrate_build_both_flavours``; one compile job serves both checks here, as they cost ~55 s each.)
+    writes, and its shipped graphs load on their own.  One compile job serves both checks, as they cost ~55 s each;
+    the all-high plan is held to 99.9% of the user's metric here, and the float16 graph's outputs to a per-sample
+    cosine floor only through the all-INT8 build in ``test_units_calibrate_build_both_flavours``.
     """
     metric = tmp_path / "metric.py"
     metric.write_text(USER_METRIC)

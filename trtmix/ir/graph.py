@@ -263,7 +263,7 @@ def extract_subgraph(model: onnx.ModelProto, inputs: Iterable[str], outputs: Ite
     tensor keeps what the graph records of it, and one it records nothing of is declared float32 of unknown shape:
     the tensors this is asked for are a float model's activations.
     """
-    inputs, outputs = list(inputs), list(outputs)
+    inputs, outputs = list(dict.fromkeys(inputs)), list(dict.fromkeys(outputs))  # MatMul(a, a) reads ``a`` once
     index = GraphIndex(model)
     needed: set[int] = set()  # id() of the nodes: a graph's names may be empty or repeated
     pending = list(outputs)
@@ -282,7 +282,10 @@ def extract_subgraph(model: onnx.ModelProto, inputs: Iterable[str], outputs: Ite
     known = {value.name: value for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]}
 
     def declared(name: str) -> onnx.ValueInfoProto:
-        return known.get(name) or onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        value = known.get(name)
+        if value is not None and value.type.tensor_type.elem_type:
+            return value
+        return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
 
     graph = onnx.helper.make_graph(nodes, f"{model.graph.name}/extracted", [declared(n) for n in inputs],
                                    [declared(n) for n in outputs],

@@ -173,7 +173,7 @@ class Pipeline:
             batches = self.recipe.batches(self.model, "calibration", base.batches)
             chosen, record = choose_ranges(self.model, self.units, candidates, batches,
                                            symmetric=self.flavour.symmetric)  # fmt: skip
-        except CalibrationError as err:  # too few batches: the job goes on with one method for every tensor
+        except CalibrationError as err:  # too few batches, or nothing scored: one method for every tensor
             why = str(err).splitlines()[0]
             self.journal.store("per-tensor-ranges", {"record": {"skipped": why}})
             return None, {"skipped": why}

@@ -7,9 +7,10 @@ adding an engine means adding a flavour here, not another if-branch across the c
 
 * ``tensorrt`` — TensorRT's explicit quantization: symmetric int8 (zero point 0), per-tensor activations,
   per-output-channel weights as Q→DQ on the float weight, a float16 graph, opset ≥ 19 (float16 Q/DQ scales).  At a
-  residual Add whose inputs both come from INT8 units, the skip input is quantized too so TensorRT can fuse the Add
-  into the conv.  ``placement="modelopt"`` follows NVIDIA ModelOpt's ONNX INT8 placement instead at Adds behind
-  MatMul/Gemm units (transformers): both inputs quantized (see ``TensorRTFlavour``).
+  residual Add behind an INT8 conv whose other input is int8 too, the skip input is quantized so TensorRT can fuse
+  the Add into the conv; behind MatMul/Gemm units (a transformer's residual stream) neither input is.
+  ``placement="modelopt"`` follows NVIDIA ModelOpt's ONNX INT8 placement instead at Adds behind MatMul/Gemm units:
+  both inputs quantized (see ``TensorRTFlavour``).
 * ``ort-cpu`` — what ONNX Runtime's CPU kernels fuse into int8 kernels: uint8 asymmetric activations, int8
   per-channel weights stored as int8 initializers within ±63 (ORT's ``reduce_range``), a float32 base, conv outputs
   quantized (QLinearConv), Gemm biases as int32 (QGemm), and residual Adds between quantized tensors quantized on
@@ -40,6 +41,9 @@ from trtmix.runtime.cpu import cpu_features
 ALL_READERS = "*"
 PLACEMENTS = ("trtmix", "modelopt")  # the tensorrt flavour's residual-Add rules; see TensorRTFlavour
 DEFAULT_PLACEMENT = "trtmix"
+# bumped when the default placement's residual rule changes, so the artifacts and journals of the old rule are
+# not reused (2: behind MatMul/Gemm units the skip input stays float, 2026-12-03)
+RESIDUAL_RULE = 2
 
 
 @dataclass
@@ -155,11 +159,12 @@ class TensorRTFlavour(Flavour):
         self.placement = placement
 
     def options(self) -> dict[str, object]:
-        """The base options, plus the placement when it is not the default.
+        """The base options, the residual rule's version, and the placement when it is not the default.
 
-        Only a non-default placement is named, so the default's artifact and journal keys stay what they were.
+        They key every artifact and the journal: a job resumed after the default's rule changed builds and scores
+        its graphs again instead of reusing ones the old rule wrote.
         """
-        options = super().options()
+        options = {**super().options(), "residual_rule": RESIDUAL_RULE}
         if self.placement != DEFAULT_PLACEMENT:
             options["placement"] = self.placement
         return options
