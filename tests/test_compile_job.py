@@ -51,14 +51,11 @@ def test_compile_writes_report_and_meets_budget_on_holdout(recipe, tmp_path, cap
         assert probe["latency"]["median_ms"] > 0
     assert set(report["orderings"]) == {"kl", "noise", "random"}
     _assert_pareto_flags(report["probes"])
-    for name in (
-        "report.html",
-        "frontier.png",
-        "plan.json",
-        "chosen.ort-cpu.onnx",
-        "chosen.tensorrt.onnx",
-        "trtexec.txt",
-    ):
+    if report["chosen"] == ORIGINAL:  # the user's graph ships as it is (``write_original_outputs``)
+        chosen_files: tuple[str, ...] = ("chosen.original.onnx",)
+    else:
+        chosen_files = ("chosen.ort-cpu.onnx", "chosen.tensorrt.onnx")
+    for name in ("report.html", "frontier.png", "plan.json", *chosen_files, "trtexec.txt"):
         assert (output / name).is_file(), name
     assert (output / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     assert "--stronglyTyped" in (output / "trtexec.txt").read_text()
