@@ -284,9 +284,8 @@ def _modelopt_residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) ->
     quantized_inputs = {t for u in int8_units for t in u.inputs}
     index = GraphIndex(model)
     adds = list(two_activation_adds(model, index))
-    conv_adds = {node.name for node, activations in adds
-                 if any(t in produced_by and produced_by[t].kind == KIND_CONV for t in activations)}  # fmt: skip
-    chosen = [(node, t) for node, t in _residual_inputs(model, int8_units) if node in conv_adds]
+    conv_adds = {node.name for node, activations in adds if _behind_conv(activations, produced_by)}
+    chosen = _residual_inputs(model, int8_units)  # at the Adds behind a conv, and only there
     for node, activations in adds:
         if node.name in conv_adds or _feeds_softmax(index, node) or not any(t in produced_by for t in activations):
             continue
@@ -323,13 +322,18 @@ def _residual_inputs(model: onnx.ModelProto, int8_units: list[Unit]) -> list[tup
     for node, activations in two_activation_adds(model):
         if not all(t in produced_by or t in quantized_inputs for t in activations):
             continue
-        if not any(t in produced_by and produced_by[t].kind == KIND_CONV for t in activations):
+        if not _behind_conv(activations, produced_by):
             continue
         picks = [t for t in activations if t in quantized_inputs or t not in produced_by]
         if not picks:
             picks = [min(activations, key=lambda t: produced_by[t].macs)]
         chosen.extend((node.name, t) for t in picks)
     return chosen
+
+
+def _behind_conv(activations: list[str], produced_by: dict[str, Unit]) -> bool:
+    """True when an INT8 convolution writes one of a residual Add's inputs (TensorRT's conv residual fusion)."""
+    return any(t in produced_by and produced_by[t].kind == KIND_CONV for t in activations)
 
 
 def _ort_sites(model: onnx.ModelProto, int8_units: list[Unit], ranges: Ranges | None) -> QuantizationSites:
