@@ -368,9 +368,10 @@ def error_classes(name: str, folder: Path) -> dict[str, Any]:
     pipeline = Pipeline(spec.source, folder / name / "classes", config)
     try:
         names = [unit.name for unit in pipeline.units]
+        fp32_nodes = pipeline.float_baseline.plan.fp32_nodes  # as the job scores its all-INT8 options
 
         def score(int8: list[str]) -> float:
-            artifact = pipeline.build(PrecisionPlan.with_int8(int8))
+            artifact = pipeline.build(PrecisionPlan.with_int8(int8, config.default, fp32_nodes))
             return pipeline.evaluation.score("search", pipeline.outputs(artifact, "search"))
 
         classes: dict[str, list[str]] = {}
@@ -382,7 +383,7 @@ def error_classes(name: str, folder: Path) -> dict[str, Any]:
             rows.append({"high": pattern, "units": len(members), "score": kept})
             print(f"  {pattern}: {rows[-1]['score']:.5f}", file=sys.stderr, flush=True)
         calibrated, settings = pipeline._calibrated(), QuantizerSettings()
-        plan = PrecisionPlan.with_int8(names, config.default, pipeline.float_baseline.plan.fp32_nodes)
+        plan = PrecisionPlan.with_int8(names, config.default, fp32_nodes)
         trial = _Trial(settings, pipeline.model, pipeline.units, calibrated, pipeline.flavour, pipeline.evaluation,
                        {}, plan.fp32_nodes)  # fmt: skip
         batches = partial(pipeline.recipe.batches, pipeline.model, "calibration", config.calibration.batches)

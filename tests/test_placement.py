@@ -205,6 +205,18 @@ def test_placement_is_part_of_the_flavours_key_only_when_not_default():
         TensorRTFlavour("everywhere")
 
 
+def test_a_change_of_the_residual_rule_changes_every_artifact_key(block, monkeypatch):
+    """A job folder written under an older default rule builds again instead of reusing its graphs."""
+    from trtmix.quant import flavours
+
+    model, units, ranges = block
+    plan = PrecisionPlan.with_int8(u.name for u in units)
+    backend = OpenVinoBackend(threads=1)
+    current = Builder(model, units, ranges, TensorRTFlavour(), backend).key(plan)
+    monkeypatch.setattr(flavours, "RESIDUAL_RULE", flavours.RESIDUAL_RULE - 1)
+    assert Builder(model, units, ranges, TensorRTFlavour(), backend).key(plan) != current
+
+
 @pytest.mark.parametrize("placement", ["trtmix", "modelopt"])
 def test_both_placements_run_in_onnxruntime_and_openvino_with_units_int8(block, tmp_path, placement):
     model, units, ranges = block
